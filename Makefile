@@ -1,0 +1,41 @@
+# smalllm — one command per job; each installs first when .venv/ is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+
+.PHONY: install test test-fast demo bench lint format clean
+
+install: $(STAMP)
+
+# torch is pinned first: a bare `torch` requirement would pull a multi-GB CUDA wheel.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q tests
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+demo: install
+	$(BIN)/smalllm demo
+
+bench: install
+	$(BIN)/python scripts/bench.py
+
+lint: install
+	$(BIN)/ruff check smalllm scripts tests
+	$(BIN)/ruff format --check smalllm scripts tests
+
+format: install
+	$(BIN)/ruff format smalllm scripts tests
+	$(BIN)/ruff check --fix smalllm scripts tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

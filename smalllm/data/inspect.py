@@ -1,0 +1,54 @@
+"""``smalllm data inspect``: what the model will actually read."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from smalllm.config import RunConfig
+from smalllm.data.shards import ensure_corpus
+from smalllm.data.stream import TaskStream
+
+
+def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> str:
+    """Sample rows with task spans marked ``[label| … ]`` and answers ``⟨…⟩``, then the frequency table."""
+    corpus = ensure_corpus(cfg.data)
+    stream = TaskStream(cfg.data, corpus, cfg.train.global_batch_size)
+    tok = stream.tokenizer
+    # Show rows that carry task instances first: with rare tasks, the first rows are pure background.
+    batch = stream.rows(0, min(4096, 64 * rows))
+    has_task = np.flatnonzero(batch.task_ids.any(axis=1))
+    order = list(has_task[:rows]) + [i for i in range(len(batch.input_ids)) if i not in set(has_task)][: max(0, rows - len(has_task))]
+    out = [f"stream of {cfg.data.seq_len}-token rows; labels: {', '.join(stream.labels)}", ""]
+    for r in order[:rows]:
+        out.append(f"row {r}: " + _render(tok, batch.input_ids[r], batch.task_ids[r], batch.answer_mask[r], stream.labels))
+        out.append("")
+    if steps is None:
+        steps = math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.data.seq_len))
+    num_rows = steps * cfg.train.global_batch_size
+    out.append(f"realised frequencies over {steps:,} steps ({num_rows * cfg.data.seq_len:,} tokens):")
+    out.append(f"{'label':<28} {'placement':<9} {'requested':>12} {'realised':>10} {'per token':>11}")
+    for row in stream.frequency_table(num_rows):
+        out.append(
+            f"{row['label']:<28} {row['placement']:<9} {row['requested']:>12.2f} {row['realised']:>10,} {row['per_token']:>11.3g}"
+        )
+    return "\n".join(out)
+
+
+def _render(tok, ids, task_ids, answer, labels) -> str:
+    pieces, i, n = [], 0, len(ids)
+    while i < n:
+        j = i
+        while j < n and task_ids[j] == task_ids[i]:
+            j += 1
+        if task_ids[i] == 0:
+            pieces.append(tok.decode(ids[i:j].tolist()))
+        else:
+            span = []
+            for k in range(i, j):
+                text = tok.decode([int(ids[k])])
+                span.append(f"⟨{text}⟩" if answer[k] else text)
+            pieces.append(f"[{labels[task_ids[i]]}| {' '.join(span)} ]")
+        i = j
+    return "".join(pieces).replace("\n", "⏎")

@@ -1,0 +1,132 @@
+"""Exact, deterministic placement of task instances in the training stream.
+
+What a frequency counts
+-----------------------
+Training data is a sequence of rows (training sequences) of ``seq_len`` tokens, numbered globally
+``g = 0, 1, 2, …`` (step ``s`` holds rows ``s·B … s·B + B − 1`` for a global batch of ``B`` rows).
+A task's frequency is converted to an *expected number of instances per row* ``r``:
+
+* ``per_token``        r = f · seq_len — instances per training token (all tokens of the stream,
+  task tokens included; Huang et al.'s unit, e.g. 2.4e-8 … 7.8e-3);
+* ``token_fraction``   r = f · seq_len / mean instance length — the share of training tokens that
+  belong to this task's instances (EOD included);
+* ``example_fraction`` r = f — the share of rows that carry one instance of the task.
+
+A family's frequency is split across its sub-skills in proportion to ``skill_weights``; each
+(task, sub-skill) pair is then placed on its own.
+
+Exactness
+---------
+Let E(g) be the expected number of instances in rows ``0 … g−1`` (the integral of the schedule).
+The realised count is ``C(g) = floor(E(g) + φ) − floor(φ)`` with a fixed phase φ ∈ [0, 1) per
+(task, sub-skill) drawn from the data seed (so two tasks at one frequency do not share rows). Hence
+``|C(g) − E(g)| < 1`` for every prefix of the stream — no Bernoulli noise — and row g receives the
+instances with ordinals ``C(g) … C(g+1) − 1``, a pure function of g: the stream can seek.
+
+Schedules change E, never the long-run frequency:
+
+* ``uniform``   – E grows linearly;
+* ``gap``       – all instances of a period of ``gap_batches`` batches arrive, spread evenly, in the
+  first batch of the period (Huang et al.'s gap runs);
+* ``piecewise`` – the frequency changes at given optimizer steps (curricula).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smalllm.config import TaskConfig
+
+
+@dataclass
+class PlacementRule:
+    """Where the instances of one (task, sub-skill) go."""
+
+    task_index: int
+    skill: int
+    breakpoints: np.ndarray
+    """Row indices at which the per-row rate changes (first is 0)."""
+    rates: np.ndarray
+    """Expected instances per row from each breakpoint on."""
+    gap_rows: int
+    """Rows per gap period (``gap_batches · global_batch``); rows per batch for uniform."""
+    batch_rows: int
+    """Rows per global batch."""
+    gap: bool
+    phase: float
+
+    def expected(self, rows: np.ndarray | int) -> np.ndarray:
+        """E(g): expected instances in rows ``0 … g−1`` (uniform or piecewise schedule)."""
+        g = np.asarray(rows, dtype=np.float64)
+        starts = self.breakpoints.astype(np.float64)
+        ends = np.append(starts[1:], np.inf)
+        covered = np.clip(g[..., None] - starts, 0.0, ends - starts)
+        return (covered * self.rates).sum(axis=-1)
+
+    def _scheduled(self, rows: np.ndarray) -> np.ndarray:
+        if not self.gap:
+            return self.expected(rows)
+        period_start = (rows // self.gap_rows) * self.gap_rows
+        into = np.minimum(rows - period_start, self.batch_rows) / self.batch_rows
+        e0 = self.expected(period_start)
+        e1 = self.expected(period_start + self.gap_rows)
+        return e0 + (e1 - e0) * into
+
+    def count(self, rows: np.ndarray | int) -> np.ndarray:
+        """C(g): instances placed in rows ``0 … g−1``."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return (np.floor(self._scheduled(rows) + self.phase) - np.floor(self.phase)).astype(np.int64)
+
+    def max_per_row(self) -> int:
+        """Most instances one row can receive (for the capacity check)."""
+        peak = float(self.rates.max(initial=0.0))
+        if self.gap:
+            peak *= self.gap_rows / self.batch_rows
+        return int(np.ceil(peak)) if peak > 0 else 0
+
+
+def rate_per_row(frequency: float, unit: str, seq_len: int, mean_length: float) -> float:
+    """Expected instances per row for a frequency in ``unit`` (see the module docstring)."""
+    if unit == "per_token":
+        return frequency * seq_len
+    if unit == "token_fraction":
+        return frequency * seq_len / mean_length
+    return frequency  # example_fraction
+
+
+def make_rule(
+    cfg: TaskConfig,
+    task_index: int,
+    skill: int,
+    skill_share: float,
+    seq_len: int,
+    batch_rows: int,
+    mean_length: float,
+    seed: int,
+) -> PlacementRule:
+    """Build the placement rule of one sub-skill of task ``cfg``."""
+    points = [(0, cfg.frequency)]
+    if cfg.schedule.kind == "piecewise":
+        points += [(int(step), float(freq)) for step, freq in cfg.schedule.points]
+    # A later point at the same step wins; steps become row indices.
+    merged: dict[int, float] = {}
+    for step, freq in points:
+        merged[step * batch_rows] = freq
+    breakpoints = np.array(sorted(merged), dtype=np.int64)
+    rates = np.array(
+        [rate_per_row(merged[b], cfg.unit, seq_len, mean_length) * skill_share for b in breakpoints]
+    )
+    gap = cfg.schedule.kind == "gap" and cfg.schedule.gap_batches > 1
+    phase = float(np.random.default_rng([seed, task_index, skill, 0xF0]).random())
+    return PlacementRule(
+        task_index=task_index,
+        skill=skill,
+        breakpoints=breakpoints,
+        rates=rates,
+        gap_rows=batch_rows * (cfg.schedule.gap_batches if gap else 1),
+        batch_rows=batch_rows,
+        gap=gap,
+        phase=phase,
+    )

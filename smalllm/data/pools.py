@@ -1,0 +1,83 @@
+"""Instance pools: where the k-th training instance of a (task, sub-skill) comes from.
+
+Two kinds, both deterministic and random-access in k (so the stream can seek):
+
+* ``finite`` – ``pool_size`` distinct instances are drawn once, shuffled, and split into a test part
+  (``test_fraction``) and a train part. Training cycles through the train part in a fixed order.
+  This is Huang et al.'s setting (10K instances, 50/50).
+* ``fresh`` – the test set (``eval_size`` distinct instances) is drawn first; the k-th training
+  instance is drawn from its own RNG stream and re-drawn while its key is in the test set.
+
+Either way a held-out instance can never be a training instance: by construction, not by chance.
+Tasks that are about memorisation (``memorization = True``, e.g. fact lookup) are evaluated on the
+facts they were trained on, since there is nothing else to test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from smalllm.config import TaskConfig
+from smalllm.tasks import Instance, Task
+
+
+class InstancePool:
+    """Training and held-out instances of one sub-skill of one task."""
+
+    def __init__(self, task: Task, skill: int, cfg: TaskConfig, task_index: int) -> None:
+        self.task, self.skill, self.cfg = task, skill, cfg
+        self._seed = [cfg.seed, task_index, skill]
+        if cfg.pool == "finite":
+            instances = _distinct(task, skill, cfg.pool_size, np.random.default_rng([*self._seed, 1]))
+            n_test = max(1, round(len(instances) * cfg.test_fraction))
+            if getattr(task, "memorization", False):
+                self.train, self.test = instances, instances
+            else:
+                if len(instances) - n_test < 1:
+                    raise ValueError(f"only {len(instances)} distinct instances: nothing left to train on")
+                self.test, self.train = instances[:n_test], instances[n_test:]
+            self._test_keys: set = set()
+        else:
+            self.test = _distinct(task, skill, cfg.eval_size, np.random.default_rng([*self._seed, 2]))
+            self.train = []
+            self._test_keys = set() if getattr(task, "memorization", False) else {i.key for i in self.test}
+        self._cache: dict[int, np.ndarray] = {}
+
+    def train_instance(self, k: int) -> Instance:
+        """The k-th training instance (k counts from the start of training)."""
+        if self.cfg.pool == "finite":
+            return self.train[k % len(self.train)]
+        rng = np.random.default_rng([*self._seed, 3, k])
+        inst = self.task.generate(rng, self.skill)
+        while inst.key in self._test_keys:
+            inst = self.task.generate(rng, self.skill)
+        return inst
+
+    def eval_instances(self) -> list[Instance]:
+        """Held-out instances for evaluation (at most ``eval_size``)."""
+        return self.test[: self.cfg.eval_size]
+
+    def mean_length(self) -> float:
+        """Average instance length in tokens (EOD included), for the token_fraction unit."""
+        sample = self.train[:1000] if self.train else [self.train_instance(k) for k in range(200)]
+        return float(np.mean([i.length for i in sample]))
+
+    def max_length(self) -> int:
+        sample = self.train[:2000] if self.train else [self.train_instance(k) for k in range(200)]
+        return max(max(i.length for i in sample), max((i.length for i in self.test), default=0))
+
+
+def _distinct(task: Task, skill: int, n: int, rng: np.random.Generator) -> list[Instance]:
+    """Up to ``n`` distinct instances (fewer if the task has fewer; gives up after many repeats)."""
+    space = task.instance_space()
+    if space is not None:
+        n = min(n, space // max(1, len(task.skills)) if len(task.skills) > 1 else space)
+    seen: dict[tuple, Instance] = {}
+    misses = 0
+    while len(seen) < n and misses < 20 * n + 1000:
+        inst = task.generate(rng, skill)
+        if inst.key in seen:
+            misses += 1
+        else:
+            seen[inst.key] = inst
+    return list(seen.values())

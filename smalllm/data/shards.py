@@ -1,0 +1,218 @@
+"""Pre-tokenized background: memory-mapped token shards with a JSON index, built once and reused.
+
+Layout of a built corpus directory::
+
+    index.json        # dtype, shard files and token counts, documents, tokenizer, source config
+    tokenizer/        # the PreTrainedTokenizerFast used (every run copies it into its checkpoints)
+    train_00000.bin   # raw uint16/uint32 token ids; every document is followed by <eod>
+    holdout.bin       # held-out background documents (never trained on)
+
+Tokenization runs through ``datasets.map`` (``num_proc`` workers) in chunks, so corpora larger than
+memory stream through. The directory is written under a temporary name and renamed when complete,
+so a crash never leaves a half-built corpus that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from smalllm.config import BackgroundConfig, DataConfig, TokenizerConfig
+from smalllm.data.background import load_texts
+from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
+from smalllm.errors import SmalllmError
+
+INDEX = "index.json"
+SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
+TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
+
+
+@dataclass
+class TokenShards:
+    """A built corpus: train token stream (concatenated shards), held-out tokens and the tokenizer."""
+
+    path: Path
+    train: np.ndarray
+    holdout: np.ndarray
+    tokenizer: object
+    index: dict
+
+    @property
+    def num_tokens(self) -> int:
+        return int(len(self.train))
+
+
+def default_cache_dir() -> Path:
+    """$SMALLLM_CACHE, else ~/.cache/smalllm."""
+    env = os.environ.get("SMALLLM_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "smalllm"
+
+
+def corpus_key(background: BackgroundConfig, tokenizer: TokenizerConfig) -> str:
+    """Content hash of everything that determines the token shards."""
+    blob = json.dumps({"background": asdict(background), "tokenizer": asdict(tokenizer), "v": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def corpus_dir(cfg: DataConfig) -> Path:
+    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    return root / f"corpus-{corpus_key(cfg.background, cfg.tokenizer)}"
+
+
+def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
+    """Open the cached corpus for ``cfg``, building it first if it does not exist."""
+    path = corpus_dir(cfg)
+    if not (path / INDEX).is_file():
+        log(f"building background corpus in {path} (once; cached for later runs)")
+        build_corpus(cfg, path, num_proc=num_proc)
+    return open_corpus(path)
+
+
+def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
+    """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically)."""
+    out = Path(out)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        bg = cfg.background
+        texts = load_texts(bg)
+        holdout_docs = list(itertools.islice(texts, bg.holdout_documents))
+        # The BPE trains on training documents only; tee keeps the generator single-pass.
+        head, texts = itertools.tee(texts)
+        tokenizer = build_tokenizer(cfg.tokenizer, itertools.islice(head, TOKENIZER_TRAIN_DOCS))
+        del head
+        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+        eod = tokenizer.eos_token_id
+
+        holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
+        holdout.tofile(tmp / "holdout.bin")
+        shards, total, docs = [], 0, 0
+        writer = _ShardWriter(tmp, dtype)
+        for chunk in _chunks(texts, 20_000):
+            ids = _tokenize(chunk, tokenizer, eod, dtype, num_proc)
+            writer.write(ids)
+            total += len(ids)
+            docs += len(chunk)
+        shards = writer.close()
+        if total == 0:
+            raise SmalllmError("data.background: the corpus has no training documents after the held-out split")
+        index = {
+            "dtype": np.dtype(dtype).name,
+            "shards": shards,
+            "train_tokens": total,
+            "train_documents": docs,
+            "holdout_tokens": int(len(holdout)),
+            "holdout_documents": len(holdout_docs),
+            "vocab_size": len(tokenizer),
+            "eod_id": eod,
+            "background": asdict(bg),
+            "tokenizer": asdict(cfg.tokenizer),
+        }
+        (tmp / INDEX).write_text(json.dumps(index, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+class _ShardWriter:
+    def __init__(self, root: Path, dtype) -> None:
+        self.root, self.dtype = root, dtype
+        self.shards: list[dict] = []
+        self._fh = None
+        self._count = 0
+
+    def write(self, ids: np.ndarray) -> None:
+        while len(ids):
+            if self._fh is None or self._count >= SHARD_TOKENS:
+                self._open()
+            take = min(len(ids), SHARD_TOKENS - self._count)
+            self._fh.write(ids[:take].tobytes())
+            self._count += take
+            self.shards[-1]["tokens"] = self._count
+            ids = ids[take:]
+
+    def _open(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+        name = f"train_{len(self.shards):05d}.bin"
+        self._fh = open(self.root / name, "wb")  # noqa: SIM115 - closed in close()/_open()
+        self._count = 0
+        self.shards.append({"file": name, "tokens": 0})
+
+    def close(self) -> list[dict]:
+        if self._fh is not None:
+            self._fh.close()
+        return self.shards
+
+
+def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np.ndarray:
+    if not texts:
+        return np.zeros(0, dtype=dtype)
+    if num_proc > 1 and len(texts) >= 10_000:
+        import datasets
+
+        ds = datasets.Dataset.from_dict({"text": texts})
+        ds = ds.map(
+            lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},
+            batched=True,
+            num_proc=num_proc,
+            remove_columns=["text"],
+        )
+        encoded = ds["ids"]
+    else:
+        encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+    out = np.empty(int(lengths.sum()), dtype=dtype)
+    out[:] = eod
+    ends = np.cumsum(lengths)
+    for start, ids in zip(ends - lengths, encoded):
+        out[start : start + len(ids)] = ids
+    return out
+
+
+def open_corpus(path: str | Path) -> TokenShards:
+    """Memory-map a built corpus; a missing or inconsistent file is a one-line error naming it."""
+    path = Path(path)
+    index_file = path / INDEX
+    try:
+        index = json.loads(index_file.read_text())
+        dtype = np.dtype(index["dtype"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SmalllmError(f"{index_file}: unreadable corpus index ({exc})") from None
+    parts = []
+    for shard in index["shards"]:
+        f = path / shard["file"]
+        expected = shard["tokens"] * dtype.itemsize
+        if not f.is_file() or f.stat().st_size != expected:
+            size = f.stat().st_size if f.is_file() else "missing"
+            raise SmalllmError(f"{f}: corrupt token shard (expected {expected} bytes, found {size}); rebuild it")
+        parts.append(np.memmap(f, dtype=dtype, mode="r"))
+    train = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    holdout_file = path / "holdout.bin"
+    holdout = np.fromfile(holdout_file, dtype=dtype) if holdout_file.is_file() else np.zeros(0, dtype)
+    if holdout_file.is_file() and len(holdout) != index.get("holdout_tokens", len(holdout)):
+        raise SmalllmError(f"{holdout_file}: corrupt held-out shard; rebuild the corpus")
+    tokenizer = load_tokenizer(path / "tokenizer", field=str(path / "tokenizer"))
+    vmax = int(train.max()) if len(train) < 50_000_000 else None
+    if vmax is not None and vmax >= len(tokenizer):
+        raise SmalllmError(f"{path}: token id {vmax} outside the tokenizer's vocabulary of {len(tokenizer)}")
+    return TokenShards(path=path, train=train, holdout=holdout, tokenizer=tokenizer, index=index)

@@ -1,0 +1,254 @@
+"""The training stream: background windows with task instances placed exactly (see ``mixture``).
+
+Row g of the stream is a pure function of (data config, g): its background window comes from a
+seeded per-epoch permutation of non-overlapping ``seq_len`` windows of the token shards, and its
+task instances from the placement rules. So batch k is produced directly (resume replays nothing),
+and data-parallel rank r of W takes rows ``r·B/W … (r+1)·B/W − 1`` of every global batch: the
+ranks are disjoint and together cover every instance exactly once.
+
+Placement inside a row:
+
+* ``prefix``   – instances (``prompt answer <eod>``) overwrite the first tokens of the row, as in
+  Huang et al.; several are concatenated;
+* ``document`` – instances are inserted, as their own EOD-terminated documents, at the first
+  document boundary (after an ``<eod>``) that leaves room, else right after the prefix; the rest of
+  the background shifts right and its tail is dropped.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from smalllm.config import DataConfig
+from smalllm.data.mixture import PlacementRule, make_rule
+from smalllm.data.pools import InstancePool
+from smalllm.data.shards import TokenShards
+from smalllm.errors import ConfigError
+from smalllm.tasks import Task, TaskVocab, build_task
+
+BACKGROUND = "background"
+
+
+@dataclass
+class Batch:
+    """Rows of the stream as numpy arrays of shape [rows, seq_len]."""
+
+    input_ids: np.ndarray
+    """Token ids (int64)."""
+    task_ids: np.ndarray
+    """Per-token label index into ``TaskStream.labels`` (0 = background; int16)."""
+    answer_mask: np.ndarray
+    """True on the answer tokens of task instances."""
+    loss_mask: np.ndarray
+    """True where the token is a training target (all real tokens; no padding in packed rows)."""
+
+    def labels(self) -> np.ndarray:
+        """``input_ids`` with non-targets set to -100 (the model shifts them internally)."""
+        return np.where(self.loss_mask, self.input_ids, -100)
+
+
+def skill_label(task: Task, skill: int) -> str:
+    """Stream label of a sub-skill: the task name, or ``task/skill`` for a family."""
+    if len(task.skills) == 1:
+        return task.name
+    name = task.skills[skill]
+    return name if name.startswith(f"{task.name}/") else f"{task.name}/{name}"
+
+
+class TaskStream:
+    """Seekable, deterministic stream of training rows with controlled task frequencies."""
+
+    def __init__(self, cfg: DataConfig, corpus: TokenShards, global_batch: int) -> None:
+        self.cfg = cfg
+        self.corpus = corpus
+        self.seq_len = cfg.seq_len
+        self.global_batch = global_batch
+        self.tokenizer = corpus.tokenizer
+        self.vocab = TaskVocab(corpus.tokenizer)
+        self.eod = self.vocab.eod_id
+        self.n_windows = len(corpus.train) // self.seq_len
+        if self.n_windows < 1:
+            raise ConfigError(
+                f"data.seq_len: {self.seq_len} is longer than the whole background corpus ({len(corpus.train)} tokens)"
+            )
+        self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
+
+        self.tasks: list[Task] = []
+        self.pools: list[InstancePool] = []
+        self.rules: list[PlacementRule] = []
+        self.labels: list[str] = [BACKGROUND]
+        self._placement: list[str] = []
+        for ti, tcfg in enumerate(cfg.tasks):
+            where = f"data.tasks.{ti}"
+            task = build_task(tcfg.name, tcfg.params, self.vocab, seed=tcfg.seed, where=where)
+            self.tasks.append(task)
+            weights = list(tcfg.skill_weights) if tcfg.skill_weights is not None else task.default_skill_weights()
+            if len(weights) != len(task.skills):
+                raise ConfigError(
+                    f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
+                )
+            total = float(sum(weights))
+            for skill, weight in enumerate(weights):
+                try:
+                    pool = InstancePool(task, skill, tcfg, ti)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: {exc}") from None
+                self._check_pool(pool, where)
+                rule = make_rule(
+                    tcfg, ti, skill, weight / total, self.seq_len, global_batch, pool.mean_length(), cfg.seed
+                )
+                self.pools.append(pool)
+                self.rules.append(rule)
+                self._placement.append(tcfg.placement)
+                self.labels.append(skill_label(task, skill))
+        self._check_capacity()
+
+    # ------------------------------------------------------------------ checks
+
+    def _check_pool(self, pool: InstancePool, where: str) -> None:
+        instances = (pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]) + pool.test
+        vocab = self.vocab.vocab_size
+        for inst in instances:
+            bad = [t for t in inst.prompt + inst.answer if not 0 <= t < vocab]
+            if bad:
+                raise ConfigError(f"{where}.name: task '{pool.task.name}' emits token id {bad[0]} outside the vocabulary of {vocab}")
+            if inst.length > self.seq_len:
+                raise ConfigError(
+                    f"{where}: an instance of '{pool.task.name}' has {inst.length} tokens, longer than data.seq_len={self.seq_len}"
+                )
+
+    def _check_capacity(self) -> None:
+        need = sum(rule.max_per_row() * pool.max_length() for rule, pool in zip(self.rules, self.pools))
+        if need > self.seq_len:
+            raise ConfigError(
+                f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={self.seq_len}; "
+                "lower the frequencies or raise data.seq_len"
+            )
+
+    # ------------------------------------------------------------------ rows
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
+        """This rank's share of global batch ``step``."""
+        if self.global_batch % world:
+            raise ConfigError(f"train.global_batch_size: {self.global_batch} is not divisible by {world} processes")
+        local = self.global_batch // world
+        start = step * self.global_batch + rank * local
+        return self.rows(start, start + local)
+
+    def rows(self, start: int, stop: int) -> Batch:
+        """Rows ``start … stop − 1`` of the global stream."""
+        n, L = stop - start, self.seq_len
+        ids = self._background(start, n)
+        task_ids = np.zeros((n, L), dtype=np.int16)
+        answer = np.zeros((n, L), dtype=bool)
+        placed: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        grid = np.arange(start, stop + 1, dtype=np.int64)
+        for ri, rule in enumerate(self.rules):
+            counts = rule.count(grid)
+            for r in np.flatnonzero(np.diff(counts)):
+                placed[int(r)].extend((ri, k) for k in range(int(counts[r]), int(counts[r + 1])))
+        for r, items in placed.items():
+            self._inject(ids[r], task_ids[r], answer[r], items)
+        return Batch(input_ids=ids, task_ids=task_ids, answer_mask=answer, loss_mask=np.ones((n, L), dtype=bool))
+
+    def _background(self, start: int, n: int) -> np.ndarray:
+        rows = np.arange(start, start + n, dtype=np.int64)
+        epochs = rows // self.n_windows
+        windows = np.empty(n, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            windows[sel] = self._permutation(int(epoch))[rows[sel] % self.n_windows]
+        idx = windows[:, None] * self.seq_len + np.arange(self.seq_len)
+        return self.corpus.train[idx].astype(np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.cfg.seed, epoch, 0xB6]).permutation(self.n_windows)
+            self._perm_epoch = epoch
+        return self._perm
+
+    def _inject(self, ids: np.ndarray, tids: np.ndarray, amask: np.ndarray, items: list[tuple[int, int]]) -> None:
+        pos = 0
+        documents = []
+        for ri, k in items:
+            if self._placement[ri] == "document":
+                documents.append((ri, k))
+                continue
+            pos = self._write(ids, tids, amask, pos, ri, k)
+        if not documents:
+            return
+        block_ids = np.zeros(self.seq_len, dtype=np.int64)
+        block_tids = np.zeros(self.seq_len, dtype=np.int16)
+        block_amask = np.zeros(self.seq_len, dtype=bool)
+        size = 0
+        for ri, k in documents:
+            size = self._write(block_ids, block_tids, block_amask, size, ri, k)
+        at = self._boundary(ids, pos, size)
+        keep = self.seq_len - at - size
+        ids[at + size :] = ids[at : at + keep].copy()
+        tids[at + size :] = tids[at : at + keep].copy()
+        amask[at + size :] = amask[at : at + keep].copy()
+        ids[at : at + size], tids[at : at + size], amask[at : at + size] = block_ids[:size], block_tids[:size], block_amask[:size]
+
+    def _boundary(self, ids: np.ndarray, pos: int, size: int) -> int:
+        """First position >= pos that starts a document and leaves ``size`` tokens of room."""
+        if pos > 0:  # right after a prefix instance, which ends with <eod>
+            return pos
+        eods = np.flatnonzero(ids[: self.seq_len - size] == self.eod)
+        return int(eods[0]) + 1 if len(eods) and eods[0] + 1 <= self.seq_len - size else pos
+
+    def _write(self, ids, tids, amask, pos: int, ri: int, k: int) -> int:
+        inst = self.pools[ri].train_instance(k)
+        p, a = len(inst.prompt), len(inst.answer)
+        end = pos + p + a + 1
+        ids[pos : pos + p] = inst.prompt
+        ids[pos + p : end - 1] = inst.answer
+        ids[end - 1] = self.eod
+        tids[pos:end] = ri + 1
+        amask[pos + p : end - 1] = True
+        return end
+
+    # ------------------------------------------------------------------ accounting and eval data
+
+    def frequency_table(self, num_rows: int) -> list[dict]:
+        """Requested (expected) versus realised instance counts per (task, sub-skill) over ``num_rows``."""
+        tokens = num_rows * self.seq_len
+        out = []
+        for ri, rule in enumerate(self.rules):
+            requested = float(rule.expected(num_rows))
+            realised = int(rule.count(num_rows))
+            out.append(
+                {
+                    "label": self.labels[ri + 1],
+                    "requested": requested,
+                    "realised": realised,
+                    "per_token": realised / tokens if tokens else 0.0,
+                    "placement": self._placement[ri],
+                }
+            )
+        return out
+
+    def eval_sets(self):  # -> list[TaskEvalSet]
+        """Held-out instances per task, grouped by sub-skill (fixed per run)."""
+        from smalllm.eval.evaluator import TaskEvalSet
+
+        sets = []
+        for task in self.tasks:
+            instances = [inst for pool in self.pools if pool.task is task for inst in pool.eval_instances()]
+            sets.append(
+                TaskEvalSet(
+                    task=task.name,
+                    skills=list(task.skills),
+                    instances=instances,
+                    chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
+                )
+            )
+        return sets
+
+    def background_holdout(self, num_sequences: int) -> np.ndarray:
+        """Held-out background text as [n, seq_len] rows (fewer if the held-out part is short)."""
+        n = min(num_sequences, len(self.corpus.holdout) // self.seq_len)
+        return np.asarray(self.corpus.holdout[: n * self.seq_len], dtype=np.int64).reshape(n, self.seq_len)

@@ -1,0 +1,94 @@
+"""Tokenizers, built with the ``tokenizers`` library and wrapped as ``PreTrainedTokenizerFast``.
+
+Three kinds are built here, all sharing two special tokens (``<pad>`` = 0, ``<eod>`` = 1):
+
+* ``bpe``  – byte-level BPE trained on the background corpus (every byte is a token, so every task
+  symbol that is one character is one token);
+* ``byte`` – the 256 byte tokens and no merges;
+* ``char`` – one token per printable ASCII character (small vocabularies for quick experiments).
+
+Every checkpoint carries its tokenizer (``save_pretrained``), so a run can be evaluated later
+with nothing but the checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from smalllm.config import TokenizerConfig
+from smalllm.errors import ConfigError
+
+PAD, EOD, UNK = "<pad>", "<eod>", "<unk>"
+SPECIAL_TOKENS = [PAD, EOD]
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOD, pad_token=PAD)
+
+
+def byte_level_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` (a vocabulary of 256 + 2 means no merges)."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return _wrap(tok)
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """One token per byte (258 tokens with the specials)."""
+    return byte_level_bpe([], vocab_size=len(SPECIAL_TOKENS) + 256)
+
+
+def char_tokenizer(charset: str | None = None) -> PreTrainedTokenizerFast:
+    """One token per character of ``charset`` (default: printable ASCII); others map to ``<unk>``."""
+    chars = charset if charset is not None else string.printable
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, UNK])}
+    for ch in dict.fromkeys(chars):
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    wrapped = _wrap(tok)
+    wrapped.unk_token = UNK
+    return wrapped
+
+
+def build_tokenizer(cfg: TokenizerConfig, texts: Iterable[str] | None = None) -> PreTrainedTokenizerFast:
+    """Make the tokenizer a config asks for; ``texts`` trains the BPE."""
+    if cfg.kind == "byte":
+        return byte_tokenizer()
+    if cfg.kind == "char":
+        return char_tokenizer()
+    if cfg.kind == "pretrained":
+        return load_tokenizer(cfg.path or "", field="data.tokenizer.path")
+    if texts is None:
+        raise ConfigError("data.tokenizer.kind: bpe needs background texts to train on")
+    return byte_level_bpe(texts, cfg.vocab_size)
+
+
+def load_tokenizer(path: str | Path, field: str = "tokenizer") -> PreTrainedTokenizerFast:
+    """Load a saved tokenizer directory (local only: nothing is fetched from a hub)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{field}: tokenizer directory '{path}' not found")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{field}: '{path}' holds no usable tokenizer ({str(exc).splitlines()[0]})") from None
+    if tok.eos_token_id is None:
+        raise ConfigError(f"{field}: tokenizer in '{path}' has no end-of-document (eos) token")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok

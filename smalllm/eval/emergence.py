@@ -1,0 +1,233 @@
+"""Emergence detection: when a task's accuracy (or loss) crosses a threshold and stays there.
+
+Evaluations are noisy (a few hundred held-out instances), so "first crossing" alone would report a
+lucky spike as emergence, while "crossed and never fell back" would let one unlucky evaluation
+postpone it indefinitely. :func:`detect_emergence` sits between the two with a small confirmation
+window that tolerates one isolated dip.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from smalllm.config import EvalConfig
+
+
+@dataclass
+class Emergence:
+    """The evaluation at which a task counted as learned."""
+
+    step: int
+    """Optimizer step of that evaluation."""
+    tokens: int
+    """Training tokens seen by then."""
+    value: float
+    """The metric's value there (accuracy or loss ratio)."""
+
+
+def _holds(value: float, threshold: float, higher_is_better: bool) -> bool:
+    if value is None or not math.isfinite(value):  # a NaN evaluation never confirms anything
+        return False
+    return value >= threshold if higher_is_better else value <= threshold
+
+
+def detect_emergence(
+    steps: Sequence[int],
+    tokens: Sequence[int],
+    values: Sequence[float],
+    threshold: float,
+    patience: int = 2,
+    higher_is_better: bool = True,
+) -> Emergence | None:
+    """First evaluation at which ``values`` crosses ``threshold`` and the crossing is confirmed.
+
+    An evaluation *holds* when its value is ``>= threshold`` (``<=`` with ``higher_is_better=False``,
+    e.g. for loss over chance); NaN never holds. Evaluations are taken in the given (step) order.
+    Emergence is at the first index ``i`` that holds and is confirmed by the evaluations after it:
+
+    * ``patience == 0``: holding at ``i`` is enough (the last evaluation included).
+    * At least ``patience`` evaluations follow ``i``: the window ``i+1 … i+patience`` may contain at
+      most one failing evaluation, and that failure must be *isolated*: the evaluation right after it
+      exists and holds (it may lie just beyond the window). So with ``patience=2``, ``hold, fail,
+      hold`` and ``hold, hold, fail, hold`` emerge at the first ``hold``; ``hold, fail, fail`` does not,
+      nor does a window ending the run on a failure (``hold, hold, fail`` then nothing).
+    * Fewer than ``patience`` evaluations follow ``i``: all of them must hold and there must be at
+      least one. In particular a first crossing at the very last evaluation is not emergence when
+      ``patience >= 1``: there is no evidence yet that it is not a spike.
+
+    What happens after the confirmation window does not matter: a later permanent drop (e.g. from
+    forgetting under a gap schedule) does not undo the emergence reported here.
+
+    Returns the step, tokens and value at ``i``, or None when no crossing is confirmed.
+    """
+    if not (len(steps) == len(tokens) == len(values)):
+        raise ValueError("steps, tokens and values must have the same length")
+    if patience < 0:
+        raise ValueError(f"patience must be >= 0, got {patience}")
+    ok = [_holds(v, threshold, higher_is_better) for v in values]
+    n = len(ok)
+    for i in range(n):
+        if not ok[i]:
+            continue
+        after = n - 1 - i
+        if patience == 0:
+            confirmed = True
+        elif after < patience:
+            confirmed = after >= 1 and all(ok[i + 1 :])
+        else:
+            fails = [j for j in range(i + 1, i + patience + 1) if not ok[j]]
+            confirmed = not fails or (len(fails) == 1 and fails[0] + 1 < n and ok[fails[0] + 1])
+        if confirmed:
+            return Emergence(step=int(steps[i]), tokens=int(tokens[i]), value=float(values[i]))
+    return None
+
+
+def eval_records(records: list[dict]) -> list[dict]:
+    """Eval records sorted by step; a step logged twice (e.g. after a resume) keeps its last record."""
+    by_step: dict[int, dict] = {}
+    for rec in records:
+        if rec.get("kind") == "eval" and "step" in rec:
+            by_step[int(rec["step"])] = rec
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def task_keys(records: list[dict]) -> list[tuple[str, str | None]]:
+    """(task, skill) pairs present in eval records, skill None for the task as a whole, in first-seen order."""
+    seen: dict[tuple[str, str | None], None] = {}
+    for rec in records:
+        for key in rec:
+            parts = key.split("/")
+            if parts[0] != "eval" or parts[-1] != "acc":
+                continue
+            if len(parts) == 3:
+                seen[(parts[1], None)] = None
+            elif len(parts) == 4:
+                seen[(parts[1], parts[2])] = None
+    # Each task's aggregate row first, then its sub-skills, tasks in first-seen order.
+    tasks = list(dict.fromkeys(t for t, _ in seen))
+    out: list[tuple[str, str | None]] = []
+    for t in tasks:
+        if (t, None) in seen:
+            out.append((t, None))
+        out.extend(k for k in seen if k[0] == t and k[1] is not None)
+    return out
+
+
+def metric_key(task: str, skill: str | None, metric: str) -> str:
+    """The metrics-file key of ``metric`` for a task or one of its sub-skills."""
+    return f"eval/{task}/{metric}" if skill is None else f"eval/{task}/{skill}/{metric}"
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[int], list[float]]:
+    steps, toks, vals = [], [], []
+    for rec in records:
+        if key in rec and rec[key] is not None:
+            steps.append(int(rec["step"]))
+            toks.append(int(rec.get("tokens", 0)))
+            vals.append(float(rec[key]))
+    return steps, toks, vals
+
+
+def _last(records: list[dict], key: str) -> float | None:
+    vals = _series(records, key)[2]
+    return vals[-1] if vals else None
+
+
+def emergence_criterion(cfg: EvalConfig) -> tuple[str, float, bool]:
+    """(metric, threshold, higher_is_better) used for emergence under ``cfg``."""
+    if cfg.loss_ratio_threshold is not None:
+        return "loss_ratio", float(cfg.loss_ratio_threshold), False
+    return "acc", float(cfg.accuracy_threshold), True
+
+
+def emergence_table(records: list[dict], cfg: EvalConfig) -> list[dict]:
+    """One row per task and per task/sub-skill summarising final metrics and emergence.
+
+    ``records`` are the lines of a run's ``metrics.jsonl`` (non-eval lines are ignored). Emergence uses
+    ``cfg.loss_ratio_threshold`` on ``loss_ratio`` (lower is better) when set, else
+    ``cfg.accuracy_threshold`` on ``acc``, with ``cfg.patience`` (see :func:`detect_emergence`).
+    Row keys: task, skill (None for the whole task), final_acc, final_loss, final_loss_ratio, best_acc,
+    emergence_step, emergence_tokens (both None if not emerged), emergence_value, metric, threshold.
+    """
+    evals = eval_records(records)
+    metric, threshold, higher = emergence_criterion(cfg)
+    rows = []
+    for task, skill in task_keys(evals):
+        accs = [v for v in _series(evals, metric_key(task, skill, "acc"))[2] if math.isfinite(v)]
+        steps, toks, vals = _series(evals, metric_key(task, skill, metric))
+        em = detect_emergence(steps, toks, vals, threshold, cfg.patience, higher)
+        rows.append(
+            {
+                "task": task,
+                "skill": skill,
+                "final_acc": _last(evals, metric_key(task, skill, "acc")),
+                "final_loss": _last(evals, metric_key(task, skill, "loss")),
+                "final_loss_ratio": _last(evals, metric_key(task, skill, "loss_ratio")),
+                "best_acc": max(accs) if accs else None,
+                "emergence_step": em.step if em else None,
+                "emergence_tokens": em.tokens if em else None,
+                "emergence_value": em.value if em else None,
+                "metric": metric,
+                "threshold": threshold,
+            }
+        )
+    return rows
+
+
+def human_count(n: float | None) -> str:
+    """Compact token count: 1234 -> 1.2K, 3_400_000 -> 3.4M; None -> '-'."""
+    if n is None:
+        return "-"
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _fmt(value: Any, spec: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return format(value, spec)
+
+
+TABLE_COLUMNS = (
+    "task",
+    "skill",
+    "final acc",
+    "best acc",
+    "final loss/chance",
+    "emerged at step",
+    "at tokens",
+)
+
+
+def table_cells(row: dict) -> list[str]:
+    """Display strings of one :func:`emergence_table` row, in :data:`TABLE_COLUMNS` order."""
+    return [
+        row["task"],
+        row["skill"] or "(all)",
+        _fmt(row["final_acc"]),
+        _fmt(row["best_acc"]),
+        _fmt(row["final_loss_ratio"]),
+        "-" if row["emergence_step"] is None else str(row["emergence_step"]),
+        human_count(row["emergence_tokens"]),
+    ]
+
+
+def format_emergence_table(rows: list[dict]) -> str:
+    """Aligned plain-text table of :func:`emergence_table` rows, for the terminal."""
+    if not rows:
+        return "(no task evaluations found)"
+    cells = [list(TABLE_COLUMNS)] + [table_cells(r) for r in rows]
+    widths = [max(len(c[j]) for c in cells) for j in range(len(TABLE_COLUMNS))]
+    lines = []
+    for k, c in enumerate(cells):
+        # Text columns left-aligned, numbers right-aligned, as a reader scans them.
+        parts = [c[j].ljust(widths[j]) if j < 2 else c[j].rjust(widths[j]) for j in range(len(c))]
+        lines.append("  ".join(parts).rstrip())
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)

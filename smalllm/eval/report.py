@@ -1,0 +1,263 @@
+"""``smalllm report RUN``: learning-curve plots and an emergence summary from a run's metrics file.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly rather
+than through ``pyplot``: no global backend switch, no figure registry to leak, safe in a headless
+training process or a notebook alike.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from smalllm.config import EvalConfig
+from smalllm.errors import SmalllmError
+from smalllm.eval.emergence import (
+    TABLE_COLUMNS,
+    emergence_criterion,
+    emergence_table,
+    eval_records,
+    format_emergence_table,
+    human_count,
+    metric_key,
+    table_cells,
+    task_keys,
+)
+
+METRICS_FILE = "metrics.jsonl"
+DPI = 100
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """All records of ``run_dir/metrics.jsonl`` (or of that file itself), in file order.
+
+    Lines that are not JSON objects are skipped: the last line of a run that was killed mid-write is
+    usually truncated, and one bad line should not hide the rest of the run.
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    if not path.is_file():
+        raise SmalllmError(f"{path}: metrics file not found (is this a run directory?)")
+    records = []
+    with path.open() as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def load_eval_config(run_dir: str | Path) -> EvalConfig:
+    """The ``eval`` section of the run's saved ``config.yaml``, or the defaults when there is none."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return EvalConfig()
+    names = {f.name for f in dataclasses.fields(EvalConfig)}
+    return EvalConfig(**{k: v for k, v in section.items() if k in names})
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "task"
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """(tokens, values) of ``key``, dropping points a log-token axis cannot show (tokens <= 0) and NaNs."""
+    xs, ys = [], []
+    for rec in records:
+        v, t = rec.get(key), rec.get("tokens")
+        if v is None or t is None or t <= 0 or not math.isfinite(float(v)):
+            continue
+        xs.append(int(t))
+        ys.append(float(v))
+    return xs, ys
+
+
+def _at_step(records: list[dict], step: int, key: str) -> float | None:
+    for rec in records:
+        if rec.get("step") == step and rec.get(key) is not None:
+            return float(rec[key])
+    return None
+
+
+def _chance(records: list[dict], task: str, skill: str | None) -> float | None:
+    """Chance loss recovered from any record with both loss and a positive loss ratio."""
+    for rec in records:
+        loss, ratio = rec.get(metric_key(task, skill, "loss")), rec.get(metric_key(task, skill, "loss_ratio"))
+        if loss is not None and ratio and math.isfinite(loss) and math.isfinite(ratio):
+            return float(loss) / float(ratio)
+    return None
+
+
+def _new_figure(ncols: int) -> tuple[Figure, list[Any]]:
+    fig = Figure(figsize=(5 * ncols, 3.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def _finish_axis(ax: Any, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    # Log tokens only when there is something to put on it: an all-empty axis cannot be log-scaled.
+    if any(len(line.get_xdata()) for line in ax.get_lines()):
+        ax.set_xscale("log")
+    ax.grid(True, which="major", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def plot_task(
+    task: str,
+    evals: list[dict],
+    trains: list[dict],
+    rows: list[dict],
+    cfg: EvalConfig,
+    path: Path,
+) -> Path:
+    """One figure for a task family: eval (and train) loss and accuracy against tokens, log x.
+
+    Each sub-skill is its own coloured line (with its chance loss dotted), the task aggregate is black;
+    a star and a dotted vertical line mark where each of them emerged.
+    """
+    metric, threshold, _ = emergence_criterion(cfg)
+    fig, (ax_loss, ax_acc) = _new_figure(2)
+    task_rows = [r for r in rows if r["task"] == task]
+    multi = any(r["skill"] is not None for r in task_rows)
+    for k, row in enumerate(task_rows):
+        skill = row["skill"]
+        is_total = skill is None
+        color = "black" if is_total and multi else f"C{k if multi else 0}"
+        label = ("all" if multi else task) if is_total else skill
+        width = 2.0 if is_total and multi else 1.3
+        xs, ys = _series(evals, metric_key(task, skill, "loss"))
+        ax_loss.plot(xs, ys, color=color, lw=width, marker=".", ms=3, label=f"{label} (eval)")
+        # Chance loss = loss / loss_ratio exactly for one sub-skill; for a mixed aggregate it is not.
+        chance = None if is_total and multi else _chance(evals, task, skill)
+        if chance is not None:
+            ax_loss.axhline(chance, color=color, ls=":", lw=0.8)
+        xa, ya = _series(evals, metric_key(task, skill, "acc"))
+        ax_acc.plot(xa, ya, color=color, lw=width, marker=".", ms=3, label=label)
+        step = row["emergence_step"]
+        if step is not None and row["emergence_tokens"]:
+            t = row["emergence_tokens"]
+            for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
+                ax.axvline(t, color=color, ls=":", lw=0.9)
+                v = _at_step(evals, step, metric_key(task, skill, key))
+                if v is not None:
+                    ax.plot([t], [v], marker="*", ms=11, color=color, ls="none")
+    train_key = f"train/{task}/loss"
+    xt, yt = _series(trains, train_key)
+    if xt:
+        ax_loss.plot(xt, yt, color="0.55", lw=0.8, ls="--", label="train")
+    if metric == "acc":
+        ax_acc.axhline(threshold, color="0.4", ls="--", lw=0.8)
+    ax_acc.set_ylim(-0.03, 1.03)
+    _finish_axis(ax_loss, "tokens", "answer loss (nats/token)")
+    _finish_axis(ax_acc, "tokens", "exact-match accuracy")
+    ax_loss.set_title(f"{task}: loss (dotted: chance)", fontsize=10)
+    crit = f"acc >= {threshold:g}" if metric == "acc" else f"loss/chance <= {threshold:g}"
+    ax_acc.set_title(f"{task}: accuracy (star: emergence, {crit})", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def plot_background(evals: list[dict], trains: list[dict], path: Path) -> Path | None:
+    """Held-out background loss (and overall training loss) against tokens; None when neither exists."""
+    xe, ye = _series(evals, "eval/background/loss")
+    xt, yt = _series(trains, "loss")
+    if not xe and not xt:
+        return None
+    fig, (ax,) = _new_figure(1)
+    if xt:
+        ax.plot(xt, yt, color="0.55", lw=0.8, ls="--", label="train (all tokens)")
+    if xe:
+        ax.plot(xe, ye, color="C0", lw=1.5, marker=".", ms=3, label="held-out background")
+    _finish_axis(ax, "tokens", "loss (nats/token)")
+    ax.set_title("background loss", fontsize=10)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def summary_markdown(
+    run_dir: Path, rows: list[dict], evals: list[dict], cfg: EvalConfig, images: list[Path]
+) -> str:
+    """The ``summary.md`` text: criterion, final background loss, one table row per task/sub-skill."""
+    metric, threshold, _ = emergence_criterion(cfg)
+    crit = f"accuracy >= {threshold:g}" if metric == "acc" else f"loss / chance <= {threshold:g}"
+    lines = [
+        f"# Run report: {run_dir.name}",
+        "",
+        f"Emergence: first evaluation with {crit}, confirmed by the next {cfg.patience} evaluation(s) "
+        "(one isolated dip tolerated; see `smalllm.eval.emergence.detect_emergence`).",
+        "",
+    ]
+    if evals:
+        last = evals[-1]
+        lines.append(f"Last evaluation: step {last['step']}, {human_count(last.get('tokens'))} tokens.")
+        bg = last.get("eval/background/loss")
+        if bg is not None:
+            lines.append(f"Held-out background loss: {bg:.4f} nats ({bg / math.log(2):.4f} bits) per token.")
+        lines.append("")
+    header = list(TABLE_COLUMNS)
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    for row in rows:
+        lines.append("| " + " | ".join(table_cells(row)) + " |")
+    if not rows:
+        lines.append("| (no task evaluations) |" + " |" * (len(header) - 1))
+    lines.append("")
+    for img in images:
+        lines.append(f"![{img.stem}]({img.name})")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Path]:
+    """Write ``run_dir/report/{task}.png``, ``background.png`` and ``summary.md``; return their paths.
+
+    ``cfg`` gives the emergence criterion; by default it is read from the run's ``config.yaml``.
+    """
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    cfg = cfg if cfg is not None else load_eval_config(run_dir)
+    evals = eval_records(records)
+    trains = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r.get("step", 0))
+    rows = emergence_table(records, cfg)
+    out_dir = run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images: list[Path] = []
+    used: set[str] = set()
+    for task in dict.fromkeys(t for t, _ in task_keys(evals)):
+        name = _safe_name(task)
+        while name in used or name == "background":  # keep distinct tasks in distinct files
+            name += "_"
+        used.add(name)
+        images.append(plot_task(task, evals, trains, rows, cfg, out_dir / f"{name}.png"))
+    bg = plot_background(evals, trains, out_dir / "background.png")
+    if bg is not None:
+        images.append(bg)
+    summary = out_dir / "summary.md"
+    summary.write_text(summary_markdown(run_dir, rows, evals, cfg, images))
+    return [*images, summary]
+
+
+def report_text(run_dir: str | Path, cfg: EvalConfig | None = None) -> str:
+    """The terminal emergence table of a run (what ``smalllm report`` prints after writing files)."""
+    cfg = cfg if cfg is not None else load_eval_config(run_dir)
+    return format_emergence_table(emergence_table(read_metrics(run_dir), cfg))

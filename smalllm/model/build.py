@@ -1,0 +1,112 @@
+"""Hugging Face models from ladder presets.
+
+Every model is a stock ``transformers`` causal LM, so a checkpoint is a ``save_pretrained`` directory
+that plain ``AutoModelForCausalLM.from_pretrained`` opens. Architectures other than OLMo keep the
+preset's width, depth and heads; non-gated MLPs (gpt2, gpt_neox) get 1.5 × the SwiGLU intermediate
+size so the MLP parameter count matches.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPTNeoXConfig,
+    LlamaConfig,
+    OlmoConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+)
+
+from smalllm.config import ModelConfig
+from smalllm.model.presets import PRESETS, Preset
+
+
+def hf_config(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1) -> PretrainedConfig:
+    """The transformers config for ``cfg.preset`` in architecture ``cfg.arch``."""
+    p: Preset = PRESETS[cfg.preset]
+    common = dict(
+        vocab_size=vocab_size,
+        tie_word_embeddings=cfg.tie_embeddings,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=None,
+        use_cache=False,
+    )
+    if cfg.arch == "olmo":
+        hf = OlmoConfig(
+            hidden_size=p.width,
+            intermediate_size=p.intermediate,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            max_position_embeddings=max_seq_len,
+            initializer_range=cfg.init_std,
+            **common,
+        )
+    elif cfg.arch == "llama":
+        hf = LlamaConfig(
+            hidden_size=p.width,
+            intermediate_size=p.intermediate,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            max_position_embeddings=max_seq_len,
+            initializer_range=cfg.init_std,
+            **common,
+        )
+    elif cfg.arch == "gpt2":
+        hf = GPT2Config(
+            n_embd=p.width,
+            n_layer=p.layers,
+            n_head=p.heads,
+            n_inner=p.intermediate * 3 // 2,
+            n_positions=max_seq_len,
+            initializer_range=cfg.init_std,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **common,
+        )
+    elif cfg.arch == "gpt_neox":
+        hf = GPTNeoXConfig(
+            hidden_size=p.width,
+            intermediate_size=p.intermediate * 3 // 2,
+            num_hidden_layers=p.layers,
+            num_attention_heads=p.heads,
+            max_position_embeddings=max_seq_len,
+            initializer_range=cfg.init_std,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            **common,
+        )
+    else:  # validated earlier; kept for direct callers
+        raise ValueError(f"model.arch: unknown architecture '{cfg.arch}'")
+    return hf
+
+
+def build_model(
+    cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1, meta: bool = False
+) -> PreTrainedModel:
+    """A freshly initialised model (seed torch before calling for reproducible weights).
+
+    ``meta=True`` builds it without allocating memory, for counting parameters of large rungs.
+    """
+    hf = hf_config(cfg, vocab_size, max_seq_len, pad_id, eos_id)
+    if meta:
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(hf, attn_implementation="eager")
+    return AutoModelForCausalLM.from_config(hf, attn_implementation=cfg.attn_implementation)
+
+
+def count_params(model: torch.nn.Module) -> tuple[int, int]:
+    """(total, non-embedding) parameters; the output head counts as embedding when untied too."""
+    total = sum(p.numel() for p in model.parameters())
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    emb = embed.numel()
+    if head is not None and head.weight is not embed:
+        emb += head.weight.numel()
+    pos = getattr(getattr(model, "transformer", None), "wpe", None)  # gpt2's learned positions
+    if pos is not None:
+        emb += pos.weight.numel()
+    return total, total - emb

@@ -1,0 +1,113 @@
+"""Huang et al.'s injected token tasks: comparison (``t_cmp``) and modular addition (``t_add``).
+
+Both read the same table: ``num_values`` distinct random ordinary tokens S with the bijection
+``val: S -> 0..n-1`` given by the order they were drawn. The table depends only on the task seed and
+``num_values``, so ``t_cmp`` and ``t_add`` built with the same seed share one value table, as in the
+paper (one set S of 100 tokens used by both tasks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from smalllm.tasks import register
+from smalllm.tasks.base import Instance, Task, TaskVocab
+
+
+def value_table(
+    vocab: TaskVocab, rng: np.random.Generator, n: int, extra: int = 0
+) -> tuple[list[int], list[int]]:
+    """Draw the value table (``n`` distinct tokens, token ``i`` has value ``i``) and ``extra`` more tokens.
+
+    The table is drawn first and on its own, so it is identical whatever ``extra`` is; the extra
+    tokens (labels) are distinct from the table and from each other.
+    """
+    table = vocab.random_tokens(n, rng)
+    if not extra:
+        return table, []
+    in_table = set(table)
+    # n + extra distinct draws contain at least `extra` tokens outside the table.
+    candidates = vocab.random_tokens(n + extra, rng)
+    others = [t for t in candidates if t not in in_table][:extra]
+    return table, others
+
+
+def _check_num_values(n: int) -> None:
+    if n < 2:
+        raise ValueError(f"num_values: must be at least 2, got {n}")
+
+
+@register
+class TCmp(Task):
+    """``TOK1 TOK2 -> A`` if ``val(TOK1) < val(TOK2)`` else ``B`` (Huang et al.'s T_CMP)."""
+
+    name = "t_cmp"
+    description = "Huang et al. T_CMP: two value-table tokens -> label A if val1 < val2 else B"
+
+    @dataclass
+    class Params:
+        num_values: int = 100
+        """Size of the random token table S (values 0..n-1); the complexity knob (paper: 100)."""
+
+        def validate(self) -> None:
+            _check_num_values(self.num_values)
+
+    def setup(self, rng: np.random.Generator) -> None:
+        self.table, labels = value_table(self.vocab, rng, self.params.num_values, extra=2)
+        self.label_less, self.label_not_less = labels
+
+    def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
+        n = self.params.num_values
+        i = int(rng.integers(n))
+        # Draw j from the n-1 values other than i, so TOK1 != TOK2 without rejection.
+        j = int(rng.integers(n - 1))
+        if j >= i:
+            j += 1
+        label = self.label_less if i < j else self.label_not_less
+        return Instance((self.table[i], self.table[j]), (label,), skill)
+
+    def answer_space(self, skill: int = 0) -> int:
+        return 2
+
+    def instance_space(self) -> int:
+        n = self.params.num_values
+        return n * (n - 1)
+
+    def max_length(self) -> int:
+        return 4
+
+
+@register
+class TAdd(Task):
+    """``TOK1 TOK2 -> TOK3`` with ``val(TOK3) = (val(TOK1) + val(TOK2)) mod n`` (Huang et al.'s T_ADD)."""
+
+    name = "t_add"
+    description = "Huang et al. T_ADD: two value-table tokens -> the token of (val1 + val2) mod n"
+
+    @dataclass
+    class Params:
+        num_values: int = 100
+        """Size of the random token table S and the modulus; the complexity knob (paper: 100)."""
+
+        def validate(self) -> None:
+            _check_num_values(self.num_values)
+
+    def setup(self, rng: np.random.Generator) -> None:
+        self.table, _ = value_table(self.vocab, rng, self.params.num_values)
+
+    def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
+        n = self.params.num_values
+        i = int(rng.integers(n))
+        j = int(rng.integers(n))
+        return Instance((self.table[i], self.table[j]), (self.table[(i + j) % n],), skill)
+
+    def answer_space(self, skill: int = 0) -> int:
+        return self.params.num_values
+
+    def instance_space(self) -> int:
+        return self.params.num_values**2
+
+    def max_length(self) -> int:
+        return 4

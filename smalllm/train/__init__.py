@@ -1,0 +1,1 @@
+"""Pretraining on accelerate: setup -> fit, with callbacks for logging, evaluation and checkpoints."""

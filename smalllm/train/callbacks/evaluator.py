@@ -1,0 +1,62 @@
+"""Held-out evaluation during training on a log-spaced-then-periodic schedule, timed so the run can
+report what share of its wall time went to evaluation; emergence summary at the end."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from smalllm.eval.emergence import emergence_table, format_emergence_table
+from smalllm.eval.eval_sets import save_eval_sets
+from smalllm.eval.evaluator import evaluate
+from smalllm.eval.report import read_metrics
+from smalllm.eval.schedule import eval_steps
+from smalllm.train.callbacks.base import Callback
+
+EVAL_SETS_FILE = "eval_sets.json"
+
+
+class EvaluatorCallback(Callback):
+    def on_fit_start(self, trainer) -> None:
+        cfg = trainer.cfg.eval
+        self.steps = set(eval_steps(trainer.total_steps, cfg, trainer.plan.tokens_per_step))
+        self.sets = trainer.stream.eval_sets()
+        self.background = trainer.stream.background_holdout(cfg.background_sequences)
+        if trainer.is_main and not (trainer.run_dir / EVAL_SETS_FILE).exists():
+            save_eval_sets(self.sets, trainer.run_dir / EVAL_SETS_FILE)
+        if trainer.step in self.steps:
+            self._run(trainer)
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if trainer.step in self.steps:
+            self._run(trainer)
+
+    def _run(self, trainer) -> None:
+        t0 = time.perf_counter()
+        acc = trainer.accelerator
+        model = acc.unwrap_model(trainer.model)
+        with acc.autocast():
+            results = evaluate(
+                model,
+                self.sets,
+                self.background,
+                batch_size=trainer.cfg.eval.batch_size,
+                pad_id=trainer.tokenizer.pad_token_id,
+            )
+        trainer.eval_seconds += time.perf_counter() - t0
+        trainer.write_record({"kind": "eval", "step": trainer.step, "tokens": trainer.tokens, "time": time.time(), **results})
+
+    def on_fit_end(self, trainer) -> None:
+        if not trainer.is_main:
+            return
+        if trainer.status == "completed" and trainer.step not in self.steps:
+            self._run(trainer)
+        records = [r for r in read_metrics(trainer.run_dir) if r.get("kind") == "eval"]
+        rows = emergence_table(records, trainer.cfg.eval)
+        share = trainer.eval_seconds / max(1e-9, trainer.wall_seconds)
+        trainer.extra_summary = {"emergence": rows}
+        trainer.info("\n" + format_emergence_table(rows))
+        trainer.info(
+            f"evaluation took {trainer.eval_seconds:.1f} s of {trainer.wall_seconds:.1f} s wall time ({share:.1%})"
+        )
+        (trainer.run_dir / "emergence.json").write_text(json.dumps(rows, indent=2, default=float))

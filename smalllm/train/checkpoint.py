@@ -1,0 +1,148 @@
+"""Checkpoints: a ``save_pretrained`` directory plus the trainer state, published atomically.
+
+Layout of ``RUN/checkpoints/step_00000100/``::
+
+    config.json, model.safetensors, generation_config.json   # plain transformers
+    tokenizer.json, tokenizer_config.json, …                  # the run's tokenizer
+    trainer_state.pt   # one dict: step, tokens, optimizer, scheduler, RNG states, data position
+    manifest.json      # written last: every file with its size and sha256
+
+A checkpoint is written into ``.tmp-step_…`` and renamed into place, so a crash mid-write leaves
+only a temporary directory (deleted later). A checkpoint counts as complete only if its manifest
+exists and every listed file matches its size (and, when loading, its checksum). Everything is
+read through safetensors or ``torch.load(weights_only=True)``: no pickled code is ever executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from smalllm.errors import SmalllmError
+
+MANIFEST = "manifest.json"
+STATE = "trainer_state.pt"
+PREFIX = "step_"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:08d}"
+
+
+def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, meta: dict) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically and return its path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+    torch.save(state, tmp / STATE)
+    files = {}
+    for f in sorted(tmp.rglob("*")):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            files[str(f.relative_to(tmp))] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = {"step": step, "time": time.time(), "files": files, **meta}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _fsync_dir(tmp)
+    if final.exists():  # a stale copy of the same step (e.g. from a crashed earlier attempt)
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _fsync_dir(root)
+    return final
+
+
+def verify_checkpoint(path: Path, checksums: bool = False) -> str | None:
+    """None if ``path`` is a complete checkpoint, else the reason it is not."""
+    manifest_file = path / MANIFEST
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{manifest_file}: missing or unreadable manifest"
+    for name, info in files.items():
+        f = path / name
+        if not f.is_file():
+            return f"{f}: missing"
+        if f.stat().st_size != info["bytes"]:
+            return f"{f}: truncated ({f.stat().st_size} of {info['bytes']} bytes)"
+        if checksums and _sha256(f) != info["sha256"]:
+            return f"{f}: checksum mismatch"
+    return None
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (incomplete ones are ignored)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and verify_checkpoint(p) is None]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """Newest complete checkpoint that also passes its checksums; corrupt ones are skipped."""
+    for path in reversed(list_checkpoints(root)):
+        if verify_checkpoint(path, checksums=True) is None:
+            return path
+    return None
+
+
+def prune_checkpoints(root: Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temporary dirs."""
+    for path in list_checkpoints(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+    for tmp in root.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_trainer_state(path: Path) -> dict:
+    """The trainer-state dict of a checkpoint (tensors and plain containers only)."""
+    try:
+        return torch.load(path / STATE, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise SmalllmError(f"{path / STATE}: unreadable trainer state ({type(exc).__name__})") from None
+
+
+def load_model_weights(model, path: Path) -> None:
+    """Load ``model.safetensors`` of a checkpoint into ``model`` in place."""
+    from safetensors.torch import load_file
+
+    weights = path / "model.safetensors"
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:
+        raise SmalllmError(f"{weights}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Tied output heads are saved once; anything else missing means the checkpoint does not fit.
+    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise SmalllmError(f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

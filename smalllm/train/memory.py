@@ -1,0 +1,100 @@
+"""Memory pre-flight: estimate what training needs before allocating anything.
+
+Estimates, per process (bytes):
+
+* parameters: fp32 master weights (4 B/param), plus a 16-bit working copy under bf16/fp16 autocast;
+* gradients: fp32 (4 B/param);
+* optimizer: AdamW moments (8 B/param);
+  (the three above are divided by the number of processes under FSDP/ZeRO-3 sharding)
+* activations: kept for backward per layer and token, after Korthikanti et al. (2022) adapted to a
+  SwiGLU MLP: ``b·s·(10h + 6i) + b·a·s²`` elements (attention scores only when not on CUDA, where
+  SDPA uses a fused kernel), all layers without recompute, one layer plus the layer inputs with it;
+* logits: fp32 logits, their softmax and gradient (``3·b·s·V·4`` bytes).
+
+It is an estimate (allocator slack, temporary buffers and CUDA context are not modelled), good to
+about ±30%; the pre-flight refuses a run only when the estimate exceeds ``memory_fraction`` of what
+the device has.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from smalllm.model.presets import Preset
+
+GIB = 1024**3
+
+
+@dataclass
+class MemoryEstimate:
+    parameters: float
+    gradients: float
+    optimizer: float
+    activations: float
+    logits: float
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.activations + self.logits
+
+    def rows(self) -> list[tuple[str, float]]:
+        return [
+            ("parameters", self.parameters),
+            ("gradients", self.gradients),
+            ("optimizer (AdamW)", self.optimizer),
+            ("activations", self.activations),
+            ("logits", self.logits),
+            ("total", self.total),
+        ]
+
+
+def estimate_memory(
+    preset: Preset,
+    vocab_size: int,
+    seq_len: int,
+    micro_batch: int,
+    precision: str,
+    device: str,
+    gradient_checkpointing: bool = False,
+    shards: int = 1,
+) -> MemoryEstimate:
+    """Bytes needed per process to train ``preset`` (see the module docstring for the model)."""
+    n = preset.params(vocab_size)
+    half = precision in ("bf16", "fp16")
+    act_bytes = 2 if half else 4
+    parameters = 4 * n / shards + (2 * n if half else 0)
+    gradients = 4 * n / shards
+    optimizer = 8 * n / shards
+    b, s, h, i, a = micro_batch, seq_len, preset.width, preset.intermediate, preset.heads
+    per_layer = b * s * (10 * h + 6 * i) + (0 if device == "cuda" else b * a * s * s)
+    if gradient_checkpointing:
+        activations = act_bytes * (preset.layers * b * s * h + per_layer)
+    else:
+        activations = act_bytes * preset.layers * per_layer
+    logits = 3 * b * s * vocab_size * 4
+    return MemoryEstimate(parameters, gradients, optimizer, activations, logits)
+
+
+def available_memory(device: str) -> float:
+    """Bytes the device can give this process: free CUDA memory, or MemAvailable on the CPU."""
+    if device == "cuda":
+        import torch
+
+        free, _total = torch.cuda.mem_get_info()
+        return float(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+def format_bytes(n: float) -> str:
+    for unit, scale in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n:.0f} B"

@@ -1,0 +1,397 @@
+"""The training loop, on accelerate: ``prepare_run_dir`` -> ``Trainer(cfg).fit()``.
+
+The same code runs on one CPU process, several CPU processes (gloo) and GPUs (DDP, FSDP,
+DeepSpeed): accelerate owns devices, precision and process groups; the stream hands each process
+its own rows; the model is a stock transformers model. Read it top to bottom:
+
+1. ``setup``: accelerator, corpus and stream, model, optimizer, schedule, resume;
+2. ``fit``: ``train_step`` until the token budget is spent, callbacks after each step;
+3. ``save`` / ``state_dict``: the whole resumable state is one dict.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
+
+from smalllm.config import RunConfig, config_to_dict, save_config
+from smalllm.data.shards import ensure_corpus
+from smalllm.data.stream import TaskStream
+from smalllm.errors import SmalllmError
+from smalllm.model.build import build_model, count_params
+from smalllm.train import checkpoint as ckpt
+from smalllm.train.callbacks.base import Callback
+from smalllm.train.plan import Plan, make_plan
+from smalllm.train.schedule import lr_factor
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+
+
+class TrainingDiverged(SmalllmError):
+    """The loss became NaN or infinite and ``train.nan_policy=stop``."""
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create (or reopen, with ``resume``) the run directory; never silently overwrite one."""
+    run_dir = Path(cfg.run_dir)
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if exists and not resume and not overwrite:
+        raise SmalllmError(
+            f"run_dir: '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
+    if resume and not (run_dir / CONFIG_FILE).is_file():
+        raise SmalllmError(f"run_dir: '{run_dir}' has no run to resume ({CONFIG_FILE} missing)")
+    if exists and overwrite and not resume:
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SmalllmError(f"run_dir: cannot write to '{run_dir}' ({exc.strerror})") from None
+    return run_dir
+
+
+class Trainer:
+    """Pretrains one model on one stream; see the module docstring for the order of things."""
+
+    def __init__(
+        self, cfg: RunConfig, resume: bool = False, callbacks: list[Callback] | None = None, log=print
+    ) -> None:
+        self.cfg = cfg
+        self.resume = resume
+        self.run_dir = Path(cfg.run_dir)
+        self.log_line = log
+        self.step = 0
+        self.tokens = 0
+        self.stop_requested: str | None = None
+        self.eval_seconds = 0.0
+        self.train_seconds = 0.0
+        self.skipped_steps = 0
+        self.setup()
+        self.callbacks = callbacks if callbacks is not None else default_callbacks(self)
+
+    # ------------------------------------------------------------------------------------- setup
+
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if t.num_threads:
+            torch.set_num_threads(t.num_threads)
+        precision_probe = make_plan(cfg, vocab_size=1, world=1)  # device/precision only; vocab unknown yet
+        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision_probe.precision, "no")
+        trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (["wandb"] if cfg.logging.wandb else [])
+        self.accelerator = Accelerator(
+            cpu=precision_probe.device == "cpu",
+            mixed_precision=mixed,
+            log_with=trackers or None,
+            project_dir=str(self.run_dir),
+        )
+        acc = self.accelerator
+        self.rank, self.world = acc.process_index, acc.num_processes
+        self.is_main = acc.is_main_process
+
+        with acc.main_process_first():
+            corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
+        self.tokenizer = corpus.tokenizer
+        self.stream = TaskStream(cfg.data, corpus, t.global_batch_size)
+        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.plan: Plan = make_plan(cfg, vocab_size=len(self.tokenizer), world=self.world, sharded=sharded)
+        self.plan.refuse_if_too_big()
+        self.total_steps = self.plan.steps
+
+        set_seed(t.seed)
+        model = build_model(
+            cfg.model,
+            vocab_size=len(self.tokenizer),
+            max_seq_len=cfg.data.seq_len,
+            pad_id=self.tokenizer.pad_token_id,
+            eos_id=self.tokenizer.eos_token_id,
+        )
+        self.num_params, self.num_non_embedding = count_params(model)
+        if t.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+
+        resume_from = self._resume_point()
+        if resume_from is not None:
+            ckpt.load_model_weights(model, resume_from)
+        optimizer = self._optimizer(model)
+        if t.compile:
+            model = torch.compile(model)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        # The schedule is a pure function of the step; not prepared, so accelerate cannot step it per process.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+            lambda s: lr_factor(s, self.total_steps, t),
+        )
+        if resume_from is not None:
+            self.load_state_dict(ckpt.load_trainer_state(resume_from))
+            self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
+        if self.is_main:
+            save_config(cfg, self.run_dir / CONFIG_FILE)
+        if trackers:
+            acc.init_trackers("tb", config=_flat_hparams(config_to_dict(cfg)))
+
+    def _resume_point(self) -> Path | None:
+        if not self.resume:
+            return None
+        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        if latest is None:
+            self.info("no complete checkpoint found; starting from step 0")
+        return latest
+
+    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        embeddings = {id(model.get_input_embeddings().weight)}
+        decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
+        no_decay = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
+        fused = self.plan.device == "cuda"
+        return torch.optim.AdamW(
+            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            eps=t.eps,
+            fused=fused,
+            foreach=None if fused else True,
+        )
+
+    # --------------------------------------------------------------------------------------- fit
+
+    def fit(self) -> dict:
+        """Train until the token budget is spent or a stop is requested; return the run summary."""
+        start = time.perf_counter()
+        previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in previous:
+            signal.signal(s, self._request_stop)
+        status = "completed"
+        try:
+            for cb in self.callbacks:
+                cb.on_fit_start(self)
+            while self.step < self.total_steps and self.stop_requested is None:
+                metrics = self.train_step()
+                self.step += 1
+                self.tokens += self.plan.tokens_per_step
+                for cb in self.callbacks:
+                    cb.on_step_end(self, metrics)
+            if self.stop_requested is not None:
+                status = "interrupted"
+        except TrainingDiverged:
+            status = "diverged"
+            raise
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            self.wall_seconds = time.perf_counter() - start
+            self.status = status
+            for cb in self.callbacks:
+                cb.on_fit_end(self)
+            self.accelerator.end_training()
+        return self.summary()
+
+    def _request_stop(self, signum, _frame) -> None:
+        self.stop_requested = signal.Signals(signum).name
+
+    def train_step(self) -> dict:
+        """One optimizer step over this process's share of global batch ``self.step``."""
+        t0 = time.perf_counter()
+        model, acc = self.model, self.accelerator
+        model.train()
+        batch = self.stream.batch(self.step, self.rank, self.world)
+        micro = self.cfg.train.micro_batch_size
+        n_labels = len(self.stream.labels)
+        label_loss = torch.zeros(n_labels, device=acc.device)
+        label_count = torch.zeros(n_labels, device=acc.device)
+        total_loss = torch.zeros((), device=acc.device)
+        for i in range(self.plan.accumulation):
+            rows = slice(i * micro, (i + 1) * micro)
+            ids = torch.from_numpy(batch.input_ids[rows]).to(acc.device)
+            sync = i == self.plan.accumulation - 1
+            with contextlib.nullcontext() if sync else acc.no_sync(model):
+                logits = model(input_ids=ids).logits
+                loss, per_token = _lm_loss(logits, ids, torch.from_numpy(batch.loss_mask[rows]).to(acc.device))
+                acc.backward(loss / self.plan.accumulation)
+            total_loss += loss.detach() / self.plan.accumulation
+            _per_label(per_token, batch, rows, label_loss, label_count, acc.device)
+        grad_norm = self._clip()
+        lr = self.scheduler.get_last_lr()[0]
+        finite = math.isfinite(grad_norm) and bool(torch.isfinite(total_loss))
+        if finite:
+            self.optimizer.step()
+        else:
+            self._non_finite(total_loss)
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
+        return {
+            "loss": total_loss,
+            "grad_norm": grad_norm,
+            "lr": lr,
+            "step_time": elapsed,
+            "label_loss": label_loss,
+            "label_count": label_count,
+            "skipped": not finite,
+        }
+
+    def _clip(self) -> float:
+        clip = self.cfg.train.grad_clip
+        params = self.model.parameters()
+        norm = self.accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
+        return float(norm)
+
+    def _non_finite(self, loss: torch.Tensor) -> None:
+        self.skipped_steps += 1
+        if self.cfg.train.nan_policy == "skip":
+            self.info(f"step {self.step}: non-finite loss/gradient ({float(loss):.4g}); batch skipped")
+            return
+        raise TrainingDiverged(
+            f"train.nan_policy=stop: loss became {float(loss):.4g} at step {self.step}; "
+            "the last good checkpoint is kept (lower train.lr or set train.nan_policy=skip)"
+        )
+
+    # ------------------------------------------------------------------------------ state / save
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue exactly where this step left off."""
+        state = {
+            "step": self.step,
+            "tokens": self.tokens,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()},
+            "data": {"next_row": self.step * self.cfg.train.global_batch_size, "seed": self.cfg.data.seed},
+            "world": self.world,
+            "skipped_steps": self.skipped_steps,
+        }
+        if torch.cuda.is_available():
+            state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world"] != self.world:
+            self.info(f"note: resuming a {state['world']}-process run with {self.world} processes")
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (main process writes; all processes wait)."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        path = None
+        if self.is_main:
+            model = acc.unwrap_model(self.model)
+            meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
+            path = ckpt.save_checkpoint(
+                self.run_dir / "checkpoints", self.step, model, self.tokenizer, self.state_dict(), meta
+            )
+            ckpt.prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_last)
+        acc.wait_for_everyone()
+        return path
+
+    # ----------------------------------------------------------------------------------- logging
+
+    def info(self, message: str) -> None:
+        if getattr(self, "accelerator", None) is None or self.accelerator.is_main_process:
+            self.log_line(message)
+
+    def write_record(self, record: dict) -> None:
+        """Append one metrics record (JSONL) and forward its numbers to the trackers."""
+        if not self.is_main:
+            return
+        with open(self.run_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("step",)}
+        if self.accelerator.trackers:
+            self.accelerator.log(numbers, step=record["step"])
+
+    def summary(self) -> dict:
+        total_rows = self.step * self.cfg.train.global_batch_size
+        summary = {
+            "status": getattr(self, "status", "running"),
+            "steps": self.step,
+            "tokens": self.tokens,
+            "params": self.num_params,
+            "non_embedding_params": self.num_non_embedding,
+            "wall_seconds": getattr(self, "wall_seconds", 0.0),
+            "train_seconds": self.train_seconds,
+            "eval_seconds": self.eval_seconds,
+            "eval_share": self.eval_seconds / max(1e-9, getattr(self, "wall_seconds", 0.0)),
+            "skipped_steps": self.skipped_steps,
+            "frequencies": self.stream.frequency_table(total_rows),
+        }
+        summary.update(getattr(self, "extra_summary", {}))
+        if self.is_main:
+            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
+        return summary
+
+
+def _lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token loss over target positions, and the per-token losses [b, L-1] (fp32)."""
+    per_token = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
+    ).view(ids.shape[0], -1)
+    m = mask[:, 1:].float()
+    return (per_token * m).sum() / m.sum().clamp(min=1), per_token
+
+
+def _per_label(per_token, batch, rows, sums: torch.Tensor, counts: torch.Tensor, device) -> None:
+    """Accumulate loss per stream label: background tokens, and the *answer* tokens of each task."""
+    labels = torch.from_numpy(batch.task_ids[rows, 1:].astype(np.int64)).to(device)
+    answer = torch.from_numpy(batch.answer_mask[rows, 1:]).to(device)
+    keep = (labels == 0) | answer
+    lab = labels[keep]
+    sums.index_add_(0, lab, per_token.detach()[keep])
+    counts.index_add_(0, lab, torch.ones_like(lab, dtype=counts.dtype))
+
+
+def _flat_hparams(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "."))
+        elif isinstance(v, int | float | str | bool):
+            out[key] = v
+        elif v is not None:
+            out[key] = str(v)
+    return out
+
+
+def default_callbacks(trainer: Trainer) -> list[Callback]:
+    from smalllm.train.callbacks.checkpointer import Checkpointer
+    from smalllm.train.callbacks.metrics_logger import MetricsLogger
+    from smalllm.train.callbacks.speed_monitor import SpeedMonitor
+
+    callbacks: list[Callback] = [SpeedMonitor()]
+    if trainer.cfg.eval.enabled:
+        from smalllm.train.callbacks.evaluator import EvaluatorCallback
+
+        callbacks.append(EvaluatorCallback())
+    callbacks += [MetricsLogger(), Checkpointer()]
+    return callbacks
+
+
+def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=print) -> dict:
+    """Run (or resume) training for ``cfg``; returns the summary written to ``summary.json``."""
+    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    trainer = Trainer(cfg, resume=resume, log=log)
+    return trainer.fit()
