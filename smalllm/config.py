@@ -279,6 +279,10 @@ def _read_yaml(path: Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text (UTF-8) YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -305,6 +309,8 @@ def _check_keys(raw: Any, cls: type, prefix: str) -> None:
         dotted = f"{prefix}{key}"
         if key not in fields:
             raise ConfigError(f"{dotted}: unknown key{did_you_mean(str(key), fields)}")
+        if isinstance(value, dict) and str(fields[key].type).startswith("list"):
+            raise ConfigError(f"{dotted}: expected a list, got a mapping")
         sub = _dataclass_of(fields[key].type)
         if sub is not None:
             if isinstance(value, dict):
@@ -341,11 +347,19 @@ def _apply_override(cfg: DictConfig, item: str) -> DictConfig:
         raise ConfigError(f"override '{item}': expected key=value (e.g. train.lr=3e-4)")
     key, value = item.split("=", 1)
     key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{item}': expected key=value (e.g. train.lr=3e-4)")
     _check_dotted_key(cfg, key)
     try:
         parsed = yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, dict | list) and not any(part.isdigit() for part in key.split(".")):
+        # A whole section or list (e.g. data.tasks=[{...}]): check its keys like a config file's.
+        nested: Any = parsed
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _check_keys(nested, RunConfig, "")
     try:
         OmegaConf.update(cfg, key, parsed, merge=True, force_add=False)
     except OmegaConfBaseException as exc:

@@ -130,3 +130,49 @@ def make_rule(
         gap=gap,
         phase=phase,
     )
+
+
+class SkillSequence:
+    """Which sub-skill the k-th instance of a task family exercises.
+
+    A family is placed as one task (so a row never receives more instances than the family's total
+    rate allows); its instances are then dealt to sub-skills by a quota rule: instance k goes to the
+    sub-skill ``s`` maximising ``(k + 1)·w_s − n_s(k)`` (``n_s`` = instances dealt so far, ties to the
+    lower index). Every prefix then holds ``k·w_s`` instances of each sub-skill to within one. The
+    sequence is extended lazily and cached, so seeking costs a one-off pass over earlier instances.
+    """
+
+    def __init__(self, weights: list[float]) -> None:
+        w = np.asarray(weights, dtype=np.float64)
+        self.weights = w / w.sum()
+        self._skills = np.zeros(0, dtype=np.int32)
+        self._within = np.zeros(0, dtype=np.int64)
+        self._dealt = np.zeros(len(w), dtype=np.int64)
+
+    def __getitem__(self, k: int) -> tuple[int, int]:
+        """(sub-skill, index of this instance among that sub-skill's instances)."""
+        if len(self.weights) == 1:
+            return 0, k
+        if k >= len(self._skills):
+            self._extend(max(k + 1, 2 * len(self._skills), 1024))
+        return int(self._skills[k]), int(self._within[k])
+
+    def _extend(self, n: int) -> None:
+        start = len(self._skills)
+        skills = np.empty(n - start, dtype=np.int32)
+        within = np.empty(n - start, dtype=np.int64)
+        dealt, w = self._dealt, self.weights
+        for i, k in enumerate(range(start, n)):
+            s = int(np.argmax((k + 1) * w - dealt))
+            skills[i], within[i] = s, dealt[s]
+            dealt[s] += 1
+        self._skills = np.concatenate([self._skills, skills])
+        self._within = np.concatenate([self._within, within])
+
+    def counts(self, num_instances: int) -> np.ndarray:
+        """Instances of each sub-skill among the first ``num_instances`` of the family."""
+        if len(self.weights) == 1:
+            return np.array([num_instances])
+        if num_instances > len(self._skills):
+            self._extend(num_instances)
+        return np.bincount(self._skills[:num_instances], minlength=len(self.weights))

@@ -48,10 +48,14 @@ class InstancePool:
         if self.cfg.pool == "finite":
             return self.train[k % len(self.train)]
         rng = np.random.default_rng([*self._seed, 3, k])
-        inst = self.task.generate(rng, self.skill)
-        while inst.key in self._test_keys:
+        for _ in range(1000):
             inst = self.task.generate(rng, self.skill)
-        return inst
+            if inst.key not in self._test_keys:
+                return inst
+        raise ValueError(
+            f"pool=fresh: the held-out set of '{self.task.name}' covers nearly all of its instances; "
+            "lower eval_size or use pool=finite"
+        )
 
     def eval_instances(self) -> list[Instance]:
         """Held-out instances for evaluation (at most ``eval_size``)."""

@@ -196,12 +196,14 @@ def open_corpus(path: str | Path) -> TokenShards:
     try:
         index = json.loads(index_file.read_text())
         dtype = np.dtype(index["dtype"])
+        shards = [(path / shard["file"], int(shard["tokens"])) for shard in index["shards"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SmalllmError(f"{index_file}: unreadable corpus index ({exc})") from None
+        raise SmalllmError(f"{index_file}: unreadable corpus index ({type(exc).__name__}: {exc})") from None
+    if not shards:
+        raise SmalllmError(f"{index_file}: lists no token shards; rebuild the corpus")
     parts = []
-    for shard in index["shards"]:
-        f = path / shard["file"]
-        expected = shard["tokens"] * dtype.itemsize
+    for f, tokens in shards:
+        expected = tokens * dtype.itemsize
         if not f.is_file() or f.stat().st_size != expected:
             size = f.stat().st_size if f.is_file() else "missing"
             raise SmalllmError(f"{f}: corrupt token shard (expected {expected} bytes, found {size}); rebuild it")

@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from smalllm.config import DataConfig
-from smalllm.data.mixture import PlacementRule, make_rule
+from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards
 from smalllm.errors import ConfigError
-from smalllm.tasks import Task, TaskVocab, build_task
+from smalllm.tasks import Instance, Task, TaskVocab, build_task
 
 BACKGROUND = "background"
 
@@ -58,6 +58,24 @@ def skill_label(task: Task, skill: int) -> str:
     return name if name.startswith(f"{task.name}/") else f"{task.name}/{name}"
 
 
+@dataclass
+class Family:
+    """One configured task: its placement rule, sub-skill sequence and instance pools."""
+
+    task: Task
+    placement: str
+    rule: PlacementRule
+    sequence: SkillSequence
+    pools: list[InstancePool]
+    label_base: int
+    """Label index of sub-skill 0 in ``TaskStream.labels``."""
+
+    def instance(self, k: int) -> tuple[Instance, int]:
+        """The k-th training instance of the family and its label index."""
+        skill, j = self.sequence[k]
+        return self.pools[skill].train_instance(j), self.label_base + skill
+
+
 class TaskStream:
     """Seekable, deterministic stream of training rows with controlled task frequencies."""
 
@@ -76,35 +94,34 @@ class TaskStream:
             )
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
 
-        self.tasks: list[Task] = []
-        self.pools: list[InstancePool] = []
-        self.rules: list[PlacementRule] = []
+        self.families: list[Family] = []
         self.labels: list[str] = [BACKGROUND]
-        self._placement: list[str] = []
         for ti, tcfg in enumerate(cfg.tasks):
-            where = f"data.tasks.{ti}"
-            task = build_task(tcfg.name, tcfg.params, self.vocab, seed=tcfg.seed, where=where)
-            self.tasks.append(task)
-            weights = list(tcfg.skill_weights) if tcfg.skill_weights is not None else task.default_skill_weights()
-            if len(weights) != len(task.skills):
-                raise ConfigError(
-                    f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
-                )
-            total = float(sum(weights))
-            for skill, weight in enumerate(weights):
-                try:
-                    pool = InstancePool(task, skill, tcfg, ti)
-                except ValueError as exc:
-                    raise ConfigError(f"{where}: {exc}") from None
-                self._check_pool(pool, where)
-                rule = make_rule(
-                    tcfg, ti, skill, weight / total, self.seq_len, global_batch, pool.mean_length(), cfg.seed
-                )
-                self.pools.append(pool)
-                self.rules.append(rule)
-                self._placement.append(tcfg.placement)
-                self.labels.append(skill_label(task, skill))
+            self.families.append(self._family(ti, tcfg, global_batch))
         self._check_capacity()
+
+    def _family(self, ti: int, tcfg, global_batch: int) -> Family:
+        where = f"data.tasks.{ti}"
+        task = build_task(tcfg.name, tcfg.params, self.vocab, seed=tcfg.seed, where=where)
+        weights = list(tcfg.skill_weights) if tcfg.skill_weights is not None else task.default_skill_weights()
+        if len(weights) != len(task.skills):
+            raise ConfigError(
+                f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
+            )
+        pools = []
+        for skill in range(len(task.skills)):
+            try:
+                pool = InstancePool(task, skill, tcfg, ti)
+                self._check_pool(pool, where)
+            except ValueError as exc:
+                raise ConfigError(f"{where}: {exc}") from None
+            pools.append(pool)
+        sequence = SkillSequence(weights)
+        mean_length = float(sum(w * p.mean_length() for w, p in zip(sequence.weights, pools)))
+        rule = make_rule(tcfg, ti, 0, 1.0, self.seq_len, global_batch, mean_length, self.cfg.seed)
+        label_base = len(self.labels)
+        self.labels += [skill_label(task, s) for s in range(len(task.skills))]
+        return Family(task, tcfg.placement, rule, sequence, pools, label_base)
 
     # ------------------------------------------------------------------ checks
 
@@ -121,7 +138,7 @@ class TaskStream:
                 )
 
     def _check_capacity(self) -> None:
-        need = sum(rule.max_per_row() * pool.max_length() for rule, pool in zip(self.rules, self.pools))
+        need = sum(f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in self.families)
         if need > self.seq_len:
             raise ConfigError(
                 f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={self.seq_len}; "
@@ -146,10 +163,10 @@ class TaskStream:
         answer = np.zeros((n, L), dtype=bool)
         placed: dict[int, list[tuple[int, int]]] = defaultdict(list)
         grid = np.arange(start, stop + 1, dtype=np.int64)
-        for ri, rule in enumerate(self.rules):
-            counts = rule.count(grid)
+        for fi, family in enumerate(self.families):
+            counts = family.rule.count(grid)
             for r in np.flatnonzero(np.diff(counts)):
-                placed[int(r)].extend((ri, k) for k in range(int(counts[r]), int(counts[r + 1])))
+                placed[int(r)].extend((fi, k) for k in range(int(counts[r]), int(counts[r + 1])))
         for r, items in placed.items():
             self._inject(ids[r], task_ids[r], answer[r], items)
         return Batch(input_ids=ids, task_ids=task_ids, answer_mask=answer, loss_mask=np.ones((n, L), dtype=bool))
@@ -173,19 +190,19 @@ class TaskStream:
     def _inject(self, ids: np.ndarray, tids: np.ndarray, amask: np.ndarray, items: list[tuple[int, int]]) -> None:
         pos = 0
         documents = []
-        for ri, k in items:
-            if self._placement[ri] == "document":
-                documents.append((ri, k))
+        for fi, k in items:
+            if self.families[fi].placement == "document":
+                documents.append((fi, k))
                 continue
-            pos = self._write(ids, tids, amask, pos, ri, k)
+            pos = self._write(ids, tids, amask, pos, fi, k)
         if not documents:
             return
         block_ids = np.zeros(self.seq_len, dtype=np.int64)
         block_tids = np.zeros(self.seq_len, dtype=np.int16)
         block_amask = np.zeros(self.seq_len, dtype=bool)
         size = 0
-        for ri, k in documents:
-            size = self._write(block_ids, block_tids, block_amask, size, ri, k)
+        for fi, k in documents:
+            size = self._write(block_ids, block_tids, block_amask, size, fi, k)
         at = self._boundary(ids, pos, size)
         keep = self.seq_len - at - size
         ids[at + size :] = ids[at : at + keep].copy()
@@ -200,35 +217,44 @@ class TaskStream:
         eods = np.flatnonzero(ids[: self.seq_len - size] == self.eod)
         return int(eods[0]) + 1 if len(eods) and eods[0] + 1 <= self.seq_len - size else pos
 
-    def _write(self, ids, tids, amask, pos: int, ri: int, k: int) -> int:
-        inst = self.pools[ri].train_instance(k)
+    def _write(self, ids, tids, amask, pos: int, fi: int, k: int) -> int:
+        inst, label = self.families[fi].instance(k)
         p, a = len(inst.prompt), len(inst.answer)
         end = pos + p + a + 1
         ids[pos : pos + p] = inst.prompt
         ids[pos + p : end - 1] = inst.answer
         ids[end - 1] = self.eod
-        tids[pos:end] = ri + 1
+        tids[pos:end] = label
         amask[pos + p : end - 1] = True
         return end
 
     # ------------------------------------------------------------------ accounting and eval data
 
     def frequency_table(self, num_rows: int) -> list[dict]:
-        """Requested (expected) versus realised instance counts per (task, sub-skill) over ``num_rows``."""
+        """Requested (expected) versus realised instance counts over ``num_rows``, per task and,
+        for families, per sub-skill."""
         tokens = num_rows * self.seq_len
         out = []
-        for ri, rule in enumerate(self.rules):
-            requested = float(rule.expected(num_rows))
-            realised = int(rule.count(num_rows))
-            out.append(
-                {
-                    "label": self.labels[ri + 1],
-                    "requested": requested,
-                    "realised": realised,
-                    "per_token": realised / tokens if tokens else 0.0,
-                    "placement": self._placement[ri],
-                }
-            )
+        for f in self.families:
+            requested = float(f.rule.expected(num_rows))
+            realised = int(f.rule.count(num_rows))
+            rows = [(f.task.name, requested, realised)]
+            if len(f.pools) > 1:
+                per_skill = f.sequence.counts(realised)
+                rows += [
+                    (self.labels[f.label_base + s], requested * w, int(n))
+                    for s, (w, n) in enumerate(zip(f.sequence.weights, per_skill))
+                ]
+            for label, req, real in rows:
+                out.append(
+                    {
+                        "label": label,
+                        "requested": req,
+                        "realised": real,
+                        "per_token": real / tokens if tokens else 0.0,
+                        "placement": f.placement,
+                    }
+                )
         return out
 
     def eval_sets(self):  # -> list[TaskEvalSet]
@@ -236,8 +262,9 @@ class TaskStream:
         from smalllm.eval.evaluator import TaskEvalSet
 
         sets = []
-        for task in self.tasks:
-            instances = [inst for pool in self.pools if pool.task is task for inst in pool.eval_instances()]
+        for f in self.families:
+            task = f.task
+            instances = [inst for pool in f.pools for inst in pool.eval_instances()]
             sets.append(
                 TaskEvalSet(
                     task=task.name,

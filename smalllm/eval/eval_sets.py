@@ -6,13 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from smalllm.errors import SmalllmError
 from smalllm.eval.evaluator import TaskEvalSet
 from smalllm.tasks import Instance
 
 
-def save_eval_sets(sets: list[TaskEvalSet], path: str | Path) -> None:
-    data = [
+def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.ndarray | None = None) -> None:
+    """Write the task sets and the held-out background rows of a run."""
+    tasks = [
         {
             "task": s.task,
             "skills": s.skills,
@@ -21,21 +24,25 @@ def save_eval_sets(sets: list[TaskEvalSet], path: str | Path) -> None:
         }
         for s in sets
     ]
-    Path(path).write_text(json.dumps(data))
+    rows = [] if background is None else np.asarray(background).tolist()
+    Path(path).write_text(json.dumps({"tasks": tasks, "background": rows}))
 
 
-def load_eval_sets(path: str | Path) -> list[TaskEvalSet]:
+def load_eval_sets(path: str | Path) -> tuple[list[TaskEvalSet], np.ndarray | None]:
+    """The task sets and background rows saved by :func:`save_eval_sets`."""
     path = Path(path)
     try:
         data = json.loads(path.read_text())
-        return [
+        background = np.asarray(data["background"], dtype=np.int64) if data["background"] else None
+        sets = [
             TaskEvalSet(
                 task=d["task"],
                 skills=list(d["skills"]),
                 instances=[Instance(tuple(p), tuple(a), int(s)) for p, a, s in d["instances"]],
                 chance_loss=[float(c) for c in d["chance_loss"]],
             )
-            for d in data
+            for d in data["tasks"]
         ]
+        return sets, background
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SmalllmError(f"{path}: unreadable eval sets ({type(exc).__name__})") from None

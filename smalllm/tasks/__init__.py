@@ -85,4 +85,8 @@ def get_task(name: str, where: str = "task") -> type[Task]:
 def build_task(name: str, params: dict[str, Any], vocab: TaskVocab, seed: int = 0, where: str = "task") -> Task:
     """Instantiate a registered task with validated parameters."""
     task_cls = get_task(name, f"{where}.name")
-    return task_cls(parse_params(task_cls, params, f"{where}.params"), vocab, seed)
+    parsed = parse_params(task_cls, params, f"{where}.params")
+    try:
+        return task_cls(parsed, vocab, seed)
+    except ConfigError as exc:  # e.g. more distinct tokens than the vocabulary has: name the task's entry
+        raise ConfigError(f"{where}.params: task '{name}': {exc}") from None

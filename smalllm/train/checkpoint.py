@@ -141,6 +141,14 @@ def load_model_weights(model, path: Path) -> None:
         state = load_file(str(weights))
     except Exception as exc:
         raise SmalllmError(f"{weights}: unreadable weights ({type(exc).__name__}: {exc})") from None
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if wrong:  # load_state_dict raises a multi-line RuntimeError for these, even with strict=False
+        k = wrong[0]
+        raise SmalllmError(
+            f"{weights}: does not match the model ({k} is {tuple(state[k].shape)} in the checkpoint, "
+            f"{tuple(own[k].shape)} in the model; check model.preset)"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output heads are saved once; anything else missing means the checkpoint does not fit.
     missing = [k for k in missing if not k.endswith("lm_head.weight")]

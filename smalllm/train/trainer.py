@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
+from transformers.utils import logging as hf_logging
 
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.shards import ensure_corpus
@@ -90,6 +91,7 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        hf_logging.disable_progress_bar()  # no "Writing model shards" bars in the middle of our own
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         precision_probe = make_plan(cfg, vocab_size=1, world=1)  # device/precision only; vocab unknown yet
@@ -149,7 +151,16 @@ class Trainer:
     def _resume_point(self) -> Path | None:
         if not self.resume:
             return None
-        latest = ckpt.latest_checkpoint(self.run_dir / "checkpoints")
+        root = self.run_dir / "checkpoints"
+        latest = ckpt.latest_checkpoint(root)
+        broken = sorted(root.glob(f"{ckpt.PREFIX}*")) if latest is None and root.is_dir() else []
+        if broken:
+            # Restarting from step 0 would silently throw the run away: make the user decide.
+            problem = ckpt.verify_checkpoint(broken[-1], checksums=True)
+            raise SmalllmError(
+                f"{broken[-1]}: no usable checkpoint to resume from ({problem}); "
+                "restore it, or start over with --overwrite"
+            )
         if latest is None:
             self.info("no complete checkpoint found; starting from step 0")
         return latest

@@ -9,6 +9,10 @@ class Checkpointer(Callback):
     def __init__(self) -> None:
         self.saved_step = -1
 
+    def on_fit_start(self, trainer) -> None:
+        if trainer.step > 0:  # resumed: that step's checkpoint is on disk; rewriting it would risk the only copy
+            self.saved_step = trainer.step
+
     def on_step_end(self, trainer, metrics: dict) -> None:
         every = trainer.cfg.train.checkpoint_every
         if (every and trainer.step % every == 0) or trainer.stop_requested is not None:

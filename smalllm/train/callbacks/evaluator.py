@@ -23,7 +23,7 @@ class EvaluatorCallback(Callback):
         self.sets = trainer.stream.eval_sets()
         self.background = trainer.stream.background_holdout(cfg.background_sequences)
         if trainer.is_main and not (trainer.run_dir / EVAL_SETS_FILE).exists():
-            save_eval_sets(self.sets, trainer.run_dir / EVAL_SETS_FILE)
+            save_eval_sets(self.sets, trainer.run_dir / EVAL_SETS_FILE, self.background)
         if trainer.step in self.steps:
             self._run(trainer)
 

@@ -1,0 +1,99 @@
+"""``smalllm eval``: score a saved checkpoint (or any HF model directory with a compatible tokenizer)
+on the held-out sets a run was tracked on."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from smalllm.data.tokenizer import load_tokenizer
+from smalllm.errors import SmalllmError, did_you_mean
+from smalllm.eval.eval_sets import load_eval_sets
+from smalllm.eval.evaluator import evaluate
+from smalllm.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
+
+EVAL_SETS_FILE = "eval_sets.json"
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
+    """(model directory, run directory) for a checkpoint, a run directory, or a plain model directory."""
+    if (path / "checkpoints").is_dir():
+        latest = latest_checkpoint(path / "checkpoints")
+        if latest is None:
+            raise SmalllmError(f"{path}: the run has no complete checkpoint")
+        return latest, path
+    if not (path / "config.json").is_file():
+        raise SmalllmError(f"{path}: not a model directory (no config.json) nor a run directory")
+    if (path / MANIFEST).is_file():
+        problem = verify_checkpoint(path, checksums=True)
+        if problem is not None:
+            raise SmalllmError(f"{path}: incomplete or corrupt checkpoint ({problem})")
+    run = path.parent.parent if path.parent.name == "checkpoints" else None
+    return path, run
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    run_dir: str | Path | None = None,
+    tasks: list[str] | None = None,
+    out: str | Path | None = None,
+    batch_size: int = 128,
+    log=print,
+) -> dict:
+    """Evaluate a model on a run's saved eval sets, append a JSONL record and return the metrics."""
+    model_dir, inferred_run = resolve_checkpoint(Path(path))
+    run = Path(run_dir) if run_dir else inferred_run
+    if run is None:
+        raise SmalllmError(f"{path}: pass --run RUN_DIR to say whose held-out sets to evaluate on")
+    sets_file = run / EVAL_SETS_FILE
+    if not sets_file.is_file():
+        raise SmalllmError(f"{sets_file}: not found (the run saves it when evaluation is enabled)")
+    sets, background = load_eval_sets(sets_file)
+    if tasks:
+        names = [s.task for s in sets]
+        for t in tasks:
+            if t not in names:
+                raise SmalllmError(f"--tasks: '{t}' is not evaluated in {run}{did_you_mean(t, names)}")
+        sets = [s for s in sets if s.task in tasks]
+
+    tokenizer = load_tokenizer(model_dir, field=str(model_dir))
+    run_tokenizer = _run_tokenizer(run)
+    if run_tokenizer is not None and run_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise SmalllmError(f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise SmalllmError(f"{model_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        raise SmalllmError(f"{model_dir}: model vocabulary is smaller than its tokenizer's")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device)
+    results = evaluate(model, sets, background, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+    record = {"checkpoint": str(model_dir), "time": time.time(), **_step_info(model_dir), **results}
+    out_file = Path(out) if out else run / "eval_results.jsonl"
+    with open(out_file, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+    for key, value in sorted(results.items()):
+        log(f"{key:<40} {value:.4f}")
+    log(f"appended to {out_file}")
+    return record
+
+
+def _run_tokenizer(run: Path):
+    for candidate in (run / "checkpoints",):
+        latest = latest_checkpoint(candidate) if candidate.is_dir() else None
+        if latest is not None:
+            return load_tokenizer(latest, field=str(latest))
+    return None
+
+
+def _step_info(model_dir: Path) -> dict:
+    try:
+        manifest = json.loads((model_dir / MANIFEST).read_text())
+        return {"step": manifest.get("step"), "tokens": manifest.get("tokens")}
+    except (OSError, ValueError):
+        return {}

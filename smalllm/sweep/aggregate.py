@@ -1,0 +1,292 @@
+"""The tidy table of a sweep: one row per cell x task (and sub-skill), written as CSV (and parquet).
+
+Every row carries the cell's identity (name, grid, state, preset, parameters, seed, and one column per
+swept key), the task's configured frequency in that cell, and its results: final and best accuracy,
+final loss and loss relative to chance, and where it emerged (step and tokens) under the run's own
+criterion (``eval.accuracy_threshold`` / ``eval.loss_ratio_threshold`` with ``eval.patience``).
+
+Results are recomputed from each run's ``metrics.jsonl`` rather than copied from ``summary.json``, so
+an interrupted cell still shows how far it got. Cells with no evaluations (failed before training,
+or not started) get one row with an empty ``task`` so that they are visible in the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from smalllm.config import RunConfig, load_config
+from smalllm.errors import ConfigError, SmalllmError
+from smalllm.eval.emergence import emergence_table, eval_records, metric_key
+from smalllm.eval.report import read_metrics
+from smalllm.sweep.grid import Cell
+from smalllm.sweep.runner import SWEEP_FILE, cell_dir, cell_state, read_status, run_dir_of
+
+CSV_FILE = "results.csv"
+PARQUET_FILE = "results.parquet"
+
+ID_COLUMNS = [
+    "sweep",
+    "cell",
+    "grid",
+    "state",
+    "error",
+    "preset",
+    "params",
+    "non_embedding_params",
+    "seed",
+    "size",
+]
+RESULT_COLUMNS = [
+    "task",
+    "skill",
+    "frequency",
+    "unit",
+    "instances",
+    "tokens",
+    "final_acc",
+    "best_acc",
+    "final_loss",
+    "final_loss_ratio",
+    "learned",
+    "emergence_step",
+    "emergence_tokens",
+    "metric",
+    "threshold",
+    "wall_seconds",
+]
+
+
+@dataclass
+class SweepInfo:
+    """What the report needs to know about a sweep directory."""
+
+    name: str
+    sweep_dir: Path
+    cells: list[Cell]
+    grid_keys: list[str]
+    size_key: str
+    tasks: list[str] | None
+
+
+def load_sweep_dir(sweep_dir: str | Path) -> SweepInfo:
+    """Read ``sweep.json``; without one, discover cells from ``cells/*/run/config.yaml``."""
+    sweep_dir = Path(sweep_dir)
+    meta_path = sweep_dir / SWEEP_FILE
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError:
+            raise SmalllmError(f"{meta_path}: not valid JSON") from None
+        cells = [Cell.from_json(c) for c in meta.get("cells", [])]
+        return SweepInfo(
+            name=meta.get("name") or sweep_dir.name,
+            sweep_dir=sweep_dir,
+            cells=cells,
+            grid_keys=list(meta.get("grid_keys") or dict.fromkeys(k for c in cells for k in c.params)),
+            size_key=meta.get("size_key") or "model.preset",
+            tasks=meta.get("tasks"),
+        )
+    cells_root = sweep_dir / "cells"
+    if not cells_root.is_dir():
+        raise SmalllmError(f"{sweep_dir}: not a sweep directory (no {SWEEP_FILE} nor cells/)")
+    cells = [
+        Cell(name=p.name, grid=None, params={}, overrides=[])
+        for p in sorted(cells_root.iterdir())
+        if p.is_dir()
+    ]
+    return SweepInfo(sweep_dir.name, sweep_dir, cells, [], "model.preset", None)
+
+
+def get_key(cfg: RunConfig, dotted: str) -> Any:
+    """Value of a dotted key (``data.tasks.0.frequency``) in a resolved config; None if absent."""
+    node: Any = cfg
+    for part in dotted.split("."):
+        if isinstance(node, list | tuple):
+            if not part.isdigit() or int(part) >= len(node):
+                return None
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            node = getattr(node, part, None)
+        if node is None:
+            return None
+    return node
+
+
+def cell_run_config(info: SweepInfo, cell: Cell) -> RunConfig | None:
+    """The config the cell ran with (its saved ``config.yaml``), or None when it never started."""
+    path = run_dir_of(info.sweep_dir, cell.name) / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return load_config(path)
+    except ConfigError:
+        return None
+
+
+def _plain(value: Any) -> Any:
+    """A CSV/parquet-friendly scalar (lists and mappings as JSON text)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return json.dumps(value, default=str)
+
+
+def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
+    """Rows of one cell: one per task (and sub-skill) evaluated, or one placeholder row."""
+    run = run_dir_of(info.sweep_dir, cell.name)
+    state = cell_state(info.sweep_dir, cell.name)
+    status = read_status(info.sweep_dir, cell.name)
+    if state == "partial":
+        state = status.get("state") if status.get("state") in ("running", "interrupted") else "interrupted"
+    cfg = cell_run_config(info, cell)
+    summary = _read_json(run / "summary.json")
+    base: dict[str, Any] = {
+        "sweep": info.name,
+        "cell": cell.name,
+        "grid": cell.grid or "",
+        "state": state,
+        "error": status.get("error", "") if state == "failed" else "",
+        "preset": cfg.model.preset if cfg else cell.params.get("model.preset"),
+        "params": summary.get("params"),
+        "non_embedding_params": summary.get("non_embedding_params"),
+        "seed": cfg.train.seed if cfg else cell.params.get("train.seed"),
+        "size": None,
+    }
+    if base["params"] is None and cfg is not None:
+        from smalllm.train.plan import make_plan
+
+        base["params"] = make_plan(cfg).params
+    size = cell.params.get(info.size_key)
+    if size is None and cfg is not None:
+        size = get_key(cfg, info.size_key)
+    base["size"] = _plain(size)
+    for key in info.grid_keys:
+        value = cell.params.get(key)
+        if value is None and cfg is not None:
+            value = get_key(cfg, key)
+        base[key] = _plain(value)
+
+    records = []
+    if (run / "metrics.jsonl").is_file():
+        records = read_metrics(run)
+    if cfg is None or not records:
+        return [{**base, **dict.fromkeys(RESULT_COLUMNS)}]
+    evals = eval_records(records)
+    tokens = evals[-1].get("tokens") if evals else None
+    tasks = {t.name: t for t in cfg.data.tasks}
+    realised = {f.get("label"): f.get("realised") for f in summary.get("frequencies", [])}
+    rows = []
+    for r in emergence_table(records, cfg.eval):
+        task = tasks.get(r["task"])
+        label = r["task"] if r["skill"] is None else f"{r['task']}/{r['skill']}"
+        rows.append(
+            {
+                **base,
+                "task": r["task"],
+                "skill": r["skill"] or "",
+                "frequency": task.frequency if task else None,
+                "unit": task.unit if task else None,
+                "instances": realised.get(label),
+                "tokens": tokens,
+                "final_acc": r["final_acc"],
+                "best_acc": r["best_acc"],
+                "final_loss": r["final_loss"],
+                "final_loss_ratio": r["final_loss_ratio"],
+                "learned": r["emergence_step"] is not None,
+                "emergence_step": r["emergence_step"],
+                "emergence_tokens": r["emergence_tokens"],
+                "metric": r["metric"],
+                "threshold": r["threshold"],
+                "wall_seconds": summary.get("wall_seconds"),
+            }
+        )
+    return rows or [{**base, **dict.fromkeys(RESULT_COLUMNS)}]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def collect(sweep_dir: str | Path) -> tuple[SweepInfo, list[dict]]:
+    """The sweep's description and its tidy rows (all cells, any state)."""
+    info = load_sweep_dir(sweep_dir)
+    rows = [
+        row
+        for cell in info.cells
+        if cell_dir(info.sweep_dir, cell.name).is_dir()
+        for row in cell_rows(info, cell)
+    ]
+    return info, rows
+
+
+def columns(info: SweepInfo) -> list[str]:
+    return [*ID_COLUMNS, *(k for k in info.grid_keys if k not in ID_COLUMNS), *RESULT_COLUMNS]
+
+
+def write_table(info: SweepInfo, rows: list[dict], out_dir: Path | None = None) -> list[Path]:
+    """Write ``results.csv`` (and ``results.parquet`` when pyarrow imports) into the sweep dir."""
+    out_dir = out_dir or info.sweep_dir
+    cols = columns(info)
+    csv_path = out_dir / CSV_FILE
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row.get(k)) for k in cols})
+    written = [csv_path]
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return written
+    # Columns hold mixed types across grids (a swept key can be a string in one and a number in
+    # another); parquet needs one type per column, so anything ambiguous becomes text.
+    table_cols = {}
+    for k in cols:
+        values = [row.get(k) for row in rows]
+        kinds = {type(v) for v in values if v is not None}
+        if kinds <= {int, float} and kinds != {int, float}:
+            table_cols[k] = values
+        elif kinds == {int, float}:
+            table_cols[k] = [None if v is None else float(v) for v in values]
+        elif kinds <= {bool} or kinds <= {str}:
+            table_cols[k] = values
+        else:
+            table_cols[k] = [None if v is None else str(v) for v in values]
+    pq.write_table(pa.table(table_cols), out_dir / PARQUET_FILE)
+    written.append(out_dir / PARQUET_FILE)
+    return written
+
+
+def _csv_value(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan"
+    return v
+
+
+def curves(info: SweepInfo, cell: Cell, task: str, metric: str = "acc") -> tuple[list[int], list[float]]:
+    """(tokens, values) of a task metric over the cell's evaluations (empty when none)."""
+    run = run_dir_of(info.sweep_dir, cell.name)
+    if not (run / "metrics.jsonl").is_file():
+        return [], []
+    xs, ys = [], []
+    key = metric_key(task, None, metric)
+    for rec in eval_records(read_metrics(run)):
+        v = rec.get(key)
+        if v is None or not math.isfinite(float(v)):
+            continue
+        xs.append(int(rec.get("tokens", 0)))
+        ys.append(float(v))
+    return xs, ys

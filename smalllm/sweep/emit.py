@@ -1,0 +1,170 @@
+"""``smalllm sweep CONFIG --emit slurm|shell``: launch scripts that run each cell with ``accelerate launch``.
+
+The scripts hold no process management of their own: Slurm's job array (or a plain loop) picks the
+cell, ``accelerate launch -m smalllm.cli train`` starts its processes, and the trainer's own
+checkpointing makes a re-submitted cell continue (``--resume``) instead of starting over. Each cell
+writes the same ``cells/<cell>/`` layout as ``smalllm sweep`` (status file, ``train.log``, ``run/``), so
+``smalllm report SWEEP_DIR`` and a later local ``smalllm sweep`` read the results alike.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from smalllm.config import RunConfig
+from smalllm.errors import SmalllmError
+from smalllm.sweep.grid import Cell, SweepSpec
+from smalllm.sweep.runner import _write_sweep_file, estimate_cell
+
+LAUNCH_DIR = "launch"
+
+
+def _gpu_cells(spec: SweepSpec) -> bool:
+    if spec.target.device == "gpu":
+        return True
+    return spec.target.device == "current" and torch.cuda.is_available()
+
+
+def _launch_args(spec: SweepSpec) -> str:
+    """``accelerate launch`` options: processes per cell, CPU or (multi-)GPU."""
+    if not _gpu_cells(spec):
+        return "--cpu --num_processes 1 --num_machines 1 --dynamo_backend no"
+    n = spec.target.gpus_per_cell
+    args = f"--num_processes {n} --num_machines 1 --dynamo_backend no"
+    if n > 1:
+        # Array tasks sharing a node must not share the rendezvous port.
+        args += ' --multi_gpu --main_process_port "$((29500 + ${SLURM_ARRAY_TASK_ID:-0} % 1000))"'
+    return args
+
+
+def _slurm_time(seconds: float) -> str:
+    """Slurm ``--time`` (D-HH:MM:SS) with room for the estimate being optimistic: 1.5x plus an hour."""
+    total = int(seconds * 1.5 + 3600)
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    return f"{days}-{hours:02d}:{rest // 60:02d}:00"
+
+
+def _setup_line(spec: SweepSpec) -> str:
+    setup = spec.slurm.get("setup")
+    if setup:
+        return str(setup)
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix != sys.base_prefix and activate.is_file():
+        return f"source {shlex.quote(str(activate))}"
+    return "# (no environment to activate: set slurm.setup in the sweep file if needed)"
+
+
+def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
+    """The shared part: per-cell arguments and ``run_cell INDEX``."""
+    sweep_dir = spec.sweep_dir.resolve()
+    lines = [
+        "set -uo pipefail",
+        f"cd {shlex.quote(os.getcwd())}",
+        _setup_line(spec),
+        f"SWEEP_DIR={shlex.quote(str(sweep_dir))}",
+        'PYTHON="${PYTHON:-python}"',
+        f"NUM_CELLS={len(cells)}",
+        "",
+        "# cell_args INDEX: sets CELL (directory name) and ARGS (config file and overrides of that cell).",
+        "cell_args() {",
+        '  case "$1" in',
+    ]
+    base = [str(spec.base)] if spec.base is not None else []
+    for i, cell in enumerate(cells):
+        args = " ".join(shlex.quote(a) for a in [*base, *cell.overrides])
+        lines.append(f"    {i}) CELL={shlex.quote(cell.name)}; ARGS=({args}) ;;")
+    lines += [
+        '    *) echo "no cell $1 (0..$((NUM_CELLS - 1)))" >&2; return 2 ;;',
+        "  esac",
+        "}",
+        "",
+        "# run_cell INDEX: skip a finished cell, resume a started one, record the outcome in status.json.",
+        "run_cell() {",
+        '  cell_args "$1" || return 2',
+        '  local dir="$SWEEP_DIR/cells/$CELL" run="$SWEEP_DIR/cells/$CELL/run" mode=()',
+        '  mkdir -p "$dir"',
+        '  if grep -qs \'"status": "completed"\' "$run/summary.json"; then echo "$CELL: already done"; return 0; fi',
+        '  if [ -f "$run/config.yaml" ]; then mode=(--resume)',
+        '  elif [ -d "$run" ] && [ -n "$(ls -A "$run")" ]; then mode=(--overwrite); fi',
+        '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" start',
+        '  echo "=== attempt $(date \'+%Y-%m-%d %H:%M:%S\') (${mode[*]:-start}) job ${SLURM_JOB_ID:-local}" >> "$dir/train.log"',
+        f"  accelerate launch {_launch_args(spec)} -m smalllm.cli train \\",
+        '    "${ARGS[@]}" "run_dir=$run" "${mode[@]}" >> "$dir/train.log" 2>&1',
+        "  local rc=$?",
+        '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" "$rc"',
+        '  echo "$CELL: exit $rc (log: $dir/train.log)"',
+        "  return $rc",
+        "}",
+        "",
+    ]
+    return lines
+
+
+def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> str:
+    """A Slurm array script: task ``i`` runs cell ``i``."""
+    sweep_dir = spec.sweep_dir.resolve()
+    options = {str(k): v for k, v in (spec.slurm.get("options") or {}).items()}
+    longest = max((estimate_cell(spec, configs[c.name]).seconds for c in cells), default=3600.0)
+    options.setdefault("time", _slurm_time(longest))
+    if _gpu_cells(spec):
+        options.setdefault("gpus-per-node", spec.target.gpus_per_cell)
+    array = f"0-{len(cells) - 1}"
+    if spec.slurm.get("max_parallel"):
+        array += f"%{int(spec.slurm['max_parallel'])}"
+    source = spec.source or "the sweep file"
+    lines = [
+        "#!/bin/bash",
+        f"# Generated by `smalllm sweep {source} --emit slurm` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"# {len(cells)} cells, one array task each. Submit with: sbatch {sweep_dir / LAUNCH_DIR / 'slurm.sh'}",
+        "# Resubmitting is safe: finished cells exit at once, started ones resume from their checkpoint.",
+        f"#SBATCH --job-name={spec.name}",
+        f"#SBATCH --array={array}",
+        f"#SBATCH --output={sweep_dir / LAUNCH_DIR / 'logs'}/%A_%a.out",
+        "#SBATCH --nodes=1",
+        "#SBATCH --ntasks-per-node=1",
+        *(f"#SBATCH --{k}={v}" for k, v in options.items()),
+        "",
+        *_body(spec, cells),
+        'run_cell "${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def shell_script(spec: SweepSpec, cells: list[Cell]) -> str:
+    """A shell script that runs all cells one after another (or the given cell indices)."""
+    source = spec.source or "the sweep file"
+    lines = [
+        "#!/bin/bash",
+        f"# Generated by `smalllm sweep {source} --emit shell` on {time.strftime('%Y-%m-%d %H:%M')}.",
+        f"# {len(cells)} cells, run in order. Usage: $0 [CELL_INDEX ...]   (default: all)",
+        "# Rerunning is safe: finished cells are skipped, started ones resume from their checkpoint.",
+        "",
+        *_body(spec, cells),
+        'if [ "$#" -gt 0 ]; then indices=("$@"); else indices=($(seq 0 $((NUM_CELLS - 1)))); fi',
+        "failed=0",
+        'for i in "${indices[@]}"; do run_cell "$i" || failed=$((failed + 1)); done',
+        'echo "$failed of ${#indices[@]} cell(s) failed"',
+        '[ "$failed" -eq 0 ]',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def emit_script(spec: SweepSpec, cells: list[Cell], kind: str, configs: dict[str, RunConfig]) -> Path:
+    """Write ``SWEEP_DIR/launch/{slurm,run_all}.sh`` (and ``sweep.json``); return the script path."""
+    if kind not in ("slurm", "shell"):
+        raise SmalllmError(f"--emit: '{kind}' is not one of slurm, shell")
+    out = spec.sweep_dir / LAUNCH_DIR
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    _write_sweep_file(spec, cells)
+    path = out / ("slurm.sh" if kind == "slurm" else "run_all.sh")
+    text = slurm_script(spec, cells, configs) if kind == "slurm" else shell_script(spec, cells)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path.resolve()

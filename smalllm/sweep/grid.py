@@ -1,0 +1,400 @@
+"""Sweep configs: parse and validate a sweep YAML, expand its grids into cells.
+
+A sweep file names a base run config, overrides applied to every cell, and one or more *grids*. A
+grid maps dotted config keys to lists of values; its cells are the Cartesian product of those lists.
+The cells of all grids are unioned, so a sweep can hold sub-grids with different axes (Huang et al.
+sweep T_CMP and T_ADD over different sizes and frequencies)::
+
+    name: cpu_frontier
+    sweep_dir: runs/cpu_frontier          # relative to the current directory
+    base: null                            # run config YAML, relative to this file (null: built-in default)
+    overrides: ["train.max_tokens=2000000"]   # or a mapping {dotted.key: value}
+    grids:
+      - model.preset: [micro-w48, micro-w96]
+        data.tasks.0.frequency: [3.0e-3, 7.0e-3]
+        train.seed: [0]
+      - name: add                         # optional: prefixes its cell names
+        overrides: ["data.seq_len=128"]   # optional: applied to this grid's cells only
+        model.preset: [micro-w96]
+    axes: {size: model.preset, tasks: [t_cmp]}   # what the report plots (both optional)
+    target: {device: gpu, gpu: H100, gpus_per_cell: 8, mfu: 0.4}   # for --dry-run estimates and --emit
+    slurm: {options: {partition: gpu, time: "48:00:00"}, max_parallel: 4, setup: "source .venv/bin/activate"}
+
+Every cell's run config is built with :func:`smalllm.config.load_config` before anything runs, so a
+typo in any key fails fast with a one-line :class:`~smalllm.errors.ConfigError` naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smalllm.config import RunConfig, load_config
+from smalllm.errors import ConfigError, did_you_mean
+
+SWEEP_KEYS = ("name", "description", "sweep_dir", "base", "overrides", "grids", "axes", "target", "slurm")
+GRID_KEYS = ("name", "overrides")
+AXES_KEYS = ("size", "tasks")
+TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s")
+SLURM_KEYS = ("options", "max_parallel", "setup")
+TARGET_DEVICES = ("current", "cpu", "gpu")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``): frequencies are
+    written that way and silently becoming strings would give cells named by the wrong type."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+@dataclass
+class Grid:
+    """One sub-grid: the product of ``axes`` values, with extra overrides for its cells."""
+
+    name: str | None
+    overrides: list[str]
+    axes: dict[str, list[Any]]
+
+
+@dataclass
+class Target:
+    """What the sweep is meant to run on: used for ``--dry-run`` estimates and ``--emit`` scripts."""
+
+    device: str = "current"
+    """current (this machine), cpu, or gpu (estimate GPU hours on ``gpu``)."""
+    gpu: str = "H100"
+    """GPU model for the peak FLOP/s table of :mod:`smalllm.train.plan` (H100, H200, A100, ...)."""
+    gpus_per_cell: int = 1
+    """Processes (GPUs) per cell: ``accelerate launch --num_processes``."""
+    mfu: float | None = None
+    """Assumed model FLOP utilisation for time estimates (None: the defaults in runner.py)."""
+    peak_flops: float | None = None
+    """Peak FLOP/s per device (None: the device table / the cell's train.peak_flops)."""
+    overhead_s: float | None = None
+    """Fixed seconds per cell for start-up (process, imports, corpus) added to estimates."""
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep file."""
+
+    name: str
+    source: Path | None
+    sweep_dir: Path
+    base: Path | None
+    overrides: list[str]
+    grids: list[Grid]
+    size_key: str = "model.preset"
+    tasks: list[str] | None = None
+    target: Target = field(default_factory=Target)
+    slurm: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+@dataclass
+class Cell:
+    """One run of the sweep: its directory name, grid values and the full override list."""
+
+    name: str
+    grid: str | None
+    params: dict[str, Any]
+    """Grid key -> value of this cell (only the swept keys)."""
+    overrides: list[str]
+    """Sweep overrides, then the grid's, then one ``key=value`` per swept key (``run_dir`` excluded)."""
+    grid_index: int = 0
+    """Position of the (first) grid this cell comes from, for error messages."""
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "grid": self.grid,
+            "grid_index": self.grid_index,
+            "params": self.params,
+            "overrides": self.overrides,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Cell:
+        return cls(
+            name=d["name"],
+            grid=d.get("grid"),
+            params=dict(d.get("params") or {}),
+            overrides=list(d["overrides"]),
+            grid_index=int(d.get("grid_index", 0)),
+        )
+
+
+# ---------------------------------------------------------------------------------------------- parsing
+
+
+def _where(source: Path | None, key: str) -> str:
+    return f"{source}: {key}" if source is not None else key
+
+
+def _check_keys(raw: dict, allowed: tuple[str, ...], prefix: str, source: Path | None) -> None:
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(_where(source, f"{prefix}{key}: unknown key{did_you_mean(str(key), allowed)}"))
+
+
+def format_value(value: Any) -> str:
+    """``value`` as text that YAML (hence an override) reads back as the same value.
+
+    Floats always get a mantissa dot (``1.0e-08``): PyYAML reads ``1e-08`` as a string.
+    """
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+        text = repr(value)
+        if "e" in text and "." not in text.split("e")[0]:
+            mantissa, exponent = text.split("e")
+            text = f"{mantissa}.0e{exponent}"
+        return text
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        try:
+            same = yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            same = False
+        return value if same and value.strip() == value and value else json.dumps(value)
+    # Lists and mappings: JSON is valid YAML flow syntax.
+    return json.dumps(value)
+
+
+def _override_list(raw: Any, where: str, source: Path | None) -> list[str]:
+    """Overrides given as ``["k=v", ...]`` or as a mapping ``{k: v}``."""
+    if raw is None:
+        return []
+    if isinstance(raw, dict):
+        return [f"{k}={format_value(v)}" for k, v in raw.items()]
+    if isinstance(raw, list):
+        out = []
+        for i, item in enumerate(raw):
+            if not isinstance(item, str) or "=" not in item:
+                raise ConfigError(_where(source, f"{where}.{i}: expected 'key=value', got {item!r}"))
+            out.append(item)
+        return out
+    raise ConfigError(_where(source, f"{where}: expected a list of 'key=value' or a mapping"))
+
+
+def _parse_grid(raw: Any, i: int, source: Path | None) -> Grid:
+    where = f"grids.{i}"
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(_where(source, f"{where}: expected a mapping of config keys to lists of values"))
+    name = raw.get("name")
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name)):
+        raise ConfigError(_where(source, f"{where}.name: use letters, digits and _.+- only, got {name!r}"))
+    axes: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        if key in GRID_KEYS:
+            continue
+        key = str(key)
+        if "." not in key:
+            # Every swept key is a dotted config key; a bare word is a typo of a grid option.
+            raise ConfigError(_where(source, f"{where}.{key}: unknown key{did_you_mean(key, GRID_KEYS)}"))
+        if not isinstance(values, list):
+            values = [values]
+        if not values:
+            raise ConfigError(_where(source, f"{where}.{key}: empty list of values"))
+        if len({format_value(v) for v in values}) != len(values):
+            raise ConfigError(_where(source, f"{where}.{key}: repeated value"))
+        axes[key] = values
+    overrides = _override_list(raw.get("overrides"), f"{where}.overrides", source)
+    return Grid(name=name, overrides=overrides, axes=axes)
+
+
+def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> SweepSpec:
+    """Parse the sweep file at ``path`` (``sweep_dir`` replaces its ``sweep_dir``); checks keys and types."""
+    source = Path(path)
+    if not source.is_file():
+        raise ConfigError(f"{source}: sweep file not found")
+    try:
+        raw = yaml.load(source.read_text(), Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping (name, sweep_dir, grids, ...)")
+    return parse_sweep(raw, source=source, sweep_dir=sweep_dir)
+
+
+def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | None = None) -> SweepSpec:
+    """Build a :class:`SweepSpec` from an already-loaded mapping (``source`` anchors relative ``base``)."""
+    _check_keys(raw, SWEEP_KEYS, "", source)
+    name = raw.get("name") or (source.stem if source is not None else "sweep")
+    if not isinstance(name, str):
+        raise ConfigError(_where(source, f"name: expected a string, got {name!r}"))
+    base = raw.get("base")
+    base_path: Path | None = None
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(_where(source, f"base: expected a path, got {base!r}"))
+        base_path = Path(base).expanduser()
+        if not base_path.is_absolute() and source is not None:
+            base_path = source.parent / base_path
+        if not base_path.is_file():
+            raise ConfigError(_where(source, f"base: run config '{base_path}' not found"))
+        base_path = base_path.resolve()
+    out_dir = sweep_dir if sweep_dir is not None else raw.get("sweep_dir") or f"runs/{name}"
+    grids_raw = raw.get("grids")
+    if not isinstance(grids_raw, list) or not grids_raw:
+        raise ConfigError(_where(source, "grids: expected a non-empty list of grids"))
+    grids = [_parse_grid(g, i, source) for i, g in enumerate(grids_raw)]
+
+    axes = raw.get("axes") or {}
+    if not isinstance(axes, dict):
+        raise ConfigError(_where(source, "axes: expected a mapping"))
+    _check_keys(axes, AXES_KEYS, "axes.", source)
+    tasks = axes.get("tasks")
+    if isinstance(tasks, str):
+        tasks = [tasks]
+
+    target_raw = raw.get("target") or {}
+    if not isinstance(target_raw, dict):
+        raise ConfigError(_where(source, "target: expected a mapping"))
+    _check_keys(target_raw, TARGET_KEYS, "target.", source)
+    target = Target(**target_raw)
+    if target.device not in TARGET_DEVICES:
+        raise ConfigError(
+            _where(source, f"target.device: '{target.device}' is not one of {', '.join(TARGET_DEVICES)}")
+        )
+    if not isinstance(target.gpus_per_cell, int) or target.gpus_per_cell < 1:
+        raise ConfigError(
+            _where(source, f"target.gpus_per_cell: must be an integer >= 1, got {target.gpus_per_cell}")
+        )
+    if target.mfu is not None and not 0 < float(target.mfu) <= 1:
+        raise ConfigError(_where(source, f"target.mfu: must be in (0, 1], got {target.mfu}"))
+
+    slurm = raw.get("slurm") or {}
+    if not isinstance(slurm, dict):
+        raise ConfigError(_where(source, "slurm: expected a mapping"))
+    _check_keys(slurm, SLURM_KEYS, "slurm.", source)
+
+    return SweepSpec(
+        name=name,
+        source=source.resolve() if source is not None else None,
+        sweep_dir=Path(out_dir),
+        base=base_path,
+        overrides=_override_list(raw.get("overrides"), "overrides", source),
+        grids=grids,
+        size_key=str(axes.get("size") or "model.preset"),
+        tasks=list(tasks) if tasks else None,
+        target=target,
+        slurm=slurm,
+        description=str(raw.get("description") or ""),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+
+def _short_keys(keys: list[str]) -> dict[str, str]:
+    """Shortest distinct dotted suffix of each key (``data.tasks.0.frequency`` -> ``frequency``)."""
+    depth = {k: 1 for k in keys}
+    while True:
+        short = {k: ".".join(k.split(".")[-depth[k] :]) for k in keys}
+        clash = [k for k in keys if list(short.values()).count(short[k]) > 1 and depth[k] < len(k.split("."))]
+        if not clash:
+            return short
+        for k in clash:
+            depth[k] += 1
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
+
+
+def cell_name(grid_name: str | None, params: dict[str, Any]) -> str:
+    """Directory name of a cell: readable, a pure function of its grid name and values.
+
+    Names do not depend on the cell's position in the grid, so adding a value to a grid leaves the
+    finished cells where they are. ``model.preset`` contributes its value alone; other keys appear as
+    ``<short key>-<value>``.
+    """
+    short = _short_keys(list(params))
+    parts = [grid_name] if grid_name else []
+    for key, value in params.items():
+        text = format_value(value).strip('"')
+        parts.append(_slug(text) if key == "model.preset" else f"{_slug(short[key])}-{_slug(text)}")
+    name = "_".join(parts) or "cell"
+    if len(name) > 120:  # keep paths usable; the hash keeps long names distinct
+        digest = hashlib.sha1(name.encode()).hexdigest()[:10]
+        name = f"{name[:100]}_{digest}"
+    return name
+
+
+def expand(spec: SweepSpec) -> list[Cell]:
+    """All cells of all grids, in grid order; identical cells from different grids appear once."""
+    cells: dict[str, Cell] = {}
+    for i, grid in enumerate(spec.grids):
+        keys = list(grid.axes)
+        for combo in itertools.product(*(grid.axes[k] for k in keys)):
+            params = dict(zip(keys, combo))
+            overrides = [
+                *spec.overrides,
+                *grid.overrides,
+                *(f"{k}={format_value(v)}" for k, v in params.items()),
+            ]
+            cell = Cell(cell_name(grid.name, params), grid.name, params, overrides, grid_index=i)
+            prior = cells.get(cell.name)
+            if prior is not None and prior.overrides != cell.overrides:
+                raise ConfigError(
+                    _where(
+                        spec.source,
+                        f"grids.{i}: cell '{cell.name}' also comes from an earlier grid with other "
+                        "overrides; give the grids distinct names",
+                    )
+                )
+            cells.setdefault(cell.name, cell)
+    return list(cells.values())
+
+
+def cell_config(spec: SweepSpec, cell: Cell, run_dir: str | Path | None = None) -> RunConfig:
+    """The validated run config of ``cell`` (``run_dir`` defaults to its place in the sweep)."""
+    run_dir = run_dir if run_dir is not None else spec.sweep_dir / "cells" / cell.name / "run"
+    return load_config(spec.base, [*cell.overrides, f"run_dir={run_dir}"])
+
+
+def validate_cells(spec: SweepSpec, cells: list[Cell]) -> dict[str, RunConfig]:
+    """Build every cell's config; the first error names where it came from and the bad key.
+
+    Shared overrides are checked on their own first, so a typo there is reported as such rather than
+    as a failure of the first cell.
+    """
+    try:
+        load_config(spec.base, spec.overrides)
+    except ConfigError as exc:
+        raise ConfigError(_where(spec.source, f"overrides: {exc}")) from None
+    for i, grid in enumerate(spec.grids):
+        if not grid.overrides:
+            continue
+        try:
+            load_config(spec.base, [*spec.overrides, *grid.overrides])
+        except ConfigError as exc:
+            raise ConfigError(_where(spec.source, f"grids.{i}.overrides: {exc}")) from None
+    configs: dict[str, RunConfig] = {}
+    for cell in cells:
+        try:
+            configs[cell.name] = cell_config(spec, cell)
+        except ConfigError as exc:
+            raise ConfigError(
+                _where(spec.source, f"grids.{cell.grid_index} (cell {cell.name}): {exc}")
+            ) from None
+    return configs

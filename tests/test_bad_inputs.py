@@ -1,0 +1,643 @@
+"""Bad inputs: every case exits non-zero with exactly one ``smalllm: error:`` line naming the field or
+file, without a traceback, and leaves what was written before untouched.
+
+Cases run in-process through :func:`smalllm.cli.main`; a few also run as real subprocesses to prove
+the exit code and stderr end to end, and one with ``--debug`` to show that it gives the traceback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
+
+from smalllm.cli import main
+from smalllm.data.shards import corpus_dir
+from smalllm.tasks import _REGISTRY as TASK_REGISTRY
+from smalllm.tasks import Instance, Task, register, registered_tasks
+from smalllm.train import checkpoint as ckpt
+from smalllm.train.trainer import train
+
+BASE = (*TINY_OVERRIDES, *TINY_TASKS, "train.device=cpu")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, corpus_cache) -> Path:
+    """A completed tiny run (config, metrics, eval sets, final checkpoint); cases work on copies."""
+    run_dir = tmp_path_factory.mktemp("bad-inputs") / "run"
+    assert train(tiny_config(run_dir, "train.device=cpu"), log=lambda _m: None)["status"] == "completed"
+    return run_dir
+
+
+@dataclass
+class Ctx:
+    """What a case builder gets: a scratch directory and the finished run to copy from."""
+
+    tmp: Path
+    finished: Path
+    guarded: list[Path] = field(default_factory=list)
+    """Existing runs the case touches: their files must be unchanged afterwards."""
+    markers: list[Path] = field(default_factory=list)
+    """Files that would exist only if untrusted code had run."""
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_copy(self) -> Path:
+        run = self.tmp / "existing"
+        shutil.copytree(self.finished, run)
+        self.guarded.append(run)
+        return run
+
+    def checkpoint_copy(self) -> tuple[Path, Path]:
+        run = self.run_copy()
+        latest = ckpt.latest_checkpoint(run / "checkpoints")
+        assert latest is not None
+        return run, latest
+
+    def corpus_copy(self) -> tuple[Path, Path]:
+        """(cache root, corpus directory) of a private copy of the tiny config's token shards."""
+        src = corpus_dir(tiny_config(self.tmp).data)
+        dst = self.tmp / "cache" / src.name
+        shutil.copytree(src, dst)
+        return dst.parent, dst
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
+
+Builder = Callable[[Ctx], tuple[list[str], str]]
+CASES: dict[str, Builder] = {}
+
+
+def case(name: str) -> Callable[[Builder], Builder]:
+    def register_case(fn: Builder) -> Builder:
+        assert name not in CASES, name
+        CASES[name] = fn
+        return fn
+
+    return register_case
+
+
+def train_argv(ctx: Ctx, *overrides: str) -> list[str]:
+    return ["train", *BASE, f"run_dir={ctx.tmp / 'run'}", *overrides]
+
+
+def override_case(name: str, expect: str, *overrides: str) -> None:
+    """A case that is one ``smalllm train`` of the tiny config with some bad overrides."""
+    CASES[name] = lambda ctx: (train_argv(ctx, *overrides), expect)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config files
+# ----------------------------------------------------------------------------------------------
+
+YAML_CASES = {
+    # name: (file content, expected text in the error line)
+    "yaml-unknown-section": ("trian:\n  lr: 0.1\n", "trian: unknown key (did you mean 'train'?)"),
+    "yaml-unknown-key": ("train:\n  lrr: 0.1\n", "train.lrr: unknown key (did you mean 'lr'?)"),
+    "yaml-unknown-deep-key": (
+        "data:\n  background:\n    synthetic:\n      num_word: 10\n",
+        "data.background.synthetic.num_word: unknown key (did you mean 'num_words'?)",
+    ),
+    "yaml-unknown-task-key": (
+        "data:\n  tasks:\n    - name: copy\n      freq: 0.1\n",
+        "data.tasks.0.freq: unknown key (did you mean 'frequency'?)",
+    ),
+    "yaml-wrong-type": ("train:\n  max_tokens: lots\n", "train.max_tokens: wrong type"),
+    "yaml-float-for-int": ("train:\n  max_tokens: 1.5\n", "train.max_tokens: wrong type"),
+    "yaml-tasks-not-a-list": ("data:\n  tasks:\n    name: copy\n", "data.tasks: expected a list"),
+    "yaml-invalid": ("train:\n  lr: [1, 2\n", "bad.yaml: line 3 is not valid YAML"),
+    "yaml-tab-indent": ("train:\n\tlr: 1\n", "bad.yaml: line 2 is not valid YAML"),
+    "yaml-top-level-list": ("- train\n- model\n", "bad.yaml: top level must be a mapping"),
+    "yaml-top-level-scalar": ("just text\n", "bad.yaml: top level must be a mapping"),
+}
+
+
+def yaml_case(name: str, text: str, expect: str) -> None:
+    def build(ctx: Ctx) -> tuple[list[str], str]:
+        path = ctx.write("bad.yaml", text)
+        return ["train", str(path), f"run_dir={ctx.tmp / 'run'}"], expect
+
+    CASES[name] = build
+
+
+for _name, (_text, _expect) in YAML_CASES.items():
+    yaml_case(_name, _text, _expect)
+
+
+@case("yaml-missing-file")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return ["train", str(ctx.tmp / "nope.yaml")], "nope.yaml: config file not found"
+
+
+@case("yaml-not-utf8")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    path = ctx.tmp / "binary.yaml"
+    path.write_bytes(b"\xff\xfe\x00\x9c garbage")
+    return ["train", str(path)], "binary.yaml: not a text (UTF-8) YAML file"
+
+
+@case("yaml-python-tag-is-not-executed")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    marker = ctx.tmp / "yaml-ran-code"
+    ctx.markers.append(marker)
+    text = f"run_dir: !!python/object/apply:builtins.open ['{marker}', 'w']\n"
+    return ["train", str(ctx.write("evil.yaml", text))], "evil.yaml: line 1 is not valid YAML"
+
+
+# ----------------------------------------------------------------------------------------------
+# Command-line overrides
+# ----------------------------------------------------------------------------------------------
+
+override_case("override-unknown-key", "train.lrr: unknown key (did you mean 'lr'?)", "train.lrr=1e-3")
+override_case("override-unknown-section", "trian: unknown key (did you mean 'train'?)", "trian.lr=1e-3")
+override_case("override-wrong-type-float", "train.lr: wrong type", "train.lr=fast")
+override_case("override-wrong-type-bool", "logging.tensorboard: wrong type", "logging.tensorboard=maybe")
+override_case("override-no-equals", "override 'train.lr': expected key=value", "train.lr")
+override_case("override-empty-key", "override '=5': expected key=value", "=5")
+override_case("override-not-a-section", "train.lr.x: 'train.lr' is not a section", "train.lr.x=1")
+override_case("override-list-index", "data.tasks.5: no such list element", "data.tasks.5.frequency=0.1")
+override_case(
+    "override-task-list-unknown-key",
+    "data.tasks.0.freq: unknown key (did you mean 'frequency'?)",
+    "data.tasks=[{name: copy, freq: 0.1}]",
+)
+override_case("range-lr-negative", "train.lr: must be > 0", "train.lr=-1")
+override_case("range-warmup", "train.warmup_fraction: must be in [0, 1)", "train.warmup_fraction=1.5")
+override_case("range-seq-len", "data.seq_len: must be >= 8", "data.seq_len=4")
+override_case("range-max-tokens", "train.max_tokens: must be > 0", "train.max_tokens=0")
+override_case(
+    "range-test-fraction", "data.tasks.0.test_fraction: must be in (0, 1)", "data.tasks.0.test_fraction=1"
+)
+override_case("unknown-preset", "model.preset: unknown preset 'micro-w33'", "model.preset=micro-w33")
+override_case("unknown-arch", "model.arch: 'gpt3' is not one of", "model.arch=gpt3")
+override_case("unknown-unit", "data.tasks.0.unit: 'per_tok' is not one of", "data.tasks.0.unit=per_tok")
+override_case("unknown-placement", "data.tasks.0.placement: 'suffix'", "data.tasks.0.placement=suffix")
+override_case(
+    "unknown-task-schedule", "data.tasks.0.schedule.kind: 'burst'", "data.tasks.0.schedule.kind=burst"
+)
+override_case("unknown-lr-schedule", "train.schedule: 'cosin' is not one of", "train.schedule=cosin")
+override_case("unknown-pool", "data.tasks.0.pool: 'infinite'", "data.tasks.0.pool=infinite")
+override_case("unknown-tokenizer-kind", "data.tokenizer.kind: 'wordpiece'", "data.tokenizer.kind=wordpiece")
+override_case("unknown-nan-policy", "train.nan_policy: 'ignore'", "train.nan_policy=ignore")
+override_case(
+    "batch-not-divisible", "train.global_batch_size: 8 is not a multiple", "train.micro_batch_size=3"
+)
+override_case("fp16-on-cpu", "train.precision: fp16 needs a GPU", "train.precision=fp16")
+
+# ----------------------------------------------------------------------------------------------
+# Frequency specifications
+# ----------------------------------------------------------------------------------------------
+
+override_case(
+    "frequency-negative",
+    "data.tasks.0.frequency: must be a finite number >= 0",
+    "data.tasks.0.frequency=-0.01",
+)
+override_case(
+    "frequency-infinite", "data.tasks.0.frequency: must be a finite number", "data.tasks.0.frequency=.inf"
+)
+override_case("frequency-not-a-number", "data.tasks[0].frequency: wrong type", "data.tasks.0.frequency=often")
+override_case(
+    "fraction-above-one",
+    "data.tasks.1.frequency: a example_fraction must be <= 1",
+    "data.tasks.1.frequency=1.5",
+)
+override_case(
+    "fractions-sum-above-one",
+    "data.tasks: example_fraction frequencies sum to 1.2 > 1",
+    "data.tasks.0.unit=example_fraction",
+    "data.tasks.0.frequency=0.6",
+    "data.tasks.1.frequency=0.6",
+)
+override_case(
+    "piecewise-point-malformed",
+    "data.tasks.0.schedule.points: each point is [step, frequency]",
+    "data.tasks.0.schedule.kind=piecewise",
+    "data.tasks.0.schedule.points=[[0]]",
+)
+override_case(
+    "piecewise-steps-decreasing",
+    "data.tasks.0.schedule.points: steps must be >= 0 and increasing",
+    "data.tasks.0.schedule.kind=piecewise",
+    "data.tasks.0.schedule.points=[[5, 0.01], [2, 0.01]]",
+)
+override_case(
+    "piecewise-missing-points",
+    "data.tasks.0.schedule.points: piecewise schedule needs",
+    "data.tasks.0.schedule.kind=piecewise",
+)
+override_case(
+    "piecewise-not-numbers",
+    "data.tasks[0].schedule.points[0][1]: wrong type",
+    "data.tasks.0.schedule.kind=piecewise",
+    "data.tasks.0.schedule.points=[[0, lots]]",
+)
+override_case(
+    "frequency-over-capacity", "data.tasks: at these frequencies a row may need", "data.tasks.0.frequency=0.5"
+)
+override_case(
+    "skill-weights-count",
+    "data.tasks.0.skill_weights: 2 weights for 1 sub-skills",
+    "data.tasks.0.skill_weights=[1, 2]",
+)
+
+# ----------------------------------------------------------------------------------------------
+# Task parameters
+# ----------------------------------------------------------------------------------------------
+
+override_case(
+    "task-unknown",
+    "data.tasks.0.name: unknown task 't_cmpp' (did you mean 't_cmp'?)",
+    "data.tasks.0.name=t_cmpp",
+)
+override_case(
+    "task-param-unknown", "data.tasks.0.params.num_vals: unknown parameter", "data.tasks.0.params.num_vals=3"
+)
+override_case(
+    "task-param-type",
+    "data.tasks.0.params.num_values: expected an integer",
+    "data.tasks.0.params.num_values=abc",
+)
+override_case(
+    "task-param-range",
+    "data.tasks.0.params: num_values: must be at least 2",
+    "data.tasks.0.params.num_values=1",
+)
+override_case(
+    "task-listed-twice",
+    "data.tasks.1.name: task 'copy' is listed twice",
+    "data.tasks=[{name: copy}, {name: copy}]",
+)
+
+
+@case("tasks-show-unknown")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return ["tasks", "show", "t_cmpp"], "unknown task 't_cmpp' (did you mean 't_cmp'?)"
+
+
+@case("tasks-show-param-syntax")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return ["tasks", "show", "t_cmp", "num_values"], "task parameter 'num_values': expected name=value"
+
+
+@case("task-from-module-path-is-not-imported")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    """Configs name registered tasks; they never make smalllm import code."""
+    marker = ctx.tmp / "plugin-imported"
+    ctx.markers.append(marker)
+    (ctx.tmp / "evil_plugin.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    sys.path.insert(0, str(ctx.tmp))
+    ctx.cleanups.append(lambda: sys.path.remove(str(ctx.tmp)))
+    return train_argv(
+        ctx, "data.tasks.0.name=evil_plugin:Task"
+    ), "data.tasks.0.name: unknown task 'evil_plugin:Task'"
+
+
+# ----------------------------------------------------------------------------------------------
+# Vocabulary and context
+# ----------------------------------------------------------------------------------------------
+
+
+class OutOfVocabTask(Task):
+    """Test-only plug-in whose answer is a token id just past the end of the vocabulary."""
+
+    name = "test_out_of_vocab"
+    description = "test only: answers with an id outside the vocabulary"
+
+    @dataclass
+    class Params:
+        offset: int = 0
+        """How far past the last id the answer is."""
+
+    def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
+        prompt = tuple(int(t) for t in rng.integers(2, self.vocab.vocab_size, size=4))
+        return Instance(prompt, (self.vocab.vocab_size + self.params.offset,), skill)
+
+
+@case("vocab-plugin-emits-out-of-range-id")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    registered_tasks()  # load the built-ins first, then add the test plug-in in-process
+    register(OutOfVocabTask)
+    ctx.cleanups.append(lambda: TASK_REGISTRY.pop(OutOfVocabTask.name, None))
+    return (
+        train_argv(ctx, f"data.tasks=[{{name: {OutOfVocabTask.name}, frequency: 0.01}}]"),
+        "data.tasks.0.name: task 'test_out_of_vocab' emits token id 300 outside the vocabulary of 300",
+    )
+
+
+override_case(
+    "vocab-too-small-for-task",
+    "data.tasks.0.params: task 't_cmp': task needs 400 distinct tokens",
+    "data.tasks.0.params.num_values=400",
+)
+override_case(
+    "context-shorter-than-instance",
+    "data.tasks.1: an instance of 'copy' has 82 tokens, longer than data.seq_len=32",
+    "data.tasks.1.params.length=40",
+)
+override_case(
+    "context-shorter-than-instance-small",
+    "data.tasks.1: an instance of 'copy' has 10 tokens, longer than data.seq_len=8",
+    "data.seq_len=8",
+)
+override_case(
+    "pretrained-tokenizer-missing",
+    "data.tokenizer.path: tokenizer directory",
+    "data.tokenizer.kind=pretrained",
+    "data.tokenizer.path=/nonexistent/tok",
+)
+override_case(
+    "background-file-missing",
+    "data.background.paths: file '/nonexistent/corpus.txt' not found",
+    "data.background.source=files",
+    "data.background.paths=[/nonexistent/corpus.txt]",
+)
+
+# ----------------------------------------------------------------------------------------------
+# Memory pre-flight and the run directory
+# ----------------------------------------------------------------------------------------------
+
+override_case("model-too-big-for-memory", "model.preset: 4b needs ~", "model.preset=4b", "data.seq_len=2048")
+
+
+@case("run-dir-exists")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run = ctx.run_copy()
+    return ["train", *BASE, f"run_dir={run}"], f"run_dir: '{run}' already holds a run; pass --resume"
+
+
+@case("run-dir-under-a-file")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    blocker = ctx.write("a-file", "not a directory")
+    return ["train", *BASE, f"run_dir={blocker}/run"], f"run_dir: cannot write to '{blocker}/run'"
+
+
+@case("resume-without-a-run")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return [
+        "train",
+        "--resume",
+        f"run_dir={ctx.tmp / 'none'}",
+    ], f"run_dir: '{ctx.tmp / 'none'}' has no run to resume"
+
+
+# ----------------------------------------------------------------------------------------------
+# Token shards
+# ----------------------------------------------------------------------------------------------
+
+
+@case("shard-truncated")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    shard = corpus / "train_00000.bin"
+    shard.write_bytes(shard.read_bytes()[:1001])
+    return train_argv(ctx, f"data.cache_dir={cache}"), f"{shard}: corrupt token shard"
+
+
+@case("shard-ids-outside-vocab")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    shard = corpus / "train_00000.bin"
+    ids = np.fromfile(shard, dtype=np.uint16)
+    ids[7] = 60000
+    ids.tofile(shard)
+    return train_argv(
+        ctx, f"data.cache_dir={cache}"
+    ), f"{corpus}: token id 60000 outside the tokenizer's vocabulary"
+
+
+@case("holdout-truncated")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    holdout = corpus / "holdout.bin"
+    holdout.write_bytes(holdout.read_bytes()[:11])
+    return train_argv(ctx, f"data.cache_dir={cache}"), f"{holdout}: corrupt held-out shard"
+
+
+@case("index-not-json")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    (corpus / "index.json").write_text('{"dtype": "uint16", ')
+    return train_argv(ctx, f"data.cache_dir={cache}"), f"{corpus / 'index.json'}: unreadable corpus index"
+
+
+@case("index-missing-shards")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    index = json.loads((corpus / "index.json").read_text())
+    del index["shards"]
+    (corpus / "index.json").write_text(json.dumps(index))
+    return train_argv(ctx, f"data.cache_dir={cache}"), f"{corpus / 'index.json'}: unreadable corpus index"
+
+
+@case("data-inspect-truncated-shard")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    cache, corpus = ctx.corpus_copy()
+    shard = corpus / "train_00000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    return ["data", "inspect", *BASE, f"data.cache_dir={cache}"], f"{shard}: corrupt token shard"
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints: on --resume and on `smalllm eval`
+# ----------------------------------------------------------------------------------------------
+
+
+def truncate(path: Path, keep: int = 100) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def reseal(checkpoint: Path, name: str) -> None:
+    """Update the manifest entry of ``name`` so the checkpoint passes its size and checksum checks."""
+    manifest = json.loads((checkpoint / ckpt.MANIFEST).read_text())
+    data = (checkpoint / name).read_bytes()
+    manifest["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (checkpoint / ckpt.MANIFEST).write_text(json.dumps(manifest))
+
+
+@case("resume-truncated-weights")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    truncate(latest / "model.safetensors")
+    return ["train", "--resume", f"run_dir={run}"], f"{latest / 'model.safetensors'}: truncated"
+
+
+@case("resume-missing-manifest")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    (latest / ckpt.MANIFEST).unlink()
+    return [
+        "train",
+        "--resume",
+        f"run_dir={run}",
+    ], f"{latest / ckpt.MANIFEST}: missing or unreadable manifest"
+
+
+@case("resume-checksum-mismatch")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    flip_byte(latest / "model.safetensors")
+    return ["train", "--resume", f"run_dir={run}"], f"{latest / 'model.safetensors'}: checksum mismatch"
+
+
+@case("resume-garbage-trainer-state")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    (latest / ckpt.STATE).write_bytes(b"this is not a torch file")
+    reseal(latest, ckpt.STATE)
+    return ["train", "--resume", f"run_dir={run}"], f"{latest / ckpt.STATE}: unreadable trainer state"
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(marker, 'w')``: it would create the marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@case("resume-malicious-pickle-is-refused")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    marker = ctx.tmp / "pickle-ran-code"
+    ctx.markers.append(marker)
+    state = torch.load(latest / ckpt.STATE, weights_only=True)
+    torch.save({**state, "payload": _RunsCode(marker)}, latest / ckpt.STATE)
+    reseal(latest, ckpt.STATE)  # a well-formed checkpoint in every other respect
+    return [
+        "train",
+        "--resume",
+        f"run_dir={run}",
+    ], f"{latest / ckpt.STATE}: unreadable trainer state (UnpicklingError)"
+
+
+@case("resume-weights-of-another-model")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    return (
+        ["train", "--resume", f"run_dir={run}", "model.preset=micro-w48"],
+        f"{latest / 'model.safetensors'}: does not match the model",
+    )
+
+
+@case("eval-truncated-checkpoint")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    _run, latest = ctx.checkpoint_copy()
+    truncate(latest / "model.safetensors")
+    return ["eval", str(latest)], f"{latest}: incomplete or corrupt checkpoint"
+
+
+@case("eval-checksum-mismatch")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    _run, latest = ctx.checkpoint_copy()
+    flip_byte(latest / "model.safetensors")
+    return ["eval", str(latest)], f"{latest / 'model.safetensors'}: checksum mismatch"
+
+
+@case("eval-run-without-good-checkpoint")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run, latest = ctx.checkpoint_copy()
+    truncate(latest / ckpt.STATE, keep=10)
+    return ["eval", str(run)], f"{run}: the run has no complete checkpoint"
+
+
+@case("eval-missing-path")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return ["eval", str(ctx.tmp / "nowhere")], f"{ctx.tmp / 'nowhere'}: not a model directory"
+
+
+# ----------------------------------------------------------------------------------------------
+# The checks
+# ----------------------------------------------------------------------------------------------
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, by relative path."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
+    lines = err.strip().splitlines()
+    assert rc != 0, f"exit code 0; stdout: {out[-500:]}"
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    assert lines[0].startswith("smalllm: error: "), lines[0]
+    assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
+    assert "Traceback" not in out + err
+
+
+def test_case_count() -> None:
+    print(f"\n{len(CASES)} bad-input cases")
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input(name: str, tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ctx = Ctx(tmp_path, finished_run)
+    try:
+        argv, expect = CASES[name](ctx)
+        before = [snapshot(run) for run in ctx.guarded]
+        capsys.readouterr()
+        rc = main(argv)
+        out, err = capsys.readouterr()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
+    assert_one_line_error(rc, out, err, expect)
+    assert [snapshot(run) for run in ctx.guarded] == before, "files of the existing run changed"
+    for marker in ctx.markers:
+        assert not marker.exists(), f"untrusted code ran: {marker} exists"
+    if name == "task-from-module-path-is-not-imported":
+        assert "evil_plugin" not in sys.modules
+
+
+def run_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "smalllm.cli", *argv], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["override-unknown-key", "run-dir-exists", "resume-truncated-weights"],
+)
+def test_bad_input_subprocess(name: str, tmp_path: Path, finished_run: Path) -> None:
+    """End to end: the real process exits 2 with one stderr line and no traceback."""
+    ctx = Ctx(tmp_path, finished_run)
+    argv, expect = CASES[name](ctx)
+    before = [snapshot(run) for run in ctx.guarded]
+    proc = run_cli(*argv)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, expect)
+    assert [snapshot(run) for run in ctx.guarded] == before
+    for marker in ctx.markers:
+        assert not marker.exists()
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    proc = run_cli("--debug", "train", *BASE, f"run_dir={tmp_path / 'run'}", "train.lrr=1e-3")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr and "ConfigError: train.lrr: unknown key" in proc.stderr

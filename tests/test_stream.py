@@ -1,0 +1,249 @@
+"""The frequency-controlled stream: exact counts, schedules, placement, seeking, ranks, held-out split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from smalllm.config import ScheduleConfig, TaskConfig
+from smalllm.data.mixture import SkillSequence, make_rule
+from smalllm.data.shards import ensure_corpus
+from smalllm.data.stream import TaskStream
+from smalllm.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return ensure_corpus(tiny_config(tmp_path_factory.mktemp("r")).data, log=lambda _m: None)
+
+
+def make_stream(corpus, tmp_path, tasks: str, batch: int = 8, seq_len: int = 32) -> TaskStream:
+    cfg = tiny_config(tmp_path, f"data.tasks={tasks}", f"data.seq_len={seq_len}")
+    return TaskStream(cfg.data, corpus, batch)
+
+
+def count_instances(batch) -> dict[int, int]:
+    """Instances per label, counted from the token labels (each instance ends at a label change)."""
+    counts: dict[int, int] = {}
+    for row, answer in zip(batch.task_ids, batch.answer_mask):
+        # An instance is a maximal run of one label that contains answer tokens followed by its EOD;
+        # consecutive instances of one label are split at answer->non-answer transitions.
+        for i in range(len(row)):
+            if row[i] and answer[i] and (i + 1 == len(row) or not answer[i + 1]):
+                counts[int(row[i])] = counts.get(int(row[i]), 0) + 1
+    return counts
+
+
+# ----------------------------------------------------------------------------- exact placement
+
+
+@pytest.mark.parametrize("unit,freq", [("per_token", 0.01), ("token_fraction", 0.05), ("example_fraction", 0.3)])
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        ScheduleConfig(),
+        ScheduleConfig(kind="gap", gap_batches=7),
+        ScheduleConfig(kind="piecewise", points=[[5, 0.0], [11, 0.02], [40, 0.001]]),
+    ],
+    ids=["uniform", "gap", "piecewise"],
+)
+def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
+    cfg = TaskConfig(name="t_cmp", frequency=freq, unit=unit, schedule=schedule)
+    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
+    rows = np.arange(0, 16 * 200 + 1)
+    counts, expected = rule.count(rows), rule.expected(rows)
+    if schedule.kind != "gap":
+        # Every prefix and, by difference, every window [a, b) is within one instance.
+        assert np.all(np.abs(counts - expected) < 1)
+        rng = np.random.default_rng(0)
+        a, b = np.sort(rng.integers(0, len(rows), size=(2, 500)), axis=0)
+        assert np.all(np.abs((counts[b] - counts[a]) - (expected[b] - expected[a])) < 1)
+    else:
+        # Accounting window of a gap schedule = its period: exact at every period boundary.
+        ends = rows[:: 16 * 7]
+        assert np.all(np.abs(counts[ends] - expected[ends]) < 1)
+    assert np.all(np.diff(counts) >= 0)
+
+
+def test_tiny_frequency_over_a_long_horizon_is_exact():
+    # Huang et al.'s rarest setting: 2.4e-8 instances per token, 4096-token rows, batches of 1024.
+    cfg = TaskConfig(name="t_cmp", frequency=2.4e-8, unit="per_token")
+    rule = make_rule(cfg, 0, 0, 1.0, seq_len=4096, batch_rows=1024, mean_length=4.0, seed=0)
+    for steps in (1, 10, 99, 1_000, 50_000, 10_000_000):
+        rows = steps * 1024
+        tokens = rows * 4096
+        assert abs(int(rule.count(rows)) - 2.4e-8 * tokens) < 1
+    # About one instance every ten batches, never two in one batch.
+    per_batch = np.diff(rule.count(np.arange(0, 1024 * 1000 + 1, 1024)))
+    assert per_batch.max() == 1 and 95 <= per_batch.sum() <= 104
+
+
+@pytest.mark.parametrize("weights", [[1, 1, 1], [5, 1, 0.5, 0.25], list(1 / np.arange(1, 33) ** 1.4)])
+def test_sub_skills_get_their_share_within_one_instance_at_every_prefix(weights):
+    seq = SkillSequence(weights)
+    n = 5000
+    seen = np.zeros(len(weights))
+    for k in range(n):
+        skill, within = seq[k]
+        assert within == seen[skill]
+        seen[skill] += 1
+        assert np.all(np.abs(seen - (k + 1) * seq.weights) < 1)
+    assert np.array_equal(seq.counts(n), seen)
+
+
+def test_family_sub_skills_are_placed_exactly(corpus, tmp_path):
+    stream = make_stream(
+        corpus,
+        tmp_path,
+        "[{name: sparse_parity, frequency: 0.5, unit: example_fraction, params: {num_subtasks: 4, num_bits: 8}}]",
+        seq_len=64,
+    )
+    steps = 25
+    seen: dict[int, int] = {}
+    for step in range(steps):
+        for label, n in count_instances(stream.batch(step)).items():
+            seen[label] = seen.get(label, 0) + n
+    table = {row["label"]: row for row in stream.frequency_table(steps * 8)}
+    assert table["sparse_parity"]["realised"] == sum(seen.values()) == 100
+    for i, label in enumerate(stream.labels[1:], start=1):
+        assert seen.get(i, 0) == table[label]["realised"]
+        assert abs(table[label]["realised"] - table[label]["requested"]) < 2
+
+
+def test_gap_schedule_delivers_each_period_in_its_first_batch():
+    cfg = TaskConfig(name="t_cmp", frequency=0.002, schedule=ScheduleConfig(kind="gap", gap_batches=10))
+    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=32, mean_length=4.0, seed=1)
+    per_batch = np.diff(rule.count(np.arange(0, 32 * 100 + 1, 32)))
+    assert per_batch.reshape(10, 10)[:, 1:].sum() == 0
+    assert abs(per_batch.sum() - 0.002 * 64 * 32 * 100) < 1
+
+
+def test_stream_batches_realise_the_frequency_table(corpus, tmp_path):
+    stream = make_stream(
+        corpus,
+        tmp_path,
+        "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}},"
+        " {name: copy, frequency: 0.1, unit: example_fraction, placement: document, params: {length: 3}},"
+        " {name: t_add, frequency: 0.2, unit: token_fraction, params: {num_values: 20}, schedule: {kind: gap, gap_batches: 3}}]",
+    )
+    steps = 30
+    seen: dict[int, int] = {}
+    for step in range(steps):
+        for label, n in count_instances(stream.batch(step)).items():
+            seen[label] = seen.get(label, 0) + n
+    table = stream.frequency_table(steps * 8)
+    for i, row in enumerate(table, start=1):
+        assert seen.get(i, 0) == row["realised"], row
+        assert abs(row["realised"] - row["requested"]) < 1
+
+
+# ------------------------------------------------------------------ determinism, seeking, ranks
+
+
+def test_same_seed_same_stream_and_seek_equals_iteration(corpus, tmp_path):
+    tasks = "[{name: t_cmp, frequency: 0.02, params: {num_values: 20}}, {name: lego, frequency: 0.01}]"
+    a, b = make_stream(corpus, tmp_path, tasks), make_stream(corpus, tmp_path, tasks)
+    iterated = [a.batch(k) for k in range(12)]
+    for k in (11, 3, 7, 0):  # seek in any order
+        direct = b.batch(k)
+        assert np.array_equal(direct.input_ids, iterated[k].input_ids)
+        assert np.array_equal(direct.task_ids, iterated[k].task_ids)
+        assert np.array_equal(direct.answer_mask, iterated[k].answer_mask)
+
+
+def test_two_ranks_are_disjoint_and_cover_the_global_batch(corpus, tmp_path):
+    stream = make_stream(corpus, tmp_path, "[{name: t_cmp, frequency: 0.03, params: {num_values: 20}}]")
+    for step in range(5):
+        whole = stream.batch(step, rank=0, world=1)
+        r0, r1 = stream.batch(step, rank=0, world=2), stream.batch(step, rank=1, world=2)
+        assert np.array_equal(np.concatenate([r0.input_ids, r1.input_ids]), whole.input_ids)
+        assert np.array_equal(np.concatenate([r0.task_ids, r1.task_ids]), whole.task_ids)
+
+
+def test_data_seed_changes_order_and_phase(corpus, tmp_path):
+    tasks = "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}}]"
+    a = make_stream(corpus, tmp_path, tasks)
+    cfg = tiny_config(tmp_path, f"data.tasks={tasks}", "data.seed=1")
+    b = TaskStream(cfg.data, corpus, 8)
+    assert not np.array_equal(a.batch(0).input_ids, b.batch(0).input_ids)
+
+
+# ------------------------------------------------------------------------------- placement
+
+
+def test_prefix_and_document_placement(corpus, tmp_path):
+    stream = make_stream(
+        corpus,
+        tmp_path,
+        "[{name: t_cmp, frequency: 0.5, unit: example_fraction, params: {num_values: 20}},"
+        " {name: copy, frequency: 0.5, unit: example_fraction, placement: document, params: {length: 3}}]",
+    )
+    eod = stream.eod
+    batch = stream.batch(0)
+    for ids, tids in zip(batch.input_ids, batch.task_ids):
+        assert len(ids) == 32
+        if tids[0] == 1:  # prefix instance of t_cmp: TOK1 TOK2 LABEL <eod> at the start
+            assert list(tids[:4]) == [1, 1, 1, 1] and ids[3] == eod
+        starts = [i for i in range(len(tids)) if tids[i] == 2 and (i == 0 or tids[i - 1] != 2)]
+        for s in starts:  # a document instance starts a document
+            assert s == 0 or ids[s - 1] == eod
+
+
+# --------------------------------------------------------------------------- held-out split
+
+
+@pytest.mark.parametrize("pool", ["finite", "fresh"])
+def test_held_out_instances_never_enter_training(corpus, tmp_path, pool):
+    stream = make_stream(
+        corpus,
+        tmp_path,
+        f"[{{name: copy, frequency: 0.5, unit: example_fraction, pool: {pool}, pool_size: 400,"
+        f" eval_size: {200 if pool == 'finite' else 40}, params: {{length: 3, alphabet_size: 5}}}}]",
+    )
+    (pool_obj,) = stream.families[0].pools
+    test_keys = {i.key for i in pool_obj.eval_instances()}
+    assert test_keys
+    train_keys = {pool_obj.train_instance(k).key for k in range(3000)}
+    assert not test_keys & train_keys
+    if pool == "finite":  # 5^3 = 125 distinct strings: half held out, all of the rest trained on
+        assert len(test_keys) == 62 and len(train_keys) == 63
+    else:
+        assert len(test_keys) == 40 and len(train_keys) == 85
+
+
+def test_fresh_pool_that_cannot_avoid_the_test_set_is_refused(corpus, tmp_path):
+    with pytest.raises(ConfigError, match="pool=fresh"):
+        make_stream(
+            corpus,
+            tmp_path,
+            "[{name: copy, frequency: 0.5, unit: example_fraction, pool: fresh, eval_size: 100,"
+            " params: {length: 2, alphabet_size: 3}}]",
+        )
+
+
+def test_eval_sets_come_from_the_test_split(corpus, tmp_path):
+    stream = make_stream(corpus, tmp_path, "[{name: lego, frequency: 0.01, eval_size: 10}]")
+    (eval_set,) = stream.eval_sets()
+    assert eval_set.task == "lego" and len(eval_set.skills) == 5
+    assert len(eval_set.instances) == 50 and {i.skill for i in eval_set.instances} == set(range(5))
+
+
+# ---------------------------------------------------------------------------------- bad specs
+
+
+@pytest.mark.parametrize(
+    "tasks,message",
+    [
+        ("[{name: t_cmpp, frequency: 0.01}]", "data.tasks.0.name: unknown task 't_cmpp' (did you mean 't_cmp'?)"),
+        ("[{name: copy, frequency: 0.01, params: {lenght: 3}}]", "data.tasks.0.params.lenght: unknown parameter"),
+        ("[{name: copy, frequency: 0.01, params: {length: 40}}]", "longer than data.seq_len=32"),
+        ("[{name: copy, frequency: 3.0, unit: example_fraction}]", "data.tasks.0.frequency"),
+        ("[{name: copy, frequency: 0.9, params: {length: 8}}]", "data.tasks: at these frequencies a row may need"),
+        ("[{name: t_cmp, frequency: 0.01, params: {num_values: 400}}]", "distinct tokens"),
+    ],
+)
+def test_bad_task_specs_name_the_field(corpus, tmp_path, tasks, message):
+    with pytest.raises(ConfigError) as err:
+        make_stream(corpus, tmp_path, tasks)
+    assert message in str(err.value) and "\n" not in str(err.value)
