@@ -131,7 +131,7 @@ def cmd_train(args) -> None:
             # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
             cfg = load_config(saved, overrides)
     if args.dry_run:
-        plan = make_plan(cfg)
+        plan = make_plan(cfg, strict=False)
         print(plan.describe())
         return
     from smalllm.train.trainer import train

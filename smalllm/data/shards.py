@@ -170,6 +170,7 @@ def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np
     if num_proc > 1 and len(texts) >= 10_000:
         import datasets
 
+        datasets.disable_progress_bars()
         ds = datasets.Dataset.from_dict({"text": texts})
         ds = ds.map(
             lambda b: {"ids": tokenizer(b["text"], add_special_tokens=False)["input_ids"]},

@@ -131,11 +131,21 @@ class Plan:
         )
 
 
-def make_plan(cfg: RunConfig, vocab_size: int | None = None, world: int = 1, sharded: bool = False) -> Plan:
-    """Derive the plan of ``cfg`` for ``world`` processes (vocabulary from the tokenizer if known)."""
+# What a dry run assumes for ``train.device=cuda`` on a machine without one: one H100 80GB.
+ASSUMED_GPU = {"name": "H100 80GB (assumed)", "memory": 80 * 1024**3, "peak_flops": 989e12}
+
+
+def make_plan(
+    cfg: RunConfig, vocab_size: int | None = None, world: int = 1, sharded: bool = False, strict: bool = True
+) -> Plan:
+    """Derive the plan of ``cfg`` for ``world`` processes (vocabulary from the tokenizer if known).
+
+    ``strict=False`` (dry runs) plans for ``train.device=cuda`` even without a GPU, assuming an H100.
+    """
     t = cfg.train
-    device = resolve_device(t.device)
-    precision = resolve_precision(t.precision, device)
+    hypothetical = not strict and t.device == "cuda" and not torch.cuda.is_available()
+    device = "cuda" if hypothetical else resolve_device(t.device)
+    precision = ("bf16" if t.precision == "auto" else t.precision) if hypothetical else resolve_precision(t.precision, device)
     vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):
@@ -168,7 +178,7 @@ def make_plan(cfg: RunConfig, vocab_size: int | None = None, world: int = 1, sha
         accumulation=accumulation,
         steps=steps,
         memory=memory,
-        available=available_memory(device),
-        peak_flops=t.peak_flops or default_peak_flops(device),
+        available=ASSUMED_GPU["memory"] if hypothetical else available_memory(device),
+        peak_flops=t.peak_flops or (ASSUMED_GPU["peak_flops"] if hypothetical else default_peak_flops(device)),
         memory_fraction=t.memory_fraction,
     )

@@ -144,6 +144,7 @@ class Trainer:
             self.load_state_dict(ckpt.load_trainer_state(resume_from))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
         if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / CONFIG_FILE)
         if trackers:
             acc.init_trackers("tb", config=_flat_hparams(config_to_dict(cfg)))
