@@ -99,10 +99,13 @@ def _load(args) -> object:
 
 
 def cmd_models(args) -> None:
-    from smalllm.config import ModelConfig
+    from smalllm.config import ARCHS, ModelConfig
+    from smalllm.errors import did_you_mean
     from smalllm.model.build import build_model, count_params
     from smalllm.model.presets import PRESETS
 
+    if args.arch not in ARCHS:
+        raise SmalllmError(f"--arch: '{args.arch}' is not one of {', '.join(ARCHS)}{did_you_mean(args.arch, ARCHS)}")
     V, T = args.vocab_size, args.seq_len
     print(f"presets at vocabulary {V:,}, context {T} (arch {args.arch}, untied embeddings)")
     header = f"{'preset':<11} {'params':>15} {'non-embedding':>15} {'layers':>6} {'width':>6} {'heads':>5} {'MLP':>7} {'FLOPs/token':>15}"
@@ -137,7 +140,8 @@ def cmd_train(args) -> None:
     from smalllm.train.trainer import train
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"run {summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {cfg.run_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"run {summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {cfg.run_dir}")
 
 
 def cmd_tasks(args) -> None:
@@ -178,6 +182,8 @@ def cmd_data(args) -> None:
     else:
         from smalllm.data.inspect import inspect_stream
 
+        if args.rows < 0 or (args.steps is not None and args.steps < 0):
+            raise SmalllmError("--rows and --steps must be >= 0")
         print(inspect_stream(cfg, rows=args.rows, steps=args.steps))
 
 

@@ -464,8 +464,8 @@ def validate(cfg: RunConfig) -> None:
         if task.schedule.kind == "piecewise":
             pts = task.schedule.points
             require(bool(pts), f"{where}.schedule.points", "piecewise schedule needs [[step, frequency], ...]")
-            steps = [p[0] for p in pts]
             require(all(len(p) == 2 for p in pts), f"{where}.schedule.points", "each point is [step, frequency]")
+            steps = [p[0] for p in pts]
             require(steps == sorted(steps) and steps[0] >= 0, f"{where}.schedule.points", "steps must be >= 0 and increasing")
             require(all(p[1] >= 0 for p in pts), f"{where}.schedule.points", "frequencies must be >= 0")
         require(task.pool_size >= 2, f"{where}.pool_size", f"must be >= 2, got {task.pool_size}")

@@ -228,6 +228,12 @@ override_case(
     "data.tasks.0.schedule.points=[[0]]",
 )
 override_case(
+    "piecewise-point-empty",
+    "data.tasks.0.schedule.points: each point is [step, frequency]",
+    "data.tasks.0.schedule.kind=piecewise",
+    "data.tasks.0.schedule.points=[[]]",
+)
+override_case(
     "piecewise-steps-decreasing",
     "data.tasks.0.schedule.points: steps must be >= 0 and increasing",
     "data.tasks.0.schedule.kind=piecewise",
@@ -290,6 +296,20 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 @case("tasks-show-param-syntax")
 def _(ctx: Ctx) -> tuple[list[str], str]:
     return ["tasks", "show", "t_cmp", "num_values"], "task parameter 'num_values': expected name=value"
+
+
+@case("models-unknown-arch")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return [
+        "models",
+        "--arch",
+        "gpt3",
+    ], "--arch: 'gpt3' is not one of olmo, llama, gpt2, gpt_neox (did you mean 'gpt2'?)"
+
+
+@case("data-inspect-negative-rows")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    return ["data", "inspect", *BASE, "--rows", "-1"], "--rows and --steps must be >= 0"
 
 
 @case("task-from-module-path-is-not-imported")

@@ -104,6 +104,18 @@ def tmp_dirs(root: Path) -> list[Path]:
     return sorted(root.glob(".tmp-*")) if root.is_dir() else []
 
 
+def tmp_identities(root: Path) -> set[tuple[str, int, int]]:
+    """(name, inode, mtime) of each temporary checkpoint directory; ones vanishing meanwhile are left out."""
+    found = set()
+    for path in tmp_dirs(root):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        found.add((path.name, st.st_ino, st.st_mtime_ns))
+    return found
+
+
 def file_size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
 
@@ -115,10 +127,12 @@ def file_size(path: Path) -> int:
 
 def kill_condition(mode: str, run_dir: Path) -> Callable[[], bool]:
     """When to kill, judged against the run directory as it is before the process starts."""
-    root, began = run_dir / "checkpoints", time.time()
+    root = run_dir / "checkpoints"
     if mode == "checkpoint-write":
-        # A temporary checkpoint directory made by this process (stale ones from earlier kills are older).
-        return lambda: any(p.stat().st_mtime >= began for p in tmp_dirs(root))
+        # A temporary checkpoint directory made by this process, not a stale one left by an earlier kill
+        # (the trainer recreates a stale directory of the same name: it gets a new identity).
+        stale = tmp_identities(root)
+        return lambda: bool(tmp_identities(root) - stale)
     if mode == "after-publish":
         # Right after a new checkpoint is renamed into place, while older ones may be being pruned.
         published = set(root.glob(f"{ckpt.PREFIX}*"))

@@ -28,7 +28,7 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
         return latest, path
     if not (path / "config.json").is_file():
         raise SmalllmError(f"{path}: not a model directory (no config.json) nor a run directory")
-    if (path / MANIFEST).is_file():
+    if (path / MANIFEST).is_file() or path.name.startswith("step_"):
         problem = verify_checkpoint(path, checksums=True)
         if problem is not None:
             raise SmalllmError(f"{path}: incomplete or corrupt checkpoint ({problem})")

@@ -34,18 +34,9 @@ def hf_config(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int =
         bos_token_id=None,
         use_cache=False,
     )
-    if cfg.arch == "olmo":
-        hf = OlmoConfig(
-            hidden_size=p.width,
-            intermediate_size=p.intermediate,
-            num_hidden_layers=p.layers,
-            num_attention_heads=p.heads,
-            max_position_embeddings=max_seq_len,
-            initializer_range=cfg.init_std,
-            **common,
-        )
-    elif cfg.arch == "llama":
-        hf = LlamaConfig(
+    if cfg.arch in ("olmo", "llama"):
+        config_cls = OlmoConfig if cfg.arch == "olmo" else LlamaConfig
+        hf = config_cls(
             hidden_size=p.width,
             intermediate_size=p.intermediate,
             num_hidden_layers=p.layers,

@@ -5,6 +5,7 @@ Layout of ``RUN/checkpoints/step_00000100/``::
     config.json, model.safetensors, generation_config.json   # plain transformers
     tokenizer.json, tokenizer_config.json, …                  # the run's tokenizer
     trainer_state.pt   # one dict: step, tokens, optimizer, scheduler, RNG states, data position
+    sharded_state/     # FSDP/DeepSpeed only: optimizer shards written by accelerate.save_state
     manifest.json      # written last: every file with its size and sha256
 
 A checkpoint is written into ``.tmp-step_…`` and renamed into place, so a crash mid-write leaves
@@ -54,14 +55,24 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, meta: dict) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically and return its path."""
+def stage_checkpoint(root: Path, step: int) -> Path:
+    """Create the empty temporary directory checkpoint ``step`` is written into."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
     tmp = root / f".tmp-{checkpoint_name(step)}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    model.save_pretrained(str(tmp), safe_serialization=True)
+    return tmp
+
+
+def publish_checkpoint(
+    tmp: Path, step: int, model, tokenizer, state: dict, meta: dict, weights: dict | None = None
+) -> Path:
+    """Write model, tokenizer, trainer state and manifest into ``tmp``, then rename it into place.
+
+    ``weights`` is a full state dict gathered from sharded processes (FSDP/DeepSpeed); by default
+    the model's own parameters are saved.
+    """
+    model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(tmp))
     torch.save(state, tmp / STATE)
@@ -74,11 +85,17 @@ def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, meta: 
     manifest = {"step": step, "time": time.time(), "files": files, **meta}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync_dir(tmp)
+    final = tmp.parent / checkpoint_name(step)
     if final.exists():  # a stale copy of the same step (e.g. from a crashed earlier attempt)
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    _fsync_dir(tmp.parent)
     return final
+
+
+def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, meta: dict) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically (single process) and return its path."""
+    return publish_checkpoint(stage_checkpoint(root, step), step, model, tokenizer, state, meta)
 
 
 def verify_checkpoint(path: Path, checksums: bool = False) -> str | None:
@@ -104,7 +121,9 @@ def list_checkpoints(root: Path) -> list[Path]:
     """Complete checkpoints under ``root``, oldest first (incomplete ones are ignored)."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and verify_checkpoint(p) is None]
+    found = [
+        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and verify_checkpoint(p) is None
+    ]
     return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
@@ -153,4 +172,6 @@ def load_model_weights(model, path: Path) -> None:
     # Tied output heads are saved once; anything else missing means the checkpoint does not fit.
     missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise SmalllmError(f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise SmalllmError(
+            f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )

@@ -40,6 +40,7 @@ from smalllm.train.schedule import lr_factor
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+SHARDED_STATE = "sharded_state"
 
 
 class TrainingDiverged(SmalllmError):
@@ -96,7 +97,9 @@ class Trainer:
             torch.set_num_threads(t.num_threads)
         precision_probe = make_plan(cfg, vocab_size=1, world=1)  # device/precision only; vocab unknown yet
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision_probe.precision, "no")
-        trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (["wandb"] if cfg.logging.wandb else [])
+        trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
+            ["wandb"] if cfg.logging.wandb else []
+        )
         self.accelerator = Accelerator(
             cpu=precision_probe.device == "cpu",
             mixed_precision=mixed,
@@ -111,8 +114,10 @@ class Trainer:
             corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
         self.tokenizer = corpus.tokenizer
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size)
-        sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        self.plan: Plan = make_plan(cfg, vocab_size=len(self.tokenizer), world=self.world, sharded=sharded)
+        self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        self.plan: Plan = make_plan(
+            cfg, vocab_size=len(self.tokenizer), world=self.world, sharded=self.sharded
+        )
         self.plan.refuse_if_too_big()
         self.total_steps = self.plan.steps
 
@@ -142,6 +147,10 @@ class Trainer:
         )
         if resume_from is not None:
             self.load_state_dict(ckpt.load_trainer_state(resume_from))
+            if self.is_main:
+                _truncate_metrics(self.run_dir / METRICS_FILE, self.step)
+            if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
+                acc.load_state(str(resume_from / SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,7 +221,8 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_fit_end(self)
             self.accelerator.end_training()
-        return self.summary()
+            summary = self.summary()  # written for every outcome, divergence included
+        return summary
 
     def _request_stop(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -234,7 +244,9 @@ class Trainer:
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
                 logits = model(input_ids=ids).logits
-                loss, per_token = _lm_loss(logits, ids, torch.from_numpy(batch.loss_mask[rows]).to(acc.device))
+                loss, per_token = _lm_loss(
+                    logits, ids, torch.from_numpy(batch.loss_mask[rows]).to(acc.device)
+                )
                 acc.backward(loss / self.plan.accumulation)
             total_loss += loss.detach() / self.plan.accumulation
             _per_label(per_token, batch, rows, label_loss, label_count, acc.device)
@@ -244,6 +256,8 @@ class Trainer:
         if finite:
             self.optimizer.step()
         else:
+            label_loss.zero_()
+            label_count.zero_()
             self._non_finite(total_loss)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -282,7 +296,8 @@ class Trainer:
         state = {
             "step": self.step,
             "tokens": self.tokens,
-            "optimizer": self.optimizer.state_dict(),
+            # Sharded optimizers are saved by accelerate.save_state (see save); plain ones live here.
+            "optimizer": None if self.sharded else self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
             "data": {"next_row": self.step * self.cfg.train.global_batch_size, "seed": self.cfg.data.seed},
@@ -297,7 +312,8 @@ class Trainer:
         if state["world"] != self.world:
             self.info(f"note: resuming a {state['world']}-process run with {self.world} processes")
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         if "cuda" in state["rng"] and torch.cuda.is_available():
@@ -305,17 +321,28 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
     def save(self) -> Path | None:
-        """Write a checkpoint of the current step (main process writes; all processes wait)."""
+        """Write a checkpoint of the current step. The main process writes; under FSDP/DeepSpeed
+        every process takes part in gathering the weights and writing its optimizer shard."""
         acc = self.accelerator
+        root = self.run_dir / "checkpoints"
+        tmp = (
+            ckpt.stage_checkpoint(root, self.step)
+            if self.is_main
+            else root / f".tmp-{ckpt.checkpoint_name(self.step)}"
+        )
         acc.wait_for_everyone()
+        weights = None
+        if self.sharded:
+            weights = acc.get_state_dict(self.model)  # collective: gathers the full weights on rank 0
+            acc.save_state(str(tmp / SHARDED_STATE))
         path = None
         if self.is_main:
-            model = acc.unwrap_model(self.model)
             meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
-            path = ckpt.save_checkpoint(
-                self.run_dir / "checkpoints", self.step, model, self.tokenizer, self.state_dict(), meta
+            model = acc.unwrap_model(self.model)
+            path = ckpt.publish_checkpoint(
+                tmp, self.step, model, self.tokenizer, self.state_dict(), meta, weights
             )
-            ckpt.prune_checkpoints(self.run_dir / "checkpoints", self.cfg.train.keep_last)
+            ckpt.prune_checkpoints(root, self.cfg.train.keep_last)
         acc.wait_for_everyone()
         return path
 
@@ -356,7 +383,29 @@ class Trainer:
         return summary
 
 
-def _lm_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after ``step`` (and a torn last line) before a resumed run appends.
+
+    Without this, steps between the checkpoint and a crash would appear twice in the curves.
+    """
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _lm_loss(
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean next-token loss over target positions, and the per-token losses [b, L-1] (fp32)."""
     per_token = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"

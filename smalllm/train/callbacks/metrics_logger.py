@@ -30,8 +30,9 @@ class MetricsLogger(Callback):
             )
 
     def on_step_end(self, trainer, metrics: dict) -> None:
-        self.loss_sum += float(metrics["loss"])
-        self.steps += 1
+        if not metrics["skipped"]:  # a skipped (non-finite) batch must not poison the window mean
+            self.loss_sum += float(metrics["loss"])
+            self.steps += 1
         if self.label_loss is None:
             self.label_loss, self.label_count = metrics["label_loss"].clone(), metrics["label_count"].clone()
         else:
@@ -45,7 +46,8 @@ class MetricsLogger(Callback):
         # Sums over processes: every rank saw different rows.
         label_loss = acc.reduce(self.label_loss, reduction="sum")
         label_count = acc.reduce(self.label_count, reduction="sum")
-        loss = float(acc.reduce(torch.tensor(self.loss_sum / self.steps, device=acc.device), reduction="mean"))
+        mean = self.loss_sum / self.steps if self.steps else float("nan")
+        loss = float(acc.reduce(torch.tensor(mean, device=acc.device), reduction="mean"))
         record = {
             "kind": "train",
             "step": trainer.step,
