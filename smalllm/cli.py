@@ -30,7 +30,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
     t.add_argument("--dry-run", action="store_true", help="print the plan (sizes, steps, memory) and exit")
-    t.add_argument("--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint")
+    t.add_argument(
+        "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
+    )
     t.add_argument("--overwrite", action="store_true", help="delete an existing run_dir and start over")
 
     tk = sub.add_parser("tasks", help="list or show task generators")
@@ -54,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     di = dsub.add_parser("inspect", help="print stream rows with task spans marked, and realised frequencies")
     _config_args(di)
     di.add_argument("--rows", type=int, default=4, help="rows to print")
-    di.add_argument("--steps", type=int, default=None, help="steps for the frequency table (default: the run's)")
+    di.add_argument(
+        "--steps", type=int, default=None, help="steps for the frequency table (default: the run's)"
+    )
 
     e = sub.add_parser("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
     e.add_argument("path", help="checkpoint directory (or a run directory: its latest checkpoint)")
@@ -67,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="run a grid of model sizes x task frequencies x seeds")
     s.add_argument("config", help="sweep YAML (see configs/experiments/)")
-    s.add_argument("--dry-run", action="store_true", help="print each cell with tokens, FLOPs and estimated time")
+    s.add_argument(
+        "--dry-run", action="store_true", help="print each cell with tokens, FLOPs and estimated time"
+    )
     s.add_argument("--workers", type=int, default=1, help="cells run in parallel")
     s.add_argument("--emit", choices=["slurm", "shell"], help="write a launch script instead of running")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
@@ -78,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file then overrides")
+    p.add_argument(
+        "args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]", help="config file then overrides"
+    )
 
 
 def _split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -105,7 +113,9 @@ def cmd_models(args) -> None:
     from smalllm.model.presets import PRESETS
 
     if args.arch not in ARCHS:
-        raise SmalllmError(f"--arch: '{args.arch}' is not one of {', '.join(ARCHS)}{did_you_mean(args.arch, ARCHS)}")
+        raise SmalllmError(
+            f"--arch: '{args.arch}' is not one of {', '.join(ARCHS)}{did_you_mean(args.arch, ARCHS)}"
+        )
     V, T = args.vocab_size, args.seq_len
     print(f"presets at vocabulary {V:,}, context {T} (arch {args.arch}, untied embeddings)")
     header = f"{'preset':<11} {'params':>15} {'non-embedding':>15} {'layers':>6} {'width':>6} {'heads':>5} {'MLP':>7} {'FLOPs/token':>15}"
@@ -115,7 +125,9 @@ def cmd_models(args) -> None:
         if args.arch == "olmo":
             total, non_emb = p.params(V), p.non_embedding_params()
         else:
-            total, non_emb = count_params(build_model(ModelConfig(preset=name, arch=args.arch), V, T, meta=True))
+            total, non_emb = count_params(
+                build_model(ModelConfig(preset=name, arch=args.arch), V, T, meta=True)
+            )
         print(
             f"{name:<11} {total:>15,} {non_emb:>15,} {p.layers:>6} {p.width:>6} {p.heads:>5} {p.mlp_dim:>7} "
             f"{p.flops_per_token(V, T):>15,}"
@@ -141,7 +153,9 @@ def cmd_train(args) -> None:
 
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-        print(f"run {summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {cfg.run_dir}")
+        print(
+            f"run {summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {cfg.run_dir}"
+        )
 
 
 def cmd_tasks(args) -> None:

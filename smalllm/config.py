@@ -414,7 +414,16 @@ SOURCES = ("synthetic", "files", "hub")
 
 
 def _one_of(value: str, choices: tuple[str, ...], field_name: str) -> None:
-    require(value in choices, field_name, f"'{value}' is not one of {', '.join(choices)}{did_you_mean(value, choices)}")
+    require(
+        value in choices,
+        field_name,
+        f"'{value}' is not one of {', '.join(choices)}{did_you_mean(value, choices)}",
+    )
+
+
+def _peak_frequency(task: TaskConfig) -> float:
+    points = [p[1] for p in task.schedule.points if len(p) == 2] if task.schedule.kind == "piecewise" else []
+    return max([task.frequency, *points])
 
 
 def validate(cfg: RunConfig) -> None:
@@ -422,13 +431,19 @@ def validate(cfg: RunConfig) -> None:
     from smalllm.model.presets import PRESETS
 
     m, d, t, e = cfg.model, cfg.data, cfg.train, cfg.eval
-    require(m.preset in PRESETS, "model.preset", f"unknown preset '{m.preset}'{did_you_mean(m.preset, PRESETS)}")
+    require(
+        m.preset in PRESETS, "model.preset", f"unknown preset '{m.preset}'{did_you_mean(m.preset, PRESETS)}"
+    )
     _one_of(m.arch, ARCHS, "model.arch")
     require(m.init_std > 0, "model.init_std", f"must be > 0, got {m.init_std}")
 
     require(d.seq_len >= 8, "data.seq_len", f"must be >= 8, got {d.seq_len}")
     _one_of(d.tokenizer.kind, TOKENIZER_KINDS, "data.tokenizer.kind")
-    require(d.tokenizer.vocab_size >= 64, "data.tokenizer.vocab_size", f"must be >= 64, got {d.tokenizer.vocab_size}")
+    require(
+        d.tokenizer.vocab_size >= 64,
+        "data.tokenizer.vocab_size",
+        f"must be >= 64, got {d.tokenizer.vocab_size}",
+    )
     require(
         d.tokenizer.kind != "pretrained" or bool(d.tokenizer.path),
         "data.tokenizer.path",
@@ -459,17 +474,35 @@ def validate(cfg: RunConfig) -> None:
             f"must be a finite number >= 0, got {task.frequency}",
         )
         if task.unit != "per_token":
-            require(task.frequency <= 1, f"{where}.frequency", f"a {task.unit} must be <= 1, got {task.frequency}")
+            require(
+                task.frequency <= 1, f"{where}.frequency", f"a {task.unit} must be <= 1, got {task.frequency}"
+            )
         require(task.schedule.gap_batches >= 1, f"{where}.schedule.gap_batches", "must be >= 1")
         if task.schedule.kind == "piecewise":
             pts = task.schedule.points
-            require(bool(pts), f"{where}.schedule.points", "piecewise schedule needs [[step, frequency], ...]")
-            require(all(len(p) == 2 for p in pts), f"{where}.schedule.points", "each point is [step, frequency]")
+            require(
+                bool(pts), f"{where}.schedule.points", "piecewise schedule needs [[step, frequency], ...]"
+            )
+            require(
+                all(len(p) == 2 for p in pts), f"{where}.schedule.points", "each point is [step, frequency]"
+            )
             steps = [p[0] for p in pts]
-            require(steps == sorted(steps) and steps[0] >= 0, f"{where}.schedule.points", "steps must be >= 0 and increasing")
+            require(
+                steps == sorted(steps) and steps[0] >= 0,
+                f"{where}.schedule.points",
+                "steps must be >= 0 and increasing",
+            )
             require(all(p[1] >= 0 for p in pts), f"{where}.schedule.points", "frequencies must be >= 0")
+            if task.unit != "per_token":
+                require(
+                    all(p[1] <= 1 for p in pts), f"{where}.schedule.points", f"a {task.unit} must be <= 1"
+                )
         require(task.pool_size >= 2, f"{where}.pool_size", f"must be >= 2, got {task.pool_size}")
-        require(0 < task.test_fraction < 1, f"{where}.test_fraction", f"must be in (0, 1), got {task.test_fraction}")
+        require(
+            0 < task.test_fraction < 1,
+            f"{where}.test_fraction",
+            f"must be in (0, 1), got {task.test_fraction}",
+        )
         require(task.eval_size >= 1, f"{where}.eval_size", "must be >= 1")
         if task.skill_weights is not None:
             require(
@@ -478,7 +511,8 @@ def validate(cfg: RunConfig) -> None:
                 "must be non-negative with a positive sum",
             )
     for unit in ("token_fraction", "example_fraction"):
-        total = sum(task.frequency for task in d.tasks if task.unit == unit)
+        # The peak of each task's schedule counts: a piecewise point may raise it above `frequency`.
+        total = sum(_peak_frequency(task) for task in d.tasks if task.unit == unit)
         require(total <= 1, "data.tasks", f"{unit} frequencies sum to {total:g} > 1")
 
     require(t.max_tokens > 0, "train.max_tokens", f"must be > 0, got {t.max_tokens}")
@@ -492,7 +526,9 @@ def validate(cfg: RunConfig) -> None:
     require(t.lr > 0 and math.isfinite(t.lr), "train.lr", f"must be > 0, got {t.lr}")
     require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
     _one_of(t.schedule, LR_SCHEDULES, "train.schedule")
-    require(0 <= t.warmup_fraction < 1, "train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}")
+    require(
+        0 <= t.warmup_fraction < 1, "train.warmup_fraction", f"must be in [0, 1), got {t.warmup_fraction}"
+    )
     require(0 <= t.decay_fraction <= 1, "train.decay_fraction", f"must be in [0, 1], got {t.decay_fraction}")
     require(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
     require(0 <= t.beta1 < 1, "train.beta1", f"must be in [0, 1), got {t.beta1}")
@@ -504,14 +540,20 @@ def validate(cfg: RunConfig) -> None:
     require(t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}")
     require(t.checkpoint_every >= 0, "train.checkpoint_every", f"must be >= 0, got {t.checkpoint_every}")
     require(t.keep_last >= 1, "train.keep_last", f"must be >= 1, got {t.keep_last}")
-    require(0 < t.memory_fraction <= 1, "train.memory_fraction", f"must be in (0, 1], got {t.memory_fraction}")
+    require(
+        0 < t.memory_fraction <= 1, "train.memory_fraction", f"must be in (0, 1], got {t.memory_fraction}"
+    )
     require(t.num_threads is None or t.num_threads >= 1, "train.num_threads", "must be >= 1")
 
     require(e.every_steps >= 0, "eval.every_steps", f"must be >= 0, got {e.every_steps}")
     require(e.every_tokens is None or e.every_tokens > 0, "eval.every_tokens", "must be > 0")
     require(e.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {e.batch_size}")
     require(e.background_sequences >= 0, "eval.background_sequences", "must be >= 0")
-    require(0 < e.accuracy_threshold <= 1, "eval.accuracy_threshold", f"must be in (0, 1], got {e.accuracy_threshold}")
+    require(
+        0 < e.accuracy_threshold <= 1,
+        "eval.accuracy_threshold",
+        f"must be in (0, 1], got {e.accuracy_threshold}",
+    )
     require(e.patience >= 0, "eval.patience", f"must be >= 0, got {e.patience}")
 
 

@@ -19,7 +19,28 @@ import numpy as np
 from smalllm.config import BackgroundConfig, SyntheticCorpusConfig
 from smalllm.errors import ConfigError
 
-_ONSETS = ["b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "st", "tr", "pl"]
+_ONSETS = [
+    "b",
+    "d",
+    "f",
+    "g",
+    "h",
+    "k",
+    "l",
+    "m",
+    "n",
+    "p",
+    "r",
+    "s",
+    "t",
+    "v",
+    "w",
+    "z",
+    "br",
+    "st",
+    "tr",
+    "pl",
+]
 _VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "oo"]
 _CODAS = ["", "", "n", "r", "s", "t", "m", "l", "nd", "st"]
 _DETERMINERS = ["the", "a", "this", "every", "some", "my"]
@@ -59,7 +80,9 @@ class SyntheticCorpus:
         while len(seen) < n:
             syllables = rng.integers(1, 4)
             word = "".join(
-                _ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))] + _CODAS[rng.integers(len(_CODAS))]
+                _ONSETS[rng.integers(len(_ONSETS))]
+                + _VOWELS[rng.integers(len(_VOWELS))]
+                + _CODAS[rng.integers(len(_CODAS))]
                 for _ in range(syllables)
             )
             if word not in reserved:
@@ -123,7 +146,9 @@ def load_texts(cfg: BackgroundConfig, seed: int = 0) -> Iterator[str]:
             break
         text = row.get(cfg.text_field)
         if text is None:
-            raise ConfigError(f"data.background.text_field: column '{cfg.text_field}' not found (have {sorted(row)})")
+            raise ConfigError(
+                f"data.background.text_field: column '{cfg.text_field}' not found (have {sorted(row)})"
+            )
         if text:
             yield text
 
@@ -151,5 +176,7 @@ def load_text_dataset(cfg: BackgroundConfig):  # -> datasets.Dataset | IterableD
             fmt, data_files=[str(p) for p in paths], split=cfg.split, streaming=cfg.streaming, **kwargs
         )
     if cfg.streaming and cfg.max_documents is None:
-        raise ConfigError("data.background.max_documents: required with streaming=true (the stream has no end)")
+        raise ConfigError(
+            "data.background.max_documents: required with streaming=true (the stream has no end)"
+        )
     return datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)

@@ -19,10 +19,16 @@ def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> s
     # Show rows that carry task instances first: with rare tasks, the first rows are pure background.
     batch = stream.rows(0, min(4096, 64 * rows))
     has_task = np.flatnonzero(batch.task_ids.any(axis=1))
-    order = list(has_task[:rows]) + [i for i in range(len(batch.input_ids)) if i not in set(has_task)][: max(0, rows - len(has_task))]
+    order = (
+        list(has_task[:rows])
+        + [i for i in range(len(batch.input_ids)) if i not in set(has_task)][: max(0, rows - len(has_task))]
+    )
     out = [f"stream of {cfg.data.seq_len}-token rows; labels: {', '.join(stream.labels)}", ""]
     for r in order[:rows]:
-        out.append(f"row {r}: " + _render(tok, batch.input_ids[r], batch.task_ids[r], batch.answer_mask[r], stream.labels))
+        out.append(
+            f"row {r}: "
+            + _render(tok, batch.input_ids[r], batch.task_ids[r], batch.answer_mask[r], stream.labels)
+        )
         out.append("")
     if steps is None:
         steps = math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.data.seq_len))

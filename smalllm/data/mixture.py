@@ -12,8 +12,8 @@ A task's frequency is converted to an *expected number of instances per row* ``r
   belong to this task's instances (EOD included);
 * ``example_fraction`` r = f — the share of rows that carry one instance of the task.
 
-A family's frequency is split across its sub-skills in proportion to ``skill_weights``; each
-(task, sub-skill) pair is then placed on its own.
+A family (a task with sub-skills) is placed as one task at its total frequency, and its instances
+are dealt to the sub-skills in proportion to ``skill_weights`` (see :class:`SkillSequence`).
 
 Exactness
 ---------
@@ -65,7 +65,9 @@ class PlacementRule:
         covered = np.clip(g[..., None] - starts, 0.0, ends - starts)
         return (covered * self.rates).sum(axis=-1)
 
-    def _scheduled(self, rows: np.ndarray) -> np.ndarray:
+    def scheduled(self, rows: np.ndarray | int) -> np.ndarray:
+        """Expected instances in rows ``0 … g−1`` under the schedule (gap periods front-loaded)."""
+        rows = np.asarray(rows, dtype=np.int64)
         if not self.gap:
             return self.expected(rows)
         period_start = (rows // self.gap_rows) * self.gap_rows
@@ -77,7 +79,7 @@ class PlacementRule:
     def count(self, rows: np.ndarray | int) -> np.ndarray:
         """C(g): instances placed in rows ``0 … g−1``."""
         rows = np.asarray(rows, dtype=np.int64)
-        return (np.floor(self._scheduled(rows) + self.phase) - np.floor(self.phase)).astype(np.int64)
+        return (np.floor(self.scheduled(rows) + self.phase) - np.floor(self.phase)).astype(np.int64)
 
     def max_per_row(self) -> int:
         """Most instances one row can receive (for the capacity check)."""
@@ -138,7 +140,8 @@ class SkillSequence:
     A family is placed as one task (so a row never receives more instances than the family's total
     rate allows); its instances are then dealt to sub-skills by a quota rule: instance k goes to the
     sub-skill ``s`` maximising ``(k + 1)·w_s − n_s(k)`` (``n_s`` = instances dealt so far, ties to the
-    lower index). Every prefix then holds ``k·w_s`` instances of each sub-skill to within one. The
+    lower index). Every prefix then holds close to ``k·w_s`` instances of each sub-skill (within 1.2
+    over 300 random weightings x 3000 instances; the tests assert < 2). The
     sequence is extended lazily and cached, so seeking costs a one-off pass over earlier instances.
     """
 

@@ -67,8 +67,10 @@ class InstancePool:
         return float(np.mean([i.length for i in sample]))
 
     def max_length(self) -> int:
+        """Longest instance: the task's own bound, or longer if a sampled instance says otherwise."""
         sample = self.train[:2000] if self.train else [self.train_instance(k) for k in range(200)]
-        return max(max(i.length for i in sample), max((i.length for i in self.test), default=0))
+        sampled = max(max(i.length for i in sample), max((i.length for i in self.test), default=0))
+        return max(sampled, self.task.max_length())
 
 
 def _distinct(task: Task, skill: int, n: int, rng: np.random.Generator) -> list[Instance]:

@@ -35,12 +35,46 @@ SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
 TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
 
 
+class ShardedTokens:
+    """The training token stream over several memory-mapped shard files, never copied into memory.
+
+    Training reads fixed-length windows; a window never crosses a shard boundary (the few tokens at
+    the end of each shard that do not fill a window are skipped), so a window is one slice of one file.
+    """
+
+    def __init__(self, parts: list[np.ndarray]) -> None:
+        self.parts = parts
+        self.dtype = parts[0].dtype
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def num_windows(self, length: int) -> int:
+        return sum(len(p) // length for p in self.parts)
+
+    def windows(self, ids: np.ndarray, length: int) -> np.ndarray:
+        """Windows ``ids`` (numbered across shards) as an int64 array [len(ids), length]."""
+        counts = np.array([len(p) // length for p in self.parts])
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        shard = np.searchsorted(starts, ids, side="right") - 1
+        out = np.empty((len(ids), length), dtype=np.int64)
+        offsets = np.arange(length)
+        for s in np.unique(shard):
+            sel = shard == s
+            local = (ids[sel] - starts[s])[:, None] * length + offsets
+            out[sel] = self.parts[s][local]
+        return out
+
+    def max(self) -> int:
+        return max(int(p.max()) for p in self.parts)
+
+
 @dataclass
 class TokenShards:
-    """A built corpus: train token stream (concatenated shards), held-out tokens and the tokenizer."""
+    """A built corpus: train token shards, held-out tokens and the tokenizer."""
 
     path: Path
-    train: np.ndarray
+    train: ShardedTokens
     holdout: np.ndarray
     tokenizer: object
     index: dict
@@ -58,7 +92,9 @@ def default_cache_dir() -> Path:
 
 def corpus_key(background: BackgroundConfig, tokenizer: TokenizerConfig) -> str:
     """Content hash of everything that determines the token shards."""
-    blob = json.dumps({"background": asdict(background), "tokenizer": asdict(tokenizer), "v": 1}, sort_keys=True)
+    blob = json.dumps(
+        {"background": asdict(background), "tokenizer": asdict(tokenizer), "v": 1}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -105,7 +141,9 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
             docs += len(chunk)
         shards = writer.close()
         if total == 0:
-            raise SmalllmError("data.background: the corpus has no training documents after the held-out split")
+            raise SmalllmError(
+                "data.background: the corpus has no training documents after the held-out split"
+            )
         index = {
             "dtype": np.dtype(dtype).name,
             "shards": shards,
@@ -207,9 +245,11 @@ def open_corpus(path: str | Path) -> TokenShards:
         expected = tokens * dtype.itemsize
         if not f.is_file() or f.stat().st_size != expected:
             size = f.stat().st_size if f.is_file() else "missing"
-            raise SmalllmError(f"{f}: corrupt token shard (expected {expected} bytes, found {size}); rebuild it")
+            raise SmalllmError(
+                f"{f}: corrupt token shard (expected {expected} bytes, found {size}); rebuild it"
+            )
         parts.append(np.memmap(f, dtype=dtype, mode="r"))
-    train = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    train = ShardedTokens(parts)
     holdout_file = path / "holdout.bin"
     holdout = np.fromfile(holdout_file, dtype=dtype) if holdout_file.is_file() else np.zeros(0, dtype)
     if holdout_file.is_file() and len(holdout) != index.get("holdout_tokens", len(holdout)):

@@ -87,7 +87,7 @@ class TaskStream:
         self.tokenizer = corpus.tokenizer
         self.vocab = TaskVocab(corpus.tokenizer)
         self.eod = self.vocab.eod_id
-        self.n_windows = len(corpus.train) // self.seq_len
+        self.n_windows = corpus.train.num_windows(self.seq_len)
         if self.n_windows < 1:
             raise ConfigError(
                 f"data.seq_len: {self.seq_len} is longer than the whole background corpus ({len(corpus.train)} tokens)"
@@ -126,12 +126,16 @@ class TaskStream:
     # ------------------------------------------------------------------ checks
 
     def _check_pool(self, pool: InstancePool, where: str) -> None:
-        instances = (pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]) + pool.test
+        instances = (
+            pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]
+        ) + pool.test
         vocab = self.vocab.vocab_size
         for inst in instances:
             bad = [t for t in inst.prompt + inst.answer if not 0 <= t < vocab]
             if bad:
-                raise ConfigError(f"{where}.name: task '{pool.task.name}' emits token id {bad[0]} outside the vocabulary of {vocab}")
+                raise ConfigError(
+                    f"{where}.name: task '{pool.task.name}' emits token id {bad[0]} outside the vocabulary of {vocab}"
+                )
             if inst.length > self.seq_len:
                 raise ConfigError(
                     f"{where}: an instance of '{pool.task.name}' has {inst.length} tokens, longer than data.seq_len={self.seq_len}"
@@ -150,7 +154,9 @@ class TaskStream:
     def batch(self, step: int, rank: int = 0, world: int = 1) -> Batch:
         """This rank's share of global batch ``step``."""
         if self.global_batch % world:
-            raise ConfigError(f"train.global_batch_size: {self.global_batch} is not divisible by {world} processes")
+            raise ConfigError(
+                f"train.global_batch_size: {self.global_batch} is not divisible by {world} processes"
+            )
         local = self.global_batch // world
         start = step * self.global_batch + rank * local
         return self.rows(start, start + local)
@@ -169,7 +175,9 @@ class TaskStream:
                 placed[int(r)].extend((fi, k) for k in range(int(counts[r]), int(counts[r + 1])))
         for r, items in placed.items():
             self._inject(ids[r], task_ids[r], answer[r], items)
-        return Batch(input_ids=ids, task_ids=task_ids, answer_mask=answer, loss_mask=np.ones((n, L), dtype=bool))
+        return Batch(
+            input_ids=ids, task_ids=task_ids, answer_mask=answer, loss_mask=np.ones((n, L), dtype=bool)
+        )
 
     def _background(self, start: int, n: int) -> np.ndarray:
         rows = np.arange(start, start + n, dtype=np.int64)
@@ -178,8 +186,7 @@ class TaskStream:
         for epoch in np.unique(epochs):
             sel = epochs == epoch
             windows[sel] = self._permutation(int(epoch))[rows[sel] % self.n_windows]
-        idx = windows[:, None] * self.seq_len + np.arange(self.seq_len)
-        return self.corpus.train[idx].astype(np.int64)
+        return self.corpus.train.windows(windows, self.seq_len)
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
@@ -187,7 +194,9 @@ class TaskStream:
             self._perm_epoch = epoch
         return self._perm
 
-    def _inject(self, ids: np.ndarray, tids: np.ndarray, amask: np.ndarray, items: list[tuple[int, int]]) -> None:
+    def _inject(
+        self, ids: np.ndarray, tids: np.ndarray, amask: np.ndarray, items: list[tuple[int, int]]
+    ) -> None:
         pos = 0
         documents = []
         for fi, k in items:
@@ -208,7 +217,11 @@ class TaskStream:
         ids[at + size :] = ids[at : at + keep].copy()
         tids[at + size :] = tids[at : at + keep].copy()
         amask[at + size :] = amask[at : at + keep].copy()
-        ids[at : at + size], tids[at : at + size], amask[at : at + size] = block_ids[:size], block_tids[:size], block_amask[:size]
+        ids[at : at + size], tids[at : at + size], amask[at : at + size] = (
+            block_ids[:size],
+            block_tids[:size],
+            block_amask[:size],
+        )
 
     def _boundary(self, ids: np.ndarray, pos: int, size: int) -> int:
         """First position >= pos that starts a document and leaves ``size`` tokens of room."""
@@ -236,7 +249,7 @@ class TaskStream:
         tokens = num_rows * self.seq_len
         out = []
         for f in self.families:
-            requested = float(f.rule.expected(num_rows))
+            requested = float(f.rule.scheduled(num_rows))  # a gap period is due in its first batch
             realised = int(f.rule.count(num_rows))
             rows = [(f.task.name, requested, realised)]
             if len(f.pools) > 1:
@@ -268,7 +281,8 @@ class TaskStream:
             sets.append(
                 TaskEvalSet(
                     task=task.name,
-                    skills=list(task.skills),
+                    # Keys read eval/{task}/{skill}/…: a skill name carries no second task prefix.
+                    skills=[name.removeprefix(f"{task.name}/") for name in task.skills],
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
                 )

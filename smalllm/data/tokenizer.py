@@ -86,7 +86,9 @@ def load_tokenizer(path: str | Path, field: str = "tokenizer") -> PreTrainedToke
     try:
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"{field}: '{path}' holds no usable tokenizer ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"{field}: '{path}' holds no usable tokenizer ({str(exc).splitlines()[0]})"
+        ) from None
     if tok.eos_token_id is None:
         raise ConfigError(f"{field}: tokenizer in '{path}' has no end-of-document (eos) token")
     if tok.pad_token_id is None:

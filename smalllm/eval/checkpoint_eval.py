@@ -63,9 +63,13 @@ def evaluate_checkpoint(
     tokenizer = load_tokenizer(model_dir, field=str(model_dir))
     run_tokenizer = _run_tokenizer(run)
     if run_tokenizer is not None and run_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise SmalllmError(f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens")
+        raise SmalllmError(
+            f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens"
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), local_files_only=True, use_safetensors=True
+        )
     except (OSError, ValueError) as exc:
         raise SmalllmError(f"{model_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):

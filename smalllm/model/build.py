@@ -23,7 +23,9 @@ from smalllm.config import ModelConfig
 from smalllm.model.presets import PRESETS, Preset
 
 
-def hf_config(cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1) -> PretrainedConfig:
+def hf_config(
+    cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1
+) -> PretrainedConfig:
     """The transformers config for ``cfg.preset`` in architecture ``cfg.arch``."""
     p: Preset = PRESETS[cfg.preset]
     common = dict(

@@ -46,7 +46,9 @@ def register(task_cls: type[Task]) -> type[Task]:
         raise TypeError(f"{task_cls.__qualname__} needs a class attribute 'name'")
     existing = _REGISTRY.get(name)
     if existing is not None and existing is not task_cls:
-        raise ValueError(f"task name '{name}' is already registered by {existing.__module__}.{existing.__qualname__}")
+        raise ValueError(
+            f"task name '{name}' is already registered by {existing.__module__}.{existing.__qualname__}"
+        )
     _REGISTRY[name] = task_cls
     return task_cls
 
@@ -82,7 +84,9 @@ def get_task(name: str, where: str = "task") -> type[Task]:
     return tasks[name]
 
 
-def build_task(name: str, params: dict[str, Any], vocab: TaskVocab, seed: int = 0, where: str = "task") -> Task:
+def build_task(
+    name: str, params: dict[str, Any], vocab: TaskVocab, seed: int = 0, where: str = "task"
+) -> Task:
     """Instantiate a registered task with validated parameters."""
     task_cls = get_task(name, f"{where}.name")
     parsed = parse_params(task_cls, params, f"{where}.params")

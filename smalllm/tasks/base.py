@@ -83,7 +83,9 @@ class TaskVocab:
     def random_tokens(self, n: int, rng: np.random.Generator) -> list[int]:
         """``n`` distinct ordinary (non-special) token ids, drawn with ``rng``."""
         if n > len(self._ordinary):
-            raise ConfigError(f"task needs {n} distinct tokens but the vocabulary has only {len(self._ordinary)}")
+            raise ConfigError(
+                f"task needs {n} distinct tokens but the vocabulary has only {len(self._ordinary)}"
+            )
         return [int(i) for i in rng.choice(self._ordinary, size=n, replace=False)]
 
     def decode(self, ids: Sequence[int]) -> str:

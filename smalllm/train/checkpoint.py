@@ -170,7 +170,8 @@ def load_model_weights(model, path: Path) -> None:
         )
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output heads are saved once; anything else missing means the checkpoint does not fit.
-    missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if getattr(model.config, "tie_word_embeddings", False):
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
         raise SmalllmError(
             f"{weights}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})"

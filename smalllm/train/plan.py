@@ -145,7 +145,11 @@ def make_plan(
     t = cfg.train
     hypothetical = not strict and t.device == "cuda" and not torch.cuda.is_available()
     device = "cuda" if hypothetical else resolve_device(t.device)
-    precision = ("bf16" if t.precision == "auto" else t.precision) if hypothetical else resolve_precision(t.precision, device)
+    precision = (
+        ("bf16" if t.precision == "auto" else t.precision)
+        if hypothetical
+        else resolve_precision(t.precision, device)
+    )
     vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):
@@ -179,6 +183,7 @@ def make_plan(
         steps=steps,
         memory=memory,
         available=ASSUMED_GPU["memory"] if hypothetical else available_memory(device),
-        peak_flops=t.peak_flops or (ASSUMED_GPU["peak_flops"] if hypothetical else default_peak_flops(device)),
+        peak_flops=t.peak_flops
+        or (ASSUMED_GPU["peak_flops"] if hypothetical else default_peak_flops(device)),
         memory_fraction=t.memory_fraction,
     )

@@ -61,7 +61,7 @@ def prepare_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = Fals
         shutil.rmtree(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / f".write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
@@ -95,6 +95,9 @@ class Trainer:
         hf_logging.disable_progress_bar()  # no "Writing model shards" bars in the middle of our own
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
+        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+            # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         precision_probe = make_plan(cfg, vocab_size=1, world=1)  # device/precision only; vocab unknown yet
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision_probe.precision, "no")
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
@@ -134,6 +137,7 @@ class Trainer:
             model.gradient_checkpointing_enable()
 
         resume_from = self._resume_point()
+        self.resumed = resume_from is not None
         if resume_from is not None:
             ckpt.load_model_weights(model, resume_from)
         optimizer = self._optimizer(model)
@@ -173,7 +177,32 @@ class Trainer:
             )
         if latest is None:
             self.info("no complete checkpoint found; starting from step 0")
+            return latest
+        self._check_resumable(latest)
         return latest
+
+    def _check_resumable(self, checkpoint: Path) -> None:
+        """Refuse overrides that would make the resumed stream differ from the one trained on."""
+        from smalllm.config import load_config
+
+        saved_file = self.run_dir / CONFIG_FILE
+        if not saved_file.is_file():
+            return
+        saved = load_config(saved_file)
+        if config_to_dict(saved)["data"] != config_to_dict(self.cfg)["data"]:
+            raise SmalllmError(
+                f"data: differs from the run in {self.run_dir}; a resumed run must read the same stream"
+            )
+        if saved.train.global_batch_size != self.cfg.train.global_batch_size:
+            raise SmalllmError(
+                f"train.global_batch_size: {self.cfg.train.global_batch_size} differs from the resumed run's "
+                f"{saved.train.global_batch_size} (the stream position is counted in its batches)"
+            )
+        if saved.train.max_tokens != self.cfg.train.max_tokens and self.cfg.train.schedule != "constant":
+            self.info(
+                f"note: train.max_tokens changed on resume; the {self.cfg.train.schedule} schedule is "
+                f"recomputed for the new length from {checkpoint.name} on"
+            )
 
     def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -206,6 +235,7 @@ class Trainer:
                 metrics = self.train_step()
                 self.step += 1
                 self.tokens += self.plan.tokens_per_step
+                self._agree_on_stop()
                 for cb in self.callbacks:
                     cb.on_step_end(self, metrics)
             if self.stop_requested is not None:
@@ -227,6 +257,15 @@ class Trainer:
     def _request_stop(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
 
+    def _agree_on_stop(self) -> None:
+        """All processes stop after the same step when any of them got a signal (else: deadlock in
+        the next collective while one rank waits to checkpoint)."""
+        if self.world == 1:
+            return
+        flag = torch.tensor(0.0 if self.stop_requested is None else 1.0, device=self.accelerator.device)
+        if float(self.accelerator.reduce(flag, reduction="sum")) > 0 and self.stop_requested is None:
+            self.stop_requested = "signal on another process"
+
     def train_step(self) -> dict:
         """One optimizer step over this process's share of global batch ``self.step``."""
         t0 = time.perf_counter()
@@ -244,16 +283,21 @@ class Trainer:
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
                 logits = model(input_ids=ids).logits
-                loss, per_token = _lm_loss(
-                    logits, ids, torch.from_numpy(batch.loss_mask[rows]).to(acc.device)
-                )
+                # Packed rows have no padding: skip the mask (and its cost) when every token is a target.
+                mask = batch.loss_mask[rows]
+                mask = None if mask.all() else torch.from_numpy(mask).to(acc.device)
+                loss, per_token = _lm_loss(logits, ids, mask)
                 acc.backward(loss / self.plan.accumulation)
             total_loss += loss.detach() / self.plan.accumulation
             _per_label(per_token, batch, rows, label_loss, label_count, acc.device)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(grad_norm) and bool(torch.isfinite(total_loss))
-        if finite:
+        if self.plan.precision == "fp16":
+            # The grad scaler skips overflowing steps and lowers its scale itself; that is not divergence.
+            self.optimizer.step()
+            finite = finite or acc.optimizer_step_was_skipped
+        elif finite:
             self.optimizer.step()
         else:
             label_loss.zero_()
@@ -304,6 +348,8 @@ class Trainer:
             "world": self.world,
             "skipped_steps": self.skipped_steps,
         }
+        if self.accelerator.scaler is not None:
+            state["grad_scaler"] = self.accelerator.scaler.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
@@ -319,6 +365,12 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        if "grad_scaler" in state and self.accelerator.scaler is not None:
+            self.accelerator.scaler.load_state_dict(state["grad_scaler"])
+        if state["data"]["next_row"] != self.step * self.cfg.train.global_batch_size:
+            raise SmalllmError(
+                "train.global_batch_size: the checkpoint's stream position does not match this batch size"
+            )
 
     def save(self) -> Path | None:
         """Write a checkpoint of the current step. The main process writes; under FSDP/DeepSpeed
@@ -404,12 +456,15 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _lm_loss(
-    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over target positions, and the per-token losses [b, L-1] (fp32)."""
+    """Mean next-token loss over target positions (all of them when ``mask`` is None), and the
+    per-token losses [b, L-1] in fp32."""
     per_token = F.cross_entropy(
         logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
     ).view(ids.shape[0], -1)
+    if mask is None:
+        return per_token.mean(), per_token
     m = mask[:, 1:].float()
     return (per_token * m).sum() / m.sum().clamp(min=1), per_token
 
@@ -453,6 +508,7 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     """Run (or resume) training for ``cfg``; returns the summary written to ``summary.json``."""
-    prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    if os.environ.get("RANK", "0") == "0":  # one process checks and creates it; the others follow
+        prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     trainer = Trainer(cfg, resume=resume, log=log)
     return trainer.fit()

@@ -10,7 +10,9 @@ class Checkpointer(Callback):
         self.saved_step = -1
 
     def on_fit_start(self, trainer) -> None:
-        if trainer.step > 0:  # resumed: that step's checkpoint is on disk; rewriting it would risk the only copy
+        if (
+            trainer.step > 0
+        ):  # resumed: that step's checkpoint is on disk; rewriting it would risk the only copy
             self.saved_step = trainer.step
 
     def on_step_end(self, trainer, metrics: dict) -> None:

@@ -24,7 +24,7 @@ class EvaluatorCallback(Callback):
         self.background = trainer.stream.background_holdout(cfg.background_sequences)
         if trainer.is_main and not (trainer.run_dir / EVAL_SETS_FILE).exists():
             save_eval_sets(self.sets, trainer.run_dir / EVAL_SETS_FILE, self.background)
-        if trainer.step in self.steps:
+        if trainer.step in self.steps and not trainer.resumed:  # a resumed step was evaluated before
             self._run(trainer)
 
     def on_step_end(self, trainer, metrics: dict) -> None:
@@ -44,13 +44,15 @@ class EvaluatorCallback(Callback):
                 pad_id=trainer.tokenizer.pad_token_id,
             )
         trainer.eval_seconds += time.perf_counter() - t0
-        trainer.write_record({"kind": "eval", "step": trainer.step, "tokens": trainer.tokens, "time": time.time(), **results})
+        trainer.write_record(
+            {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens, "time": time.time(), **results}
+        )
 
     def on_fit_end(self, trainer) -> None:
+        if trainer.status == "completed" and trainer.step not in self.steps:
+            self._run(trainer)  # on every process: under FSDP the forward pass is collective
         if not trainer.is_main:
             return
-        if trainer.status == "completed" and trainer.step not in self.steps:
-            self._run(trainer)
         records = [r for r in read_metrics(trainer.run_dir) if r.get("kind") == "eval"]
         rows = emergence_table(records, trainer.cfg.eval)
         share = trainer.eval_seconds / max(1e-9, trainer.wall_seconds)

@@ -26,7 +26,11 @@ class MetricsLogger(Callback):
     def on_fit_start(self, trainer) -> None:
         if trainer.cfg.logging.progress and trainer.is_main:
             self.bar = tqdm(
-                total=trainer.total_steps, initial=trainer.step, desc="train", dynamic_ncols=True, disable=None
+                total=trainer.total_steps,
+                initial=trainer.step,
+                desc="train",
+                dynamic_ncols=True,
+                disable=None,
             )
 
     def on_step_end(self, trainer, metrics: dict) -> None:
@@ -65,7 +69,10 @@ class MetricsLogger(Callback):
         trainer.write_record(record)
         if self.bar is not None:
             self.bar.set_postfix(
-                loss=f"{loss:.3f}", tok_s=f"{metrics['tokens_per_s']:,.0f}", mfu=f"{metrics['mfu']:.1%}", refresh=False
+                loss=f"{loss:.3f}",
+                tok_s=f"{metrics['tokens_per_s']:,.0f}",
+                mfu=f"{metrics['mfu']:.1%}",
+                refresh=False,
             )
         self._reset()
 
