@@ -1,7 +1,7 @@
 """``smalllm demo`` (``make demo``): the rare-skill effect on a laptop CPU, end to end, no downloads.
 
 It runs the packaged sweep ``smalllm/configs/demo_sweep.yaml`` (a cut of
-``configs/experiments/cpu_frontier.yaml``: two micro model widths x three frequencies of T_CMP) into
+``configs/experiments/cpu_frontier.yaml``: two micro model widths x two frequencies of T_CMP) into
 ``runs/demo-sweep`` under the current directory, then prints the learned frontier and the path of the
 accuracy heatmap. The sweep is resumable: running the demo again skips the finished cells (and
 continues a cell that was interrupted from its checkpoint), so the second run only re-draws the report.

@@ -227,12 +227,11 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
 
 def test_failing_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
     # attn_implementation is only checked when the model is built: a failure at run time.
-    path = write_sweep(tmp_path, [{"model.attn_implementation": ["sdpa", "bogus", "eager"]}])
+    path = write_sweep(tmp_path, [{"model.attn_implementation": ["sdpa", "bogus"]}])
     sweep_dir = tmp_path / "sweep"
-    with pytest.raises(SweepFailed, match="1 of 3 cells failed"):
+    with pytest.raises(SweepFailed, match="1 of 2 cells failed"):
         run_sweep(path)
     assert cell_state(sweep_dir, "attn_implementation-sdpa") == "done"
-    assert cell_state(sweep_dir, "attn_implementation-eager") == "done"
     status = read_status(sweep_dir, "attn_implementation-bogus")
     assert status["state"] == "failed" and status["returncode"] != 0
     assert "bogus" in status["error"] and "\n" not in status["error"]

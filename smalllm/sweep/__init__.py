@@ -5,9 +5,25 @@
 * :mod:`smalllm.sweep.emit` writes Slurm / shell launch scripts instead;
 * :mod:`smalllm.sweep.aggregate` builds the tidy per-cell x task table;
 * :mod:`smalllm.sweep.report` draws heatmaps, the learned frontier and curves (``smalllm report``).
+
+Nothing is imported eagerly: launch scripts run ``python -m smalllm.sweep.runner``, which must not
+find its own module already imported by this package.
 """
 
-from smalllm.sweep.grid import Cell, SweepSpec, expand, load_sweep, validate_cells
-from smalllm.sweep.runner import run_sweep
+from __future__ import annotations
 
-__all__ = ["Cell", "SweepSpec", "expand", "load_sweep", "run_sweep", "validate_cells"]
+from typing import Any
+
+__all__ = ["run_sweep", "write_sweep_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "run_sweep":
+        from smalllm.sweep.runner import run_sweep
+
+        return run_sweep
+    if name == "write_sweep_report":
+        from smalllm.sweep.report import write_sweep_report
+
+        return write_sweep_report
+    raise AttributeError(f"module 'smalllm.sweep' has no attribute '{name}'")

@@ -96,7 +96,7 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
         '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" start',
         '  echo "=== attempt $(date \'+%Y-%m-%d %H:%M:%S\') (${mode[*]:-start}) job ${SLURM_JOB_ID:-local}" >> "$dir/train.log"',
         f"  accelerate launch {_launch_args(spec)} -m smalllm.cli train \\",
-        '    "${ARGS[@]}" "run_dir=$run" "${mode[@]}" >> "$dir/train.log" 2>&1',
+        '    "${ARGS[@]}" "run_dir=$run" ${mode[@]+"${mode[@]}"} >> "$dir/train.log" 2>&1',
         "  local rc=$?",
         '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" "$rc"',
         '  echo "$CELL: exit $rc (log: $dir/train.log)"',
@@ -110,7 +110,8 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
 def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> str:
     """A Slurm array script: task ``i`` runs cell ``i``."""
     sweep_dir = spec.sweep_dir.resolve()
-    options = {str(k): v for k, v in (spec.slurm.get("options") or {}).items()}
+    options: dict[str, object] = {"nodes": 1, "ntasks-per-node": 1}
+    options.update({str(k): v for k, v in (spec.slurm.get("options") or {}).items()})
     longest = max((estimate_cell(spec, configs[c.name]).seconds for c in cells), default=3600.0)
     options.setdefault("time", _slurm_time(longest))
     if _gpu_cells(spec):
@@ -127,9 +128,12 @@ def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfi
         f"#SBATCH --job-name={spec.name}",
         f"#SBATCH --array={array}",
         f"#SBATCH --output={sweep_dir / LAUNCH_DIR / 'logs'}/%A_%a.out",
-        "#SBATCH --nodes=1",
-        "#SBATCH --ntasks-per-node=1",
-        *(f"#SBATCH --{k}={v}" for k, v in options.items()),
+        # true / "" mark a flag without a value (e.g. exclusive: true); false / null leave it out.
+        *(
+            f"#SBATCH --{k}" if v is True or v == "" else f"#SBATCH --{k}={v}"
+            for k, v in options.items()
+            if v not in (False, None)
+        ),
         "",
         *_body(spec, cells),
         'run_cell "${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',

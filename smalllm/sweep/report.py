@@ -96,18 +96,24 @@ def panels(info: SweepInfo, rows: list[dict]) -> list[Panel]:
     facet_keys = [
         k for k in info.grid_keys if k != info.size_key and not _SEED_KEY.match(k) and not _FREQ_KEY.match(k)
     ]
+    usable = [
+        row
+        for row in rows
+        if row.get("state") == "done"
+        and row.get("task")
+        and not row.get("skill")
+        and row.get("frequency") is not None
+        and (not info.tasks or row["task"] in info.tasks)
+    ]
+    # Sub-grids that share a task may differ in their own overrides (context, budget): keep them apart.
+    grids_of: dict[str, set] = defaultdict(set)
+    for row in usable:
+        grids_of[row["task"]].add(row.get("grid") or "")
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in rows:
-        if (
-            row.get("state") != "done"
-            or not row.get("task")
-            or row.get("skill")
-            or row.get("frequency") is None
-        ):
-            continue
-        if info.tasks and row["task"] not in info.tasks:
-            continue
+    for row in usable:
         facet = tuple((k, row.get(k)) for k in facet_keys)
+        if len(grids_of[row["task"]]) > 1:
+            facet = (("grid", row.get("grid") or "-"), *facet)
         groups[(row["task"], facet)].append(row)
     out = []
     for (task, facet), group in groups.items():

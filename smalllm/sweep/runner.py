@@ -47,11 +47,12 @@ LOG_FILE = "train.log"
 LOCK_FILE = ".sweep.lock"
 
 # Time estimates: seconds = FLOPs / (peak FLOP/s x MFU) + a fixed start-up per cell.
-# CPU: measured on the 2-core AMD EPYC dev machine with micro presets (V=512, L=64, batch 32), the
-# whole cell's wall time (evaluation included) gave 0.2-0.3 of plan.peak_flops (100 GFLOP/s per
-# thread); small models are overhead-bound, so 0.25 is the working assumption.
-CPU_MFU = 0.25
-CPU_OVERHEAD_S = 10.0  # interpreter + torch/transformers imports + opening the cached corpus
+# CPU: measured on the 2-core AMD EPYC dev machine (shared with other jobs) with the cpu_frontier grid
+# (micro presets, V=512, L=64, batch 32, one thread per cell): whole-cell wall time, evaluation
+# included, gave 0.26 of plan.peak_flops (100 GFLOP/s per thread) for micro-w48 and 0.36-0.42 for
+# micro-w96 (small models are overhead-bound); 0.35 is the working assumption.
+CPU_MFU = 0.35
+CPU_OVERHEAD_S = 8.0  # interpreter + torch/transformers imports + opening the cached corpus (~6-7 s measured)
 # GPU: 0.4 of the dense bf16 peak is what well-tuned data-parallel LM training of 0.1-4B models
 # reaches; tiny models (4m, 20m) reach far less, so their GPU hours are a lower bound.
 GPU_MFU = 0.4
@@ -474,12 +475,40 @@ def _write_sweep_file(spec: SweepSpec, cells: list[Cell]) -> None:
     _write_json(spec.sweep_dir / SWEEP_FILE, data)
 
 
+def prebuild_corpora(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig], log=print) -> None:
+    """Build each background corpus the cells need, once, before cells run in parallel.
+
+    A cell builds its corpus on first use; two cells starting together on a cold cache would both
+    build it and the later one replaces the directory under the earlier one's feet. Building first,
+    one ``smalllm data build`` per distinct corpus, removes the race.
+    """
+    from smalllm.data.shards import INDEX, corpus_dir
+
+    seen: dict[Path, Cell] = {}
+    for cell in cells:
+        path = corpus_dir(configs[cell.name].data)
+        if path not in seen and not (path / INDEX).is_file():
+            seen[path] = cell
+    for path, cell in seen.items():
+        log(f"building the background corpus {path.name} once for all cells ...")
+        cmd = [sys.executable, "-m", "smalllm.cli", "data", "build"]
+        cmd += ([str(spec.base)] if spec.base is not None else []) + cell.overrides
+        log_path = spec.sweep_dir / f"{path.name}.build.log"
+        with open(log_path, "w") as fh:
+            rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        if rc != 0:
+            raise SmalllmError(
+                f"building the background corpus failed: {last_error_line(log_path, rc)} (log: {log_path})"
+            )
+
+
 def execute(
     spec: SweepSpec,
     cells: list[Cell],
     workers: int = 1,
     retry_failed: bool = False,
     log=print,
+    configs: dict[str, RunConfig] | None = None,
 ) -> dict[str, dict]:
     """Run the unfinished cells, ``workers`` at a time; return each cell's final status record."""
     sweep_dir = spec.sweep_dir
@@ -516,6 +545,12 @@ def execute(
         return results
 
     with sweep_lock(sweep_dir, log=log) as lock_fd:
+        # Cells of a killed sweep may have finished while we waited for the lock.
+        for cell in [c for c in todo if cell_state(sweep_dir, c.name) == "done"]:
+            todo.remove(cell)
+            results[cell.name] = {**read_status(sweep_dir, cell.name), "state": "done"}
+        if workers > 1 and configs is not None:
+            prebuild_corpora(spec, list(todo), configs, log=log)
         running: list[_Running] = []
         total, finished = len(todo), 0
         previous = signal.getsignal(signal.SIGTERM)
@@ -523,7 +558,8 @@ def execute(
         def _on_term(signum, frame):
             raise _Stop()
 
-        signal.signal(signal.SIGTERM, _on_term)
+        with contextlib.suppress(ValueError):  # only the main thread may set handlers
+            signal.signal(signal.SIGTERM, _on_term)
         try:
             while todo or running:
                 while todo and len(running) < workers:
@@ -547,7 +583,8 @@ def execute(
             _stop_all(spec, running, log)
             raise KeyboardInterrupt from None
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGTERM, previous)
     return results
 
 
@@ -603,7 +640,7 @@ def run_sweep(
         log(dry_run_table(spec, cells, configs, workers))
         return None
     t0 = time.perf_counter()
-    results = execute(spec, cells, workers=workers, retry_failed=retry_failed, log=log)
+    results = execute(spec, cells, workers=workers, retry_failed=retry_failed, log=log, configs=configs)
     wall = time.perf_counter() - t0
     counts = {
         s: sum(r.get("state") == s for r in results.values()) for s in ("done", "failed", "interrupted")
