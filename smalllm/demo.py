@@ -58,6 +58,12 @@ def run_demo(
         run_sweep(DEMO_SWEEP, workers=workers, sweep_dir=sweep_dir, log=log)
     except SweepFailed as exc:
         log(f"note: {exc}")
+    from smalllm.eval.report import write_report
+
+    # Each run also gets its own report: per-task curves against tokens with the emergence marker.
+    runs = [r for r in sorted((Path(sweep_dir) / "cells").glob("*/run")) if (r / "metrics.jsonl").is_file()]
+    for run in runs:
+        write_report(run)
     heatmaps = heatmap_paths(sweep_dir)
     if not heatmaps:
         raise SmalllmError(
@@ -66,5 +72,6 @@ def run_demo(
     log(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s; full report: {Path(sweep_dir) / 'report' / 'summary.md'}"
     )
+    log(f"per-run reports with emergence markers: {Path(sweep_dir) / 'cells' / '*' / 'run' / 'report'}/")
     log(f"heatmap: {heatmaps[0]}")
     return heatmaps[0]
