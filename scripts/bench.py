@@ -160,7 +160,9 @@ def bench_tasks(seconds: float = 0.3) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--presets", nargs="*", default=["micro-w32", "micro-w64", "micro-w128", "micro-w176", "4m", "20m"])
+    ap.add_argument(
+        "--presets", nargs="*", default=["micro-w32", "micro-w64", "micro-w128", "micro-w176", "4m", "20m"]
+    )
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
@@ -172,7 +174,9 @@ def main() -> int:
     results: dict = {"threads": threads, "torch": torch.__version__, "trainer": [], "stream": [], "tasks": []}
 
     print(f"# trainer vs plain PyTorch loop (CPU, {threads} threads, fp32, vocabulary 512 BPE)")
-    print(f"{'preset':<11} {'params':>11} {'T x B':>9} {'smalllm tok/s':>14} {'plain tok/s':>12} {'ratio':>6} {'overhead':>9} {'MFU':>6}")
+    print(
+        f"{'preset':<11} {'params':>11} {'T x B':>9} {'smalllm tok/s':>14} {'plain tok/s':>12} {'ratio':>6} {'overhead':>9} {'MFU':>6}"
+    )
     for preset in args.presets:
         steps = args.steps if PRESETS[preset].non_embedding_params() < 5e6 else max(3, args.steps // 3)
         r = bench_trainer(preset, args.seq_len, args.batch, steps, args.repeats)
@@ -181,7 +185,9 @@ def main() -> int:
             f"{preset:<11} {r['params']:>11,} {args.seq_len:>4}x{args.batch:<4} {r['trainer_tok_s']:>14,.0f} "
             f"{r['plain_tok_s']:>12,.0f} {r['ratio']:>6.3f} {r['overhead']:>8.1%} {r['mfu']:>6.1%}"
         )
-    print(f"(MFU against {results['trainer'][0]['peak_flops']:.3g} FLOP/s; set train.peak_flops for your CPU/GPU)")
+    print(
+        f"(MFU against {results['trainer'][0]['peak_flops']:.3g} FLOP/s; set train.peak_flops for your CPU/GPU)"
+    )
 
     print("\n# stream throughput (one core, pre-tokenized background, 3 tasks injected)")
     print(f"{'T x B':>11} {'tokens/s':>14} {'instances/batch':>16} {'x trainer@4m':>13}")
@@ -190,7 +196,9 @@ def main() -> int:
         r = bench_stream(seq_len, batch)
         results["stream"].append(r)
         vs = f"{r['tokens_per_s'] / trainer_4m:>12.0f}x" if trainer_4m else "-"
-        print(f"{seq_len:>5}x{batch:<5} {r['tokens_per_s']:>14,.0f} {r['instances_per_batch']:>16.2f} {vs:>13}")
+        print(
+            f"{seq_len:>5}x{batch:<5} {r['tokens_per_s']:>14,.0f} {r['instances_per_batch']:>16.2f} {vs:>13}"
+        )
     torch.set_num_threads(threads)
 
     print("\n# task generation (one core, byte tokenizer, default parameters)")

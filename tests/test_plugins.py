@@ -63,13 +63,28 @@ def test_outside_plugin_is_discovered_and_trains(tmp_path):
     )
     site = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site), str(pkg)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
         check=True,
         capture_output=True,
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     listed = subprocess.run(
-        [sys.executable, "-m", "smalllm.cli", "tasks", "list"], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-m", "smalllm.cli", "tasks", "list"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "count_ones" in listed.stdout
 

@@ -24,7 +24,7 @@ from smalllm.errors import ConfigError, SmalllmError
 from smalllm.eval.emergence import emergence_table, eval_records, metric_key
 from smalllm.eval.report import read_metrics
 from smalllm.sweep.grid import Cell
-from smalllm.sweep.runner import SWEEP_FILE, cell_dir, cell_state, read_status, run_dir_of
+from smalllm.sweep.runner import SWEEP_FILE, cell_dir, cell_state, read_json, read_status, run_dir_of
 
 CSV_FILE = "results.csv"
 PARQUET_FILE = "results.parquet"
@@ -145,7 +145,7 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     if state == "partial":
         state = status.get("state") if status.get("state") in ("running", "interrupted") else "interrupted"
     cfg = cell_run_config(info, cell)
-    summary = _read_json(run / "summary.json")
+    summary = read_json(run / "summary.json")
     base: dict[str, Any] = {
         "sweep": info.name,
         "cell": cell.name,
@@ -207,14 +207,6 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
             }
         )
     return rows or [{**base, **dict.fromkeys(RESULT_COLUMNS)}]
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def collect(sweep_dir: str | Path) -> tuple[SweepInfo, list[dict]]:

@@ -74,7 +74,7 @@ def run_dir_of(sweep_dir: Path, name: str) -> Path:
     return cell_dir(sweep_dir, name) / "run"
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -91,7 +91,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def read_status(sweep_dir: Path, name: str) -> dict:
     """The cell's status file (empty dict when it never started)."""
-    return _read_json(cell_dir(sweep_dir, name) / STATUS_FILE)
+    return read_json(cell_dir(sweep_dir, name) / STATUS_FILE)
 
 
 def cell_state(sweep_dir: Path, name: str) -> str:
@@ -101,7 +101,7 @@ def cell_state(sweep_dir: Path, name: str) -> str:
     file); the status file decides "failed"; a saved ``config.yaml`` means training started.
     """
     run = run_dir_of(sweep_dir, name)
-    if _read_json(run / "summary.json").get("status") == "completed":
+    if read_json(run / "summary.json").get("status") == "completed":
         return "done"
     if read_status(sweep_dir, name).get("state") == "failed":
         return "failed"
@@ -432,7 +432,7 @@ def _start(spec: SweepSpec, cell: Cell, extra: list[str], lock_fd: int) -> _Runn
 def _finish(spec: SweepSpec, r: _Running, returncode: int) -> dict:
     r.log.close()
     run = run_dir_of(spec.sweep_dir, r.cell.name)
-    summary = _read_json(run / "summary.json")
+    summary = read_json(run / "summary.json")
     status = summary.get("status")
     elapsed = time.time() - r.started
     record: dict[str, Any] = {
@@ -681,7 +681,7 @@ def _mark_main(argv: list[str]) -> int:
         _write_json(cdir / STATUS_FILE, {"state": "running", "attempts": attempts, "started": time.time()})
         return 0
     rc = int(what)
-    summary = _read_json(run_dir_of(sweep_dir, name) / "summary.json")
+    summary = read_json(run_dir_of(sweep_dir, name) / "summary.json")
     rec: dict[str, Any] = {**status, "returncode": rc, "finished": time.time()}
     rec.pop("error", None)
     if summary.get("status") == "completed":
