@@ -134,7 +134,8 @@ class Trainer:
         )
         self.num_params, self.num_non_embedding = count_params(model)
         if t.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            # transformers 5 renamed it; older releases only have the first name.
+            getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
 
         resume_from = self._resume_point()
         self.resumed = resume_from is not None
