@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,42 +305,21 @@ def _check_keys(raw: Any, cls: type, prefix: str) -> None:
     """Reject unknown keys with a suggestion before OmegaConf's less friendly message."""
     if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
         return
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     for key, value in raw.items():
         dotted = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"{dotted}: unknown key{did_you_mean(str(key), fields)}")
-        if isinstance(value, dict) and str(fields[key].type).startswith("list"):
-            raise ConfigError(f"{dotted}: expected a list, got a mapping")
-        sub = _dataclass_of(fields[key].type)
-        if sub is not None:
+        if key not in hints:
+            raise ConfigError(f"{dotted}: unknown key{did_you_mean(str(key), hints)}")
+        hint = hints[key]
+        if typing.get_origin(hint) is list:
             if isinstance(value, dict):
-                _check_keys(value, sub, dotted + ".")
-            elif isinstance(value, list) and key == "tasks":
+                raise ConfigError(f"{dotted}: expected a list, got a mapping")
+            (item_type,) = typing.get_args(hint)
+            if dataclasses.is_dataclass(item_type) and isinstance(value, list):
                 for i, item in enumerate(value):
-                    _check_keys(item, sub, f"{dotted}.{i}.")
-
-
-_SECTION_TYPES = {
-    "ModelConfig": ModelConfig,
-    "TokenizerConfig": TokenizerConfig,
-    "SyntheticCorpusConfig": SyntheticCorpusConfig,
-    "BackgroundConfig": BackgroundConfig,
-    "ScheduleConfig": ScheduleConfig,
-    "TaskConfig": TaskConfig,
-    "DataConfig": DataConfig,
-    "TrainConfig": TrainConfig,
-    "EvalConfig": EvalConfig,
-    "LoggingConfig": LoggingConfig,
-}
-
-
-def _dataclass_of(annotation: Any) -> type | None:
-    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
-    for name, cls in _SECTION_TYPES.items():
-        if name in str(text):
-            return cls
-    return None
+                    _check_keys(item, item_type, f"{dotted}.{i}.")
+        elif dataclasses.is_dataclass(hint):
+            _check_keys(value, hint, dotted + ".")
 
 
 def _apply_override(cfg: DictConfig, item: str) -> DictConfig:

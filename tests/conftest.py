@@ -42,6 +42,10 @@ def corpus_cache(tmp_path_factory) -> Path:
     return path
 
 
+def quiet(_message: str) -> None:
+    """Trainer log sink for in-process runs."""
+
+
 def tiny_config(run_dir: Path | str, *overrides: str) -> RunConfig:
     """A run that trains micro-w32 on a small synthetic corpus in a second or two."""
     return load_config(None, [*TINY_OVERRIDES, *TINY_TASKS, f"run_dir={run_dir}", *overrides])

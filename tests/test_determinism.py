@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 from safetensors.torch import load_file
 
 from smalllm.data.shards import ensure_corpus
@@ -28,10 +28,6 @@ from smalllm.train.trainer import Trainer, prepare_run_dir, train
 DET_OVERRIDES = ("train.device=cpu", "train.micro_batch_size=4", "train.log_every=1")
 STEPS = 32
 WEIGHTS = "model.safetensors"
-
-
-def quiet(_message: str) -> None:
-    """Trainer log sink for in-process runs."""
 
 
 @pytest.fixture(scope="module")

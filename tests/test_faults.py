@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 from safetensors.torch import load_file
 
 from smalllm.cli import main
@@ -42,10 +42,6 @@ FAULT_OVERRIDES = (
 TOTAL_STEPS = 96
 KILL_TRIALS = 5
 WEIGHTS = "model.safetensors"
-
-
-def quiet(_message: str) -> None:
-    """Trainer log sink for in-process runs."""
 
 
 @pytest.fixture(scope="module")
@@ -222,10 +218,10 @@ def poison_loss_at(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
     real = trainer_mod._lm_loss
     calls = {"n": 0}
 
-    def lm_loss(logits, ids, mask):
-        loss, per_token = real(logits, ids, mask)
+    def lm_loss(logits, targets):
+        loss = real(logits, targets)
         step, calls["n"] = calls["n"], calls["n"] + 1
-        return (loss * float("nan"), per_token) if step in steps else (loss, per_token)
+        return loss * float("nan") if step in steps else loss
 
     monkeypatch.setattr(trainer_mod, "_lm_loss", lm_loss)
 

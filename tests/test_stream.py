@@ -191,13 +191,17 @@ def test_prefix_and_document_placement(corpus, tmp_path):
     )
     eod = stream.eod
     batch = stream.batch(0)
+    prefixed, documents = 0, 0
     for ids, tids in zip(batch.input_ids, batch.task_ids):
         assert len(ids) == 32
         if tids[0] == 1:  # prefix instance of t_cmp: TOK1 TOK2 LABEL <eod> at the start
             assert list(tids[:4]) == [1, 1, 1, 1] and ids[3] == eod
+            prefixed += 1
         starts = [i for i in range(len(tids)) if tids[i] == 2 and (i == 0 or tids[i - 1] != 2)]
         for s in starts:  # a document instance starts a document
             assert s == 0 or ids[s - 1] == eod
+        documents += len(starts)
+    assert prefixed >= 3 and documents >= 3  # half of 8 rows each, within one instance
 
 
 # --------------------------------------------------------------------------- held-out split

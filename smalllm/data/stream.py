@@ -45,17 +45,15 @@ class Batch:
     loss_mask: np.ndarray
     """True where the token is a training target (all real tokens; no padding in packed rows)."""
 
-    def labels(self) -> np.ndarray:
-        """``input_ids`` with non-targets set to -100 (the model shifts them internally)."""
-        return np.where(self.loss_mask, self.input_ids, -100)
+
+def skill_names(task: Task) -> list[str]:
+    """Sub-skill names without a leading ``task/`` (tasks may or may not include it)."""
+    return [name.removeprefix(f"{task.name}/") for name in task.skills]
 
 
 def skill_label(task: Task, skill: int) -> str:
     """Stream label of a sub-skill: the task name, or ``task/skill`` for a family."""
-    if len(task.skills) == 1:
-        return task.name
-    name = task.skills[skill]
-    return name if name.startswith(f"{task.name}/") else f"{task.name}/{name}"
+    return task.name if len(task.skills) == 1 else f"{task.name}/{skill_names(task)[skill]}"
 
 
 @dataclass
@@ -282,7 +280,7 @@ class TaskStream:
                 TaskEvalSet(
                     task=task.name,
                     # Keys read eval/{task}/{skill}/…: a skill name carries no second task prefix.
-                    skills=[name.removeprefix(f"{task.name}/") for name in task.skills],
+                    skills=skill_names(task),
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
                 )

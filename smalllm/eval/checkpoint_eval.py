@@ -14,7 +14,7 @@ from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
 from smalllm.eval.eval_sets import load_eval_sets
 from smalllm.eval.evaluator import evaluate
-from smalllm.train.checkpoint import MANIFEST, latest_checkpoint, verify_checkpoint
+from smalllm.train.checkpoint import MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 
 EVAL_SETS_FILE = "eval_sets.json"
 
@@ -61,7 +61,7 @@ def evaluate_checkpoint(
         sets = [s for s in sets if s.task in tasks]
 
     tokenizer = load_tokenizer(model_dir, field=str(model_dir))
-    run_tokenizer = _run_tokenizer(run)
+    run_tokenizer = _run_tokenizer(run, model_dir)
     if run_tokenizer is not None and run_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise SmalllmError(
             f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens"
@@ -87,12 +87,12 @@ def evaluate_checkpoint(
     return record
 
 
-def _run_tokenizer(run: Path):
-    for candidate in (run / "checkpoints",):
-        latest = latest_checkpoint(candidate) if candidate.is_dir() else None
-        if latest is not None:
-            return load_tokenizer(latest, field=str(latest))
-    return None
+def _run_tokenizer(run: Path, model_dir: Path):
+    """The run's tokenizer, when the model being scored comes from elsewhere (else None)."""
+    if model_dir.parent == run / "checkpoints":
+        return None  # the run's own checkpoint carries the run's tokenizer
+    own = list_checkpoints(run / "checkpoints")
+    return load_tokenizer(own[-1], field=str(own[-1])) if own else None
 
 
 def _step_info(model_dir: Path) -> dict:

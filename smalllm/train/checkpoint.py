@@ -55,10 +55,15 @@ def checkpoint_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
+def staging_dir(root: Path, step: int) -> Path:
+    """Where checkpoint ``step`` is written before it is renamed into place."""
+    return root / f".tmp-{checkpoint_name(step)}"
+
+
 def stage_checkpoint(root: Path, step: int) -> Path:
     """Create the empty temporary directory checkpoint ``step`` is written into."""
     root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f".tmp-{checkpoint_name(step)}"
+    tmp = staging_dir(root, step)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp

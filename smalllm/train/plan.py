@@ -32,7 +32,7 @@ def resolve_device(requested: str) -> str:
 def resolve_precision(requested: str, device: str) -> str:
     if requested == "auto":
         return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if requested in ("bf16", "fp16") and device == "cpu" and requested == "fp16":
+    if requested == "fp16" and device == "cpu":
         raise SmalllmError("train.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return requested
 

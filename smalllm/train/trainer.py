@@ -34,7 +34,7 @@ from smalllm.errors import SmalllmError
 from smalllm.model.build import build_model, count_params
 from smalllm.train import checkpoint as ckpt
 from smalllm.train.callbacks.base import Callback
-from smalllm.train.plan import Plan, make_plan
+from smalllm.train.plan import Plan, make_plan, resolve_device, resolve_precision
 from smalllm.train.schedule import lr_factor
 
 CONFIG_FILE = "config.yaml"
@@ -98,13 +98,13 @@ class Trainer:
         if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
             # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        precision_probe = make_plan(cfg, vocab_size=1, world=1)  # device/precision only; vocab unknown yet
-        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision_probe.precision, "no")
+        device = resolve_device(t.device)
+        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(resolve_precision(t.precision, device), "no")
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb else []
         )
         self.accelerator = Accelerator(
-            cpu=precision_probe.device == "cpu",
+            cpu=device == "cpu",
             mixed_precision=mixed,
             log_with=trackers or None,
             project_dir=str(self.run_dir),
@@ -230,6 +230,8 @@ class Trainer:
             signal.signal(s, self._request_stop)
         status = "completed"
         try:
+            # Set once, not per step (a walk over every module); evaluation restores it when done.
+            self.model.train()
             for cb in self.callbacks:
                 cb.on_fit_start(self)
             while self.step < self.total_steps and self.stop_requested is None:
@@ -271,7 +273,6 @@ class Trainer:
         """One optimizer step over this process's share of global batch ``self.step``."""
         t0 = time.perf_counter()
         model, acc = self.model, self.accelerator
-        model.train()
         batch = self.stream.batch(self.step, self.rank, self.world)
         micro = self.cfg.train.micro_batch_size
         n_labels = len(self.stream.labels)
@@ -284,13 +285,11 @@ class Trainer:
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
                 logits = model(input_ids=ids).logits
-                # Packed rows have no padding: skip the mask (and its cost) when every token is a target.
-                mask = batch.loss_mask[rows]
-                mask = None if mask.all() else torch.from_numpy(mask).to(acc.device)
-                loss, per_token = _lm_loss(logits, ids, mask)
+                targets = _targets(ids, batch.loss_mask[rows])
+                loss = _lm_loss(logits, targets)
                 acc.backward(loss / self.plan.accumulation)
             total_loss += loss.detach() / self.plan.accumulation
-            _per_label(per_token, batch, rows, label_loss, label_count, acc.device)
+            _per_label(logits.detach(), targets, loss.detach(), batch, rows, label_loss, label_count)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         finite = math.isfinite(grad_norm) and bool(torch.isfinite(total_loss))
@@ -378,11 +377,7 @@ class Trainer:
         every process takes part in gathering the weights and writing its optimizer shard."""
         acc = self.accelerator
         root = self.run_dir / "checkpoints"
-        tmp = (
-            ckpt.stage_checkpoint(root, self.step)
-            if self.is_main
-            else root / f".tmp-{ckpt.checkpoint_name(self.step)}"
-        )
+        tmp = ckpt.stage_checkpoint(root, self.step) if self.is_main else ckpt.staging_dir(root, self.step)
         acc.wait_for_everyone()
         weights = None
         if self.sharded:
@@ -456,28 +451,40 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _lm_loss(
-    logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean next-token loss over target positions (all of them when ``mask`` is None), and the
-    per-token losses [b, L-1] in fp32."""
-    per_token = F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none"
-    ).view(ids.shape[0], -1)
-    if mask is None:
-        return per_token.mean(), per_token
-    m = mask[:, 1:].float()
-    return (per_token * m).sum() / m.sum().clamp(min=1), per_token
+def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss (fp32) over the targets that are not -100, fused in one kernel."""
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
 
 
-def _per_label(per_token, batch, rows, sums: torch.Tensor, counts: torch.Tensor, device) -> None:
-    """Accumulate loss per stream label: background tokens, and the *answer* tokens of each task."""
+def _targets(ids: torch.Tensor, loss_mask: np.ndarray) -> torch.Tensor:
+    """Next-token targets [b, L-1]; positions outside the loss mask are -100 (ignored)."""
+    targets = ids[:, 1:]
+    if loss_mask.all():  # packed rows have no padding: nothing to mask
+        return targets
+    keep = torch.from_numpy(loss_mask[:, 1:]).to(ids.device)
+    return targets.masked_fill(~keep, -100)
+
+
+def _per_label(
+    logits: torch.Tensor, targets: torch.Tensor, mean_loss: torch.Tensor, batch, rows, sums, counts
+) -> None:
+    """Accumulate loss per stream label: the *answer* tokens of each task, and background tokens.
+
+    The fused mean loss already holds the sum over all targets, so per-token losses are computed
+    only at task positions (a small share of the row); background = total - task tokens.
+    """
+    device = targets.device
     labels = torch.from_numpy(batch.task_ids[rows, 1:].astype(np.int64)).to(device)
     answer = torch.from_numpy(batch.answer_mask[rows, 1:]).to(device)
-    keep = (labels == 0) | answer
-    lab = labels[keep]
-    sums.index_add_(0, lab, per_token.detach()[keep])
-    counts.index_add_(0, lab, torch.ones_like(lab, dtype=counts.dtype))
+    valid = targets != -100
+    task = (labels > 0) & valid
+    ce = F.cross_entropy(logits[:, :-1][task].float(), targets[task], reduction="none")
+    lab, ans = labels[task], answer[task]
+    sums.index_add_(0, lab[ans], ce[ans])
+    counts.index_add_(0, lab[ans], torch.ones_like(ce[ans]))
+    n_valid = valid.sum()
+    sums[0] += mean_loss * n_valid - ce.sum()
+    counts[0] += n_valid - task.sum()
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:
