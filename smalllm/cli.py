@@ -136,7 +136,6 @@ def cmd_models(args) -> None:
 
 def cmd_train(args) -> None:
     from smalllm.config import load_config
-    from smalllm.train.plan import make_plan
 
     path, overrides = _split_config_args(args.args)
     cfg = load_config(path, overrides)
@@ -146,8 +145,10 @@ def cmd_train(args) -> None:
             # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
             cfg = load_config(saved, overrides)
     if args.dry_run:
-        plan = make_plan(cfg, strict=False)
-        print(plan.describe())
+        from smalllm.train.preflight import check_config
+
+        # The run's own checks, without building the corpus; a plan that does not fit is refused.
+        check_config(cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()))
         return
     from smalllm.train.trainer import train
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from smalllm.config import BackgroundConfig, SyntheticCorpusConfig
+from smalllm.data.config import BackgroundConfig, SyntheticCorpusConfig
 from smalllm.errors import ConfigError
 
 _ONSETS = [
@@ -156,21 +156,29 @@ def load_texts(cfg: BackgroundConfig, seed: int = 0) -> Iterator[str]:
 _FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def check_local_files(cfg: BackgroundConfig) -> tuple[list[Path], str]:
+    """The files of ``source=files`` and their ``datasets`` format, after checking that each exists
+    and that all share one known extension (nothing is read: a dry run calls this too)."""
+    paths = [Path(p) for p in cfg.paths]
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"data.background.paths: file '{p}' not found")
+    formats = {_FORMATS.get(p.suffix.lower()) for p in paths}
+    if None in formats or len(formats) != 1:
+        raise ConfigError(
+            f"data.background.paths: files must share one of the extensions {', '.join(_FORMATS)}"
+        )
+    (fmt,) = formats
+    assert fmt is not None
+    return paths, fmt
+
+
 def load_text_dataset(cfg: BackgroundConfig):  # -> datasets.Dataset | IterableDataset
     """Open a local-file or hub dataset with ``datasets`` (hub loading needs network access)."""
     import datasets
 
     if cfg.source == "files":
-        paths = [Path(p) for p in cfg.paths]
-        for p in paths:
-            if not p.is_file():
-                raise ConfigError(f"data.background.paths: file '{p}' not found")
-        formats = {_FORMATS.get(p.suffix.lower()) for p in paths}
-        if None in formats or len(formats) != 1:
-            raise ConfigError(
-                f"data.background.paths: files must share one of the extensions {', '.join(_FORMATS)}"
-            )
-        (fmt,) = formats
+        paths, fmt = check_local_files(cfg)
         kwargs = {"sample_by": "paragraph"} if fmt == "text" else {}
         return datasets.load_dataset(
             fmt, data_files=[str(p) for p in paths], split=cfg.split, streaming=cfg.streaming, **kwargs

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smalllm.config import TaskConfig
+from smalllm.data.config import TaskConfig
 
 
 @dataclass

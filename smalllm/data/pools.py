@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from smalllm.config import TaskConfig
+from smalllm.data.config import TaskConfig
 from smalllm.tasks import Instance, Task
 
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smalllm.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.background import load_texts
+from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from smalllm.config import DataConfig
+from smalllm.data.config import DataConfig, TaskConfig
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards
@@ -74,10 +74,81 @@ class Family:
         return self.pools[skill].train_instance(j), self.label_base + skill
 
 
+def build_families(cfg: DataConfig, vocab: TaskVocab, global_batch: int) -> list[Family]:
+    """Build every configured task against ``vocab`` and check that the mixture can be placed.
+
+    These are all the stream's checks that need no corpus: unknown tasks and parameters, skill
+    weights that do not match a family, token ids outside the vocabulary, instances longer than a
+    row, and frequencies that would need more task tokens than a row holds. The run and
+    ``smalllm train --dry-run`` both call it (through :mod:`smalllm.train.preflight`), so they
+    refuse the same configs with the same message.
+    """
+    families: list[Family] = []
+    label_base = 1  # label 0 is the background
+    for ti, tcfg in enumerate(cfg.tasks):
+        family = _family(cfg, ti, tcfg, vocab, global_batch, label_base)
+        families.append(family)
+        label_base += len(family.task.skills)
+    _check_capacity(families, cfg.seq_len)
+    return families
+
+
+def _family(
+    cfg: DataConfig, ti: int, tcfg: TaskConfig, vocab: TaskVocab, global_batch: int, label_base: int
+) -> Family:
+    where = f"data.tasks.{ti}"
+    task = build_task(tcfg.name, tcfg.params, vocab, seed=tcfg.seed, where=where)
+    weights = list(tcfg.skill_weights) if tcfg.skill_weights is not None else task.default_skill_weights()
+    if len(weights) != len(task.skills):
+        raise ConfigError(
+            f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
+        )
+    pools = []
+    for skill in range(len(task.skills)):
+        try:
+            pool = InstancePool(task, skill, tcfg, ti)
+            _check_pool(pool, vocab, cfg.seq_len, where)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        pools.append(pool)
+    sequence = SkillSequence(weights)
+    mean_length = float(sum(w * p.mean_length() for w, p in zip(sequence.weights, pools)))
+    rule = make_rule(tcfg, ti, 0, 1.0, cfg.seq_len, global_batch, mean_length, cfg.seed)
+    return Family(task, tcfg.placement, rule, sequence, pools, label_base)
+
+
+def _check_pool(pool: InstancePool, vocab: TaskVocab, seq_len: int, where: str) -> None:
+    instances = (pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]) + pool.test
+    size = vocab.vocab_size
+    for inst in instances:
+        bad = [t for t in inst.prompt + inst.answer if not 0 <= t < size]
+        if bad:
+            raise ConfigError(
+                f"{where}.name: task '{pool.task.name}' emits token id {bad[0]} outside the vocabulary of {size}"
+            )
+        if inst.length > seq_len:
+            raise ConfigError(
+                f"{where}: an instance of '{pool.task.name}' has {inst.length} tokens, longer than data.seq_len={seq_len}"
+            )
+
+
+def _check_capacity(families: list[Family], seq_len: int) -> None:
+    need = sum(f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in families)
+    if need > seq_len:
+        raise ConfigError(
+            f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={seq_len}; "
+            "lower the frequencies or raise data.seq_len"
+        )
+
+
 class TaskStream:
     """Seekable, deterministic stream of training rows with controlled task frequencies."""
 
-    def __init__(self, cfg: DataConfig, corpus: TokenShards, global_batch: int) -> None:
+    def __init__(
+        self, cfg: DataConfig, corpus: TokenShards, global_batch: int, families: list[Family] | None = None
+    ) -> None:
+        """``families``: the result of :func:`build_families` for this tokenizer, when the caller has
+        already built them (the trainer checks them before it touches the run directory)."""
         self.cfg = cfg
         self.corpus = corpus
         self.seq_len = cfg.seq_len
@@ -91,61 +162,10 @@ class TaskStream:
                 f"data.seq_len: {self.seq_len} is longer than the whole background corpus ({len(corpus.train)} tokens)"
             )
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
-
-        self.families: list[Family] = []
-        self.labels: list[str] = [BACKGROUND]
-        for ti, tcfg in enumerate(cfg.tasks):
-            self.families.append(self._family(ti, tcfg, global_batch))
-        self._check_capacity()
-
-    def _family(self, ti: int, tcfg, global_batch: int) -> Family:
-        where = f"data.tasks.{ti}"
-        task = build_task(tcfg.name, tcfg.params, self.vocab, seed=tcfg.seed, where=where)
-        weights = list(tcfg.skill_weights) if tcfg.skill_weights is not None else task.default_skill_weights()
-        if len(weights) != len(task.skills):
-            raise ConfigError(
-                f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
-            )
-        pools = []
-        for skill in range(len(task.skills)):
-            try:
-                pool = InstancePool(task, skill, tcfg, ti)
-                self._check_pool(pool, where)
-            except ValueError as exc:
-                raise ConfigError(f"{where}: {exc}") from None
-            pools.append(pool)
-        sequence = SkillSequence(weights)
-        mean_length = float(sum(w * p.mean_length() for w, p in zip(sequence.weights, pools)))
-        rule = make_rule(tcfg, ti, 0, 1.0, self.seq_len, global_batch, mean_length, self.cfg.seed)
-        label_base = len(self.labels)
-        self.labels += [skill_label(task, s) for s in range(len(task.skills))]
-        return Family(task, tcfg.placement, rule, sequence, pools, label_base)
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_pool(self, pool: InstancePool, where: str) -> None:
-        instances = (
-            pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]
-        ) + pool.test
-        vocab = self.vocab.vocab_size
-        for inst in instances:
-            bad = [t for t in inst.prompt + inst.answer if not 0 <= t < vocab]
-            if bad:
-                raise ConfigError(
-                    f"{where}.name: task '{pool.task.name}' emits token id {bad[0]} outside the vocabulary of {vocab}"
-                )
-            if inst.length > self.seq_len:
-                raise ConfigError(
-                    f"{where}: an instance of '{pool.task.name}' has {inst.length} tokens, longer than data.seq_len={self.seq_len}"
-                )
-
-    def _check_capacity(self) -> None:
-        need = sum(f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in self.families)
-        if need > self.seq_len:
-            raise ConfigError(
-                f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={self.seq_len}; "
-                "lower the frequencies or raise data.seq_len"
-            )
+        self.families = families if families is not None else build_families(cfg, self.vocab, global_batch)
+        self.labels: list[str] = [BACKGROUND] + [
+            skill_label(f.task, s) for f in self.families for s in range(len(f.task.skills))
+        ]
 
     # ------------------------------------------------------------------ rows
 

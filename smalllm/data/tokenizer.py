@@ -20,7 +20,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from smalllm.config import TokenizerConfig
+from smalllm.data.config import TokenizerConfig
 from smalllm.errors import ConfigError
 
 PAD, EOD, UNK = "<pad>", "<eod>", "<unk>"
@@ -49,6 +49,22 @@ def byte_level_bpe(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizer
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """One token per byte (258 tokens with the specials)."""
     return byte_level_bpe([], vocab_size=len(SPECIAL_TOKENS) + 256)
+
+
+def bpe_stand_in(vocab_size: int) -> PreTrainedTokenizerFast:
+    """A tokenizer that looks to a task like a trained byte-level BPE of ``vocab_size``, without the
+    corpus to train it on: the same special ids, the same id for every byte, the same size (the
+    merges are placeholders that never match). A dry run checks tasks against it before the corpus
+    exists; task symbols are single characters, so instances come out exactly as in the run.
+    """
+    vocab = byte_tokenizer().get_vocab()
+    for i in range(len(vocab), vocab_size):
+        vocab[f"<merge-{i}>"] = i
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    return _wrap(tok)
 
 
 def char_tokenizer(charset: str | None = None) -> PreTrainedTokenizerFast:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from smalllm.config import EvalConfig
+from smalllm.eval.config import EvalConfig
 
 
 @dataclass

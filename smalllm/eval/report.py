@@ -18,8 +18,8 @@ import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from smalllm.config import EvalConfig
 from smalllm.errors import SmalllmError
+from smalllm.eval.config import EvalConfig
 from smalllm.eval.emergence import (
     TABLE_COLUMNS,
     emergence_criterion,

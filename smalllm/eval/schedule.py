@@ -7,7 +7,7 @@ purely periodic schedule either wastes evaluations late or misses the start. Pyt
 
 from __future__ import annotations
 
-from smalllm.config import EvalConfig
+from smalllm.eval.config import EvalConfig
 
 
 def eval_steps(total_steps: int, cfg: EvalConfig, tokens_per_step: int) -> list[int]:

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from smalllm.config import ModelConfig
+from smalllm.model.config import ModelConfig
 from smalllm.model.presets import PRESETS, Preset
 
 

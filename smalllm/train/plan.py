@@ -14,6 +14,7 @@ import torch
 from smalllm.config import RunConfig
 from smalllm.errors import SmalllmError
 from smalllm.model.presets import PRESETS, Preset
+from smalllm.train.config import TrainConfig
 from smalllm.train.memory import MemoryEstimate, available_memory, estimate_memory, format_bytes
 
 # Peak dense FLOP/s per device for MFU when train.peak_flops is not set (bf16 tensor cores on GPUs).
@@ -35,6 +36,16 @@ def resolve_precision(requested: str, device: str) -> str:
     if requested == "fp16" and device == "cpu":
         raise SmalllmError("train.precision: fp16 needs a GPU; use fp32 or bf16 on the CPU")
     return requested
+
+
+def resolve_target(t: TrainConfig, strict: bool = True) -> tuple[str, str, bool]:
+    """(device, precision, hypothetical) of a run; ``strict=False`` (dry runs) assumes a GPU for
+    ``train.device=cuda`` on a machine without one (``hypothetical``) instead of refusing."""
+    hypothetical = not strict and t.device == "cuda" and not torch.cuda.is_available()
+    if hypothetical:
+        return "cuda", "bf16" if t.precision == "auto" else t.precision, True
+    device = resolve_device(t.device)
+    return device, resolve_precision(t.precision, device), False
 
 
 def default_peak_flops(device: str) -> float:
@@ -143,13 +154,7 @@ def make_plan(
     ``strict=False`` (dry runs) plans for ``train.device=cuda`` even without a GPU, assuming an H100.
     """
     t = cfg.train
-    hypothetical = not strict and t.device == "cuda" and not torch.cuda.is_available()
-    device = "cuda" if hypothetical else resolve_device(t.device)
-    precision = (
-        ("bf16" if t.precision == "auto" else t.precision)
-        if hypothetical
-        else resolve_precision(t.precision, device)
-    )
+    device, precision, hypothetical = resolve_target(t, strict)
     vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from smalllm.config import TrainConfig
+from smalllm.train.config import TrainConfig
 
 
 def lr_factor(step: int, total_steps: int, cfg: TrainConfig) -> float:

@@ -34,7 +34,8 @@ from smalllm.errors import SmalllmError
 from smalllm.model.build import build_model, count_params
 from smalllm.train import checkpoint as ckpt
 from smalllm.train.callbacks.base import Callback
-from smalllm.train.plan import Plan, make_plan, resolve_device, resolve_precision
+from smalllm.train.plan import resolve_device, resolve_precision
+from smalllm.train.preflight import check_config, check_run
 from smalllm.train.schedule import lr_factor
 
 CONFIG_FILE = "config.yaml"
@@ -116,12 +117,10 @@ class Trainer:
         with acc.main_process_first():
             corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
         self.tokenizer = corpus.tokenizer
-        self.stream = TaskStream(cfg.data, corpus, t.global_batch_size)
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        self.plan: Plan = make_plan(
-            cfg, vocab_size=len(self.tokenizer), world=self.world, sharded=self.sharded
-        )
-        self.plan.refuse_if_too_big()
+        # The same checks as the pre-flight in `train` and the dry run, now with the real world size.
+        families, self.plan = check_run(cfg, self.tokenizer, world=self.world, sharded=self.sharded)
+        self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
 
         set_seed(t.seed)
@@ -517,6 +516,9 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=print) -> dict:
     """Run (or resume) training for ``cfg``; returns the summary written to ``summary.json``."""
     if os.environ.get("RANK", "0") == "0":  # one process checks and creates it; the others follow
+        # Everything that can refuse the config comes before the run directory is touched, so a
+        # bad config (or a typo next to --overwrite) writes nothing and deletes nothing.
+        check_config(cfg, build_corpus=True, log=log)
         prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
     trainer = Trainer(cfg, resume=resume, log=log)
     return trainer.fit()

@@ -1,0 +1,250 @@
+"""The ``data`` section of a run config: tokenizer, background corpus and the injected tasks.
+
+Only rules that the values alone decide live here. Rules that need a task generator or a
+tokenizer (unknown task names and parameters, instances longer than a row, frequencies that
+cannot fit in a row) are checked by :func:`smalllm.data.stream.build_families`, which both the
+run and ``smalllm train --dry-run`` call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from omegaconf import MISSING
+
+from smalllm.errors import require
+from smalllm.validation import COUNT_MAX, choices, integer, number, one_of, seed
+
+TokenizerKind = Literal["bpe", "byte", "char", "pretrained"]
+BackgroundSource = Literal["synthetic", "files", "hub"]
+ScheduleKind = Literal["uniform", "gap", "piecewise"]
+Unit = Literal["per_token", "token_fraction", "example_fraction"]
+Placement = Literal["prefix", "document"]
+Pool = Literal["finite", "fresh"]
+
+TOKENIZER_KINDS = choices(TokenizerKind)
+SOURCES = choices(BackgroundSource)
+SCHEDULE_KINDS = choices(ScheduleKind)
+UNITS = choices(Unit)
+PLACEMENTS = choices(Placement)
+POOLS = choices(Pool)
+
+VOCAB_MAX = 2**21
+"""Largest tokenizer vocabulary (the biggest released vocabularies are about 256K)."""
+SEQ_LEN_MAX = 2**20
+"""Longest training sequence."""
+
+
+def check_frequency(value: float, field_name: str) -> None:
+    """Frequencies and weights: inf or NaN would turn the placement counts (and the loss) into NaN."""
+    require(math.isfinite(value) and value >= 0, field_name, f"must be a finite number >= 0, got {value}")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: TokenizerKind = "bpe"
+    """bpe (byte-level BPE trained on the background corpus), byte, char, or pretrained (load ``path``)."""
+    vocab_size: int = 512
+    """Target vocabulary for ``bpe`` (special tokens included); ignored by byte/char/pretrained."""
+    path: str | None = None
+    """Directory of a saved tokenizer, for ``kind=pretrained``."""
+
+    def validate(self, prefix: str = "data.tokenizer") -> None:
+        one_of(self.kind, TOKENIZER_KINDS, f"{prefix}.kind")
+        integer(self.vocab_size, f"{prefix}.vocab_size", ge=64, le=VOCAB_MAX)
+        require(
+            self.kind != "pretrained" or bool(self.path),
+            f"{prefix}.path",
+            f"required when {prefix}.kind=pretrained",
+        )
+
+
+@dataclass
+class SyntheticCorpusConfig:
+    num_words: int = 2000
+    """Lexicon size of the built-in Zipfian corpus; small values give a simplified vocabulary."""
+    zipf_exponent: float = 1.1
+    """Exponent of the Zipf distribution over words within each part of speech."""
+    num_documents: int = 20000
+    """Documents generated for the corpus (about 40-60 tokens each at the default BPE size)."""
+
+    def validate(self, prefix: str = "data.background.synthetic") -> None:
+        integer(self.num_words, f"{prefix}.num_words", ge=20, le=1_000_000)
+        # Beyond ~10 the distribution is one word per part of speech: a typo, not an experiment.
+        number(self.zipf_exponent, f"{prefix}.zipf_exponent", gt=0, le=10)
+        integer(self.num_documents, f"{prefix}.num_documents", gt=0, le=COUNT_MAX)
+
+
+@dataclass
+class BackgroundConfig:
+    source: BackgroundSource = "synthetic"
+    """synthetic (built in, no download), files (local text/jsonl/parquet) or hub (a datasets name)."""
+    paths: list[str] = field(default_factory=list)
+    """Local files for ``source=files``; the format follows the extension."""
+    hub_name: str | None = None
+    """Dataset name for ``source=hub``, passed to ``datasets.load_dataset``."""
+    hub_config: str | None = None
+    """Dataset configuration name for ``source=hub``."""
+    split: str = "train"
+    """Dataset split to read."""
+    text_field: str = "text"
+    """Column holding the document text."""
+    streaming: bool = False
+    """Stream the hub dataset instead of downloading it whole (needs ``max_documents``)."""
+    max_documents: int | None = None
+    """Read at most this many documents (None: all)."""
+    holdout_documents: int = 200
+    """Documents kept out of training for the held-out background loss."""
+    synthetic: SyntheticCorpusConfig = field(default_factory=SyntheticCorpusConfig)
+    """Settings of the built-in corpus."""
+
+    def validate(self, prefix: str = "data.background") -> None:
+        one_of(self.source, SOURCES, f"{prefix}.source")
+        require(self.source != "files" or bool(self.paths), f"{prefix}.paths", "required when source=files")
+        require(self.source != "hub" or bool(self.hub_name), f"{prefix}.hub_name", "required when source=hub")
+        require(
+            not (self.source == "hub" and self.streaming and self.max_documents is None),
+            f"{prefix}.max_documents",
+            "required with streaming=true (the stream has no end)",
+        )
+        if self.max_documents is not None:
+            integer(self.max_documents, f"{prefix}.max_documents", ge=1, le=10**12)
+        integer(self.holdout_documents, f"{prefix}.holdout_documents", ge=0, le=10_000_000)
+        self.synthetic.validate(f"{prefix}.synthetic")
+        known = [self.max_documents] if self.max_documents is not None else []
+        if self.source == "synthetic":
+            known.append(self.synthetic.num_documents)
+        if known:
+            # Otherwise the corpus build fails only after tokenizing everything.
+            require(
+                self.holdout_documents < min(known),
+                f"{prefix}.holdout_documents",
+                f"{self.holdout_documents} leaves none of the corpus's {min(known)} documents to train on",
+            )
+
+
+@dataclass
+class ScheduleConfig:
+    kind: ScheduleKind = "uniform"
+    """uniform (evenly spread), gap (bursts every ``gap_batches``) or piecewise (``points``)."""
+    gap_batches: int = 1
+    """For ``gap``: all instances of this many batches arrive together in the first of them."""
+    points: list[list[float]] = field(default_factory=list)
+    """For ``piecewise``: ``[[step, frequency], ...]``; the frequency holds from that step on."""
+
+    def validate(self, prefix: str) -> None:
+        one_of(self.kind, SCHEDULE_KINDS, f"{prefix}.kind")
+        integer(self.gap_batches, f"{prefix}.gap_batches", ge=1, le=COUNT_MAX)
+        if self.kind != "piecewise":
+            return
+        pts = self.points
+        require(bool(pts), f"{prefix}.points", "piecewise schedule needs [[step, frequency], ...]")
+        require(all(len(p) == 2 for p in pts), f"{prefix}.points", "each point is [step, frequency]")
+        for i, (step, freq) in enumerate(pts):
+            number(step, f"{prefix}.points.{i}.0", ge=0, le=COUNT_MAX)
+            require(float(step).is_integer(), f"{prefix}.points.{i}.0", f"a step must be whole, got {step}")
+            check_frequency(freq, f"{prefix}.points.{i}.1")
+        steps = [p[0] for p in pts]
+        require(steps == sorted(steps), f"{prefix}.points", "steps must be >= 0 and increasing")
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    """Registered task name (``smalllm tasks list``)."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Task parameters (complexity knobs); unknown names are rejected."""
+    frequency: float = 0.0
+    """How often the task appears, in ``unit``; split across sub-skills by ``skill_weights``."""
+    unit: Unit = "per_token"
+    """per_token (instances per training token), token_fraction (share of training tokens) or
+    example_fraction (share of training sequences carrying one instance)."""
+    placement: Placement = "prefix"
+    """prefix (overwrites the first tokens of a sequence, as Huang et al.) or document (inserted
+    as its own EOD-separated document at a background document boundary)."""
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    """When instances arrive (same long-run frequency)."""
+    pool: Pool = "finite"
+    """finite (a fixed pool split train/test) or fresh (new instances, test set held out by key)."""
+    pool_size: int = 10000
+    """Instances in a finite pool (train and test together), as in Huang et al. (10K)."""
+    test_fraction: float = 0.5
+    """Share of a finite pool held out for evaluation."""
+    skill_weights: list[float] | None = None
+    """Relative frequencies of a family's sub-skills (None: the task's own default)."""
+    eval_size: int = 256
+    """Held-out instances evaluated per sub-skill."""
+    seed: int = 0
+    """Seed of this task's instance generator (kept apart from the data seed for reuse across runs)."""
+
+    def peak_frequency(self) -> float:
+        """Highest frequency the task reaches: a piecewise point may raise it above ``frequency``."""
+        points = (
+            [p[1] for p in self.schedule.points if len(p) == 2] if self.schedule.kind == "piecewise" else []
+        )
+        return max([self.frequency, *points])
+
+    def validate(self, prefix: str) -> None:
+        require(bool(self.name), f"{prefix}.name", "must name a registered task (smalllm tasks list)")
+        one_of(self.unit, UNITS, f"{prefix}.unit")
+        one_of(self.placement, PLACEMENTS, f"{prefix}.placement")
+        one_of(self.pool, POOLS, f"{prefix}.pool")
+        check_frequency(self.frequency, f"{prefix}.frequency")
+        # Every unit is at most 1: a share cannot exceed the whole, and an instance has >= 2 tokens.
+        require(
+            self.frequency <= 1, f"{prefix}.frequency", f"a {self.unit} must be <= 1, got {self.frequency}"
+        )
+        self.schedule.validate(f"{prefix}.schedule")
+        if self.schedule.kind == "piecewise":
+            require(
+                all(p[1] <= 1 for p in self.schedule.points),
+                f"{prefix}.schedule.points",
+                f"a {self.unit} must be <= 1",
+            )
+        integer(self.pool_size, f"{prefix}.pool_size", ge=2, le=10_000_000)
+        number(self.test_fraction, f"{prefix}.test_fraction", gt=0, lt=1, interval=True)
+        if self.skill_weights is not None:
+            for i, weight in enumerate(self.skill_weights):
+                # Relative weights: 1e9 : 1 is already "never"; larger values overflow their sum.
+                check_frequency(weight, f"{prefix}.skill_weights.{i}")
+                require(weight <= 1e9, f"{prefix}.skill_weights.{i}", f"must be <= 1e9, got {weight}")
+            require(
+                sum(self.skill_weights) > 0,
+                f"{prefix}.skill_weights",
+                "must be non-negative with a positive sum",
+            )
+        integer(self.eval_size, f"{prefix}.eval_size", ge=1, le=1_000_000)
+        seed(self.seed, f"{prefix}.seed")
+
+
+@dataclass
+class DataConfig:
+    seq_len: int = 64
+    """Tokens per training sequence (the context length)."""
+    seed: int = 0
+    """Seed of the background order and of task placement phases."""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """How text becomes tokens."""
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    """The corpus the task instances are injected into."""
+    tasks: list[TaskConfig] = field(default_factory=list)
+    """Injected tasks with their frequencies."""
+    cache_dir: str | None = None
+    """Where tokenized shards are cached (None: $SMALLLM_CACHE or ~/.cache/smalllm)."""
+
+    def validate(self, prefix: str = "data") -> None:
+        integer(self.seq_len, f"{prefix}.seq_len", ge=8, le=SEQ_LEN_MAX)
+        seed(self.seed, f"{prefix}.seed")
+        self.tokenizer.validate(f"{prefix}.tokenizer")
+        self.background.validate(f"{prefix}.background")
+        names: set[str] = set()
+        for i, task in enumerate(self.tasks):
+            where = f"{prefix}.tasks.{i}"
+            require(task.name not in names, f"{where}.name", f"task '{task.name}' is listed twice")
+            names.add(task.name)
+            task.validate(where)
+        for unit in ("token_fraction", "example_fraction"):
+            total = sum(task.peak_frequency() for task in self.tasks if task.unit == unit)
+            require(total <= 1, f"{prefix}.tasks", f"{unit} frequencies sum to {total:g} > 1")

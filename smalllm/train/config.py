@@ -1,0 +1,131 @@
+"""The ``train`` and ``logging`` sections of a run config: optimisation, the loop, and trackers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from smalllm.errors import require
+from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of, seed
+
+LrSchedule = Literal["cosine", "wsd", "linear", "constant"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Device = Literal["auto", "cpu", "cuda"]
+NanPolicy = Literal["stop", "skip"]
+
+LR_SCHEDULES = choices(LrSchedule)
+PRECISIONS = choices(Precision)
+DEVICES = choices(Device)
+NAN_POLICIES = choices(NanPolicy)
+
+BATCH_MAX = 10_000_000
+"""Most sequences in one batch."""
+
+
+@dataclass
+class TrainConfig:
+    max_tokens: int = 2_000_000
+    """Training budget in tokens; the number of steps is derived from it."""
+    global_batch_size: int = 32
+    """Sequences per optimizer step, over all processes and accumulation steps."""
+    micro_batch_size: int = 32
+    """Sequences per forward pass on one process; accumulation makes up the rest."""
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    schedule: LrSchedule = "cosine"
+    """cosine (warmup then cosine), wsd (warmup-stable-decay), linear or constant."""
+    warmup_fraction: float = 0.05
+    """Share of steps spent in linear warmup."""
+    decay_fraction: float = 0.2
+    """For wsd: share of steps spent in the final decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices (not on embeddings, norms or biases)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Maximum global gradient norm (0 disables clipping)."""
+    precision: Precision = "auto"
+    """auto (bf16 on a GPU that supports it, else fp32), fp32, bf16 or fp16."""
+    compile: bool = False
+    """Wrap the model in torch.compile."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    device: Device = "auto"
+    """auto, cpu or cuda."""
+    seed: int = 0
+    """Seed of model initialisation."""
+    num_threads: int | None = None
+    """CPU threads for torch (None: leave torch's default)."""
+    log_every: int = 10
+    """Steps between metric log lines."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: only at the end)."""
+    keep_last: int = 2
+    """Checkpoints kept on disk (older ones are deleted; the final one is always kept)."""
+    peak_flops: float | None = None
+    """Peak FLOP/s of one device for MFU (None: a built-in guess for the device and precision)."""
+    nan_policy: NanPolicy = "stop"
+    """On a NaN/inf loss: stop (keep the last good checkpoint) or skip (drop the batch)."""
+    memory_fraction: float = 0.9
+    """Share of the device memory the pre-flight estimate may use."""
+
+    def validate(self, prefix: str = "train") -> None:
+        """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
+        integer(self.max_tokens, f"{prefix}.max_tokens", gt=0, le=TOKENS_MAX)
+        integer(self.global_batch_size, f"{prefix}.global_batch_size", ge=1, le=BATCH_MAX)
+        integer(self.micro_batch_size, f"{prefix}.micro_batch_size", ge=1, le=BATCH_MAX)
+        require(
+            self.global_batch_size % self.micro_batch_size == 0,
+            f"{prefix}.global_batch_size",
+            f"{self.global_batch_size} is not a multiple of {prefix}.micro_batch_size={self.micro_batch_size}",
+        )
+        # No upper bound: a huge rate is how the divergence handling is exercised on purpose.
+        number(self.lr, f"{prefix}.lr", gt=0)
+        number(self.min_lr_ratio, f"{prefix}.min_lr_ratio", ge=0, le=1, interval=True)
+        one_of(self.schedule, LR_SCHEDULES, f"{prefix}.schedule")
+        number(self.warmup_fraction, f"{prefix}.warmup_fraction", ge=0, lt=1, interval=True)
+        number(self.decay_fraction, f"{prefix}.decay_fraction", ge=0, le=1, interval=True)
+        number(self.weight_decay, f"{prefix}.weight_decay", ge=0)
+        number(self.beta1, f"{prefix}.beta1", ge=0, lt=1, interval=True)
+        number(self.beta2, f"{prefix}.beta2", ge=0, lt=1, interval=True)
+        # eps = 0 divides 0 by 0 for parameters without gradient; above 1 it silently stops training.
+        number(self.eps, f"{prefix}.eps", gt=0, le=1)
+        number(self.grad_clip, f"{prefix}.grad_clip", ge=0)
+        one_of(self.precision, PRECISIONS, f"{prefix}.precision")
+        one_of(self.device, DEVICES, f"{prefix}.device")
+        one_of(self.nan_policy, NAN_POLICIES, f"{prefix}.nan_policy")
+        seed(self.seed, f"{prefix}.seed")
+        if self.num_threads is not None:
+            integer(self.num_threads, f"{prefix}.num_threads", ge=1, le=4096)
+        integer(self.log_every, f"{prefix}.log_every", ge=1, le=COUNT_MAX)
+        integer(self.checkpoint_every, f"{prefix}.checkpoint_every", ge=0, le=COUNT_MAX)
+        integer(self.keep_last, f"{prefix}.keep_last", ge=1, le=1_000_000)
+        if self.peak_flops is not None:
+            number(self.peak_flops, f"{prefix}.peak_flops", gt=0, le=1e18)
+        number(self.memory_fraction, f"{prefix}.memory_fraction", gt=0, le=1, interval=True)
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    """Write TensorBoard event files under the run directory."""
+    wandb: bool = False
+    """Log to Weights & Biases (opt-in; needs the wandb package)."""
+    wandb_project: str = "smalllm"
+    """W&B project name."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def validate(self, prefix: str = "logging") -> None:
+        """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
+        require(
+            not self.wandb or bool(self.wandb_project.strip()),
+            f"{prefix}.wandb_project",
+            "must not be empty with wandb=true",
+        )

@@ -1,0 +1,94 @@
+"""Every check a run makes before it writes anything, in one place for the run and the dry run.
+
+:func:`check_config` is what ``smalllm train --dry-run`` runs, and what :func:`smalllm.train.trainer.train`
+runs before it touches the run directory; :func:`check_run` is its tokenizer-dependent core, which
+the trainer repeats with the real world size once the processes exist. So a dry run refuses exactly
+the configs that a run refuses, with the same one-line message, and cannot drift from it:
+
+1. device and precision (``fp16`` on a CPU, ``cuda`` without a GPU unless dry-running);
+2. the tokenizer: the cached corpus's when it exists, else the one the run would build (byte,
+   char or pretrained), else for ``bpe`` a stand-in of the target size with the same byte ids
+   (:func:`smalllm.data.tokenizer.bpe_stand_in`), since training it needs the corpus;
+3. every task against that tokenizer, and the placement feasibility of the whole mixture
+   (:func:`smalllm.data.stream.build_families`);
+4. the plan: batch divisibility and the memory estimate (a plan that does not fit is refused);
+5. with a corpus at hand, the corpus-dependent stream checks (a row longer than the corpus).
+
+Only building the corpus (for a dry run) and training are left out.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from smalllm.config import RunConfig
+from smalllm.data.background import check_local_files
+from smalllm.data.config import DataConfig
+from smalllm.data.shards import INDEX, TokenShards, corpus_dir, ensure_corpus, open_corpus
+from smalllm.data.stream import Family, TaskStream, build_families
+from smalllm.data.tokenizer import bpe_stand_in, build_tokenizer
+from smalllm.tasks import TaskVocab
+from smalllm.train.plan import Plan, make_plan, resolve_target
+
+
+def check_run(
+    cfg: RunConfig,
+    tokenizer: Any,
+    world: int = 1,
+    sharded: bool = False,
+    strict: bool = True,
+    show: Callable[[Plan], None] | None = None,
+) -> tuple[list[Family], Plan]:
+    """Check the tasks and the plan of ``cfg`` against ``tokenizer``; return both for the trainer.
+
+    ``show`` sees the plan before the memory check refuses it, so a dry run can print what does
+    not fit.
+    """
+    families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
+    plan = make_plan(cfg, vocab_size=len(tokenizer), world=world, sharded=sharded, strict=strict)
+    if show is not None:
+        show(plan)
+    plan.refuse_if_too_big()
+    return families, plan
+
+
+def check_config(
+    cfg: RunConfig,
+    build_corpus: bool,
+    strict: bool = True,
+    show: Callable[[Plan], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> Plan:
+    """Everything a run checks before training (see the module docstring); returns the plan.
+
+    ``build_corpus=False`` (a dry run) never writes: without a cached corpus the tokenizer is
+    built or stood in for. ``strict=False`` plans ``train.device=cuda`` without a GPU.
+    """
+    resolve_target(cfg.train, strict)
+    corpus = (
+        ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=log)
+        if build_corpus
+        else cached_corpus(cfg.data)
+    )
+    tokenizer = corpus.tokenizer if corpus is not None else planned_tokenizer(cfg.data)
+    families, plan = check_run(cfg, tokenizer, strict=strict, show=show)
+    if corpus is not None:
+        TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
+    return plan
+
+
+def cached_corpus(cfg: DataConfig) -> TokenShards | None:
+    """The built corpus of ``cfg`` if it is in the cache (opened and checked), else None."""
+    path = corpus_dir(cfg)
+    return open_corpus(path) if (path / INDEX).is_file() else None
+
+
+def planned_tokenizer(cfg: DataConfig) -> Any:
+    """The tokenizer a run of ``cfg`` will use, as far as it is known without building the corpus."""
+    if cfg.background.source == "files":
+        check_local_files(cfg.background)
+    if cfg.tokenizer.kind == "bpe":
+        return bpe_stand_in(cfg.tokenizer.vocab_size)
+    return build_tokenizer(cfg.tokenizer)
