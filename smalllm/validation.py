@@ -57,7 +57,9 @@ def integer(value: int, field: str, *, ge: int | None = None, gt: int | None = N
         require(value >= ge, field, f"must be >= {_fmt(ge)}, got {value}")
     if gt is not None:
         require(value > gt, field, f"must be > {_fmt(gt)}, got {value}")
-    require(value <= le, field, f"must be <= {_fmt(le)}, got {_fmt(value)}")
+    # Exact unless it is too long to read (1e29 rather than 29 digits, or the float it came from).
+    got = str(value) if len(str(value)) <= 16 else _fmt(value)
+    require(value <= le, field, f"must be <= {_fmt(le)}, got {got}")
 
 
 def seed(value: int, field: str) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,12 +80,16 @@ class Ctx:
 
 Builder = Callable[[Ctx], tuple[list[str], str]]
 CASES: dict[str, Builder] = {}
+DRY_RUN_CASES: list[str] = []
+"""Cases that are one ``smalllm train`` of a new run: ``--dry-run`` must refuse them the same way."""
 
 
-def case(name: str) -> Callable[[Builder], Builder]:
+def case(name: str, dry_run: bool = False) -> Callable[[Builder], Builder]:
     def register_case(fn: Builder) -> Builder:
         assert name not in CASES, name
         CASES[name] = fn
+        if dry_run:
+            DRY_RUN_CASES.append(name)
         return fn
 
     return register_case
@@ -95,7 +101,7 @@ def train_argv(ctx: Ctx, *overrides: str) -> list[str]:
 
 def override_case(name: str, expect: str, *overrides: str) -> None:
     """A case that is one ``smalllm train`` of the tiny config with some bad overrides."""
-    CASES[name] = lambda ctx: (train_argv(ctx, *overrides), expect)
+    case(name, dry_run=True)(lambda ctx: (train_argv(ctx, *overrides), expect))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,6 +127,40 @@ YAML_CASES = {
     "yaml-tab-indent": ("train:\n\tlr: 1\n", "bad.yaml: line 2 is not valid YAML"),
     "yaml-top-level-list": ("- train\n- model\n", "bad.yaml: top level must be a mapping"),
     "yaml-top-level-scalar": ("just text\n", "bad.yaml: top level must be a mapping"),
+    "yaml-duplicate-section": (
+        "train:\n  lr: 0.1\nmodel:\n  arch: llama\ntrain:\n  seed: 3\n",
+        "bad.yaml: line 5: duplicate key 'train' (first given at line 1)",
+    ),
+    "yaml-duplicate-key": (
+        "train:\n  lr: 0.1\n  seed: 1\n  lr: 0.2\n",
+        "bad.yaml: line 4: duplicate key 'train.lr' (first given at line 2)",
+    ),
+    "yaml-duplicate-task-key": (
+        "data:\n  tasks:\n    - name: copy\n      frequency: 0.1\n      frequency: 0.2\n",
+        "bad.yaml: line 5: duplicate key 'data.tasks.0.frequency' (first given at line 4)",
+    ),
+    "yaml-anchor-and-alias": (
+        "model: &m {arch: llama}\neval: *m\n",
+        "bad.yaml: line 1: YAML anchors (&m) are not supported",
+    ),
+    "yaml-merge-key": (
+        "train:\n  <<: *base\n",
+        "bad.yaml: line 2: YAML aliases (*base) are not supported",
+    ),
+    "yaml-alias-bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi")),
+        "bad.yaml: line 1: YAML anchors (&a) are not supported",
+    ),
+    "yaml-too-deep": (
+        "run_dir: " + "[" * 200 + "]" * 200 + "\n",
+        "bad.yaml: line 1: nested more than 64 levels",
+    ),
+    "yaml-literal-choice": ("model:\n  arch: gpt3\n", "model.arch: 'gpt3' is not one of olmo, llama"),
+    "yaml-bad-seed": (
+        "train:\n  seed: -1\n",
+        "train.seed: a seed must be an integer in [0, 4294967295], got -1",
+    ),
 }
 
 
@@ -129,26 +169,32 @@ def yaml_case(name: str, text: str, expect: str) -> None:
         path = ctx.write("bad.yaml", text)
         return ["train", str(path), f"run_dir={ctx.tmp / 'run'}"], expect
 
-    CASES[name] = build
+    case(name, dry_run=True)(build)
 
 
 for _name, (_text, _expect) in YAML_CASES.items():
     yaml_case(_name, _text, _expect)
 
 
-@case("yaml-missing-file")
+@case("yaml-missing-file", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     return ["train", str(ctx.tmp / "nope.yaml")], "nope.yaml: config file not found"
 
 
-@case("yaml-not-utf8")
+@case("yaml-not-utf8", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     path = ctx.tmp / "binary.yaml"
     path.write_bytes(b"\xff\xfe\x00\x9c garbage")
     return ["train", str(path)], "binary.yaml: not a text (UTF-8) YAML file"
 
 
-@case("yaml-python-tag-is-not-executed")
+@case("yaml-too-large", dry_run=True)
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    path = ctx.write("big.yaml", "run_dir: x\n" + "# padding\n" * 500_000)
+    return ["train", str(path)], "big.yaml: larger than 4 MiB; not a config"
+
+
+@case("yaml-python-tag-is-not-executed", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     marker = ctx.tmp / "yaml-ran-code"
     ctx.markers.append(marker)
@@ -195,6 +241,191 @@ override_case(
     "batch-not-divisible", "train.global_batch_size: 8 is not a multiple", "train.micro_batch_size=3"
 )
 override_case("fp16-on-cpu", "train.precision: fp16 needs a GPU", "train.precision=fp16")
+
+override_case(
+    "override-duplicate-key",
+    "override data.tasks=[{name: copy, name: t_cmp}]: line 1: duplicate key 'data.tasks.0.name'",
+    "data.tasks=[{name: copy, name: t_cmp}]",
+)
+override_case(
+    "override-alias",
+    "line 1: YAML anchors (&t) are not supported",
+    "data.tasks=[&t {name: copy}, *t]",
+)
+override_case(
+    "override-literal-in-list",
+    "data.tasks.0.unit: 'per_tok' is not one of",
+    "data.tasks=[{name: copy, unit: per_tok}]",
+)
+
+# ----------------------------------------------------------------------------------------------
+# Ranges: every numeric field refuses negative, infinite, NaN and absurdly large values
+# ----------------------------------------------------------------------------------------------
+
+SEED_RULE = "a seed must be an integer in [0, 4294967295]"
+RANGE_CASES: list[tuple[str, str, str]] = [
+    # (name, override, expected text in the error line)
+    ("seed-train-negative", "train.seed=-1", f"train.seed: {SEED_RULE}, got -1"),
+    (
+        "seed-train-2**70",
+        "train.seed=1180591620717411303424",
+        f"train.seed: {SEED_RULE}, got 1180591620717411303424",
+    ),
+    ("seed-train-2**32", "train.seed=4294967296", f"train.seed: {SEED_RULE}, got 4294967296"),
+    ("seed-data-negative", "data.seed=-1", f"data.seed: {SEED_RULE}, got -1"),
+    ("seed-data-huge", "data.seed=1180591620717411303424", f"data.seed: {SEED_RULE}"),
+    ("seed-task-negative", "data.tasks.0.seed=-7", f"data.tasks.0.seed: {SEED_RULE}, got -7"),
+    ("seed-task-huge", "data.tasks.1.seed=1180591620717411303424", f"data.tasks.1.seed: {SEED_RULE}"),
+    ("eps-negative", "train.eps=-1e-8", "train.eps: must be > 0, got -1e-08"),
+    ("eps-zero", "train.eps=0", "train.eps: must be > 0, got 0.0"),
+    ("eps-nan", "train.eps=nan", "train.eps: must be a finite number > 0, got nan"),
+    ("eps-huge", "train.eps=10", "train.eps: must be <= 1, got 10.0"),
+    ("lr-inf", "train.lr=.inf", "train.lr: must be a finite number > 0, got inf"),
+    ("lr-nan", "train.lr=nan", "train.lr: must be a finite number > 0, got nan"),
+    ("beta1-one", "train.beta1=1", "train.beta1: must be in [0, 1), got 1.0"),
+    ("beta1-nan", "train.beta1=nan", "train.beta1: must be in [0, 1), got nan"),
+    ("beta2-negative", "train.beta2=-0.5", "train.beta2: must be in [0, 1), got -0.5"),
+    ("weight-decay-negative", "train.weight_decay=-0.1", "train.weight_decay: must be >= 0, got -0.1"),
+    ("weight-decay-inf", "train.weight_decay=inf", "train.weight_decay: must be a finite number >= 0"),
+    ("grad-clip-negative", "train.grad_clip=-1", "train.grad_clip: must be >= 0, got -1.0"),
+    ("grad-clip-nan", "train.grad_clip=nan", "train.grad_clip: must be a finite number >= 0, got nan"),
+    ("min-lr-ratio-above-one", "train.min_lr_ratio=2", "train.min_lr_ratio: must be in [0, 1], got 2.0"),
+    ("decay-fraction-negative", "train.decay_fraction=-0.2", "train.decay_fraction: must be in [0, 1]"),
+    ("max-tokens-1e29", "train.max_tokens=1e29", "train.max_tokens: must be <= 1e15, got 1e29"),
+    (
+        "max-tokens-written-out",
+        "train.max_tokens=100000000000000000000000000000",
+        "train.max_tokens: must be <= 1e15, got 1e29",
+    ),
+    ("max-tokens-negative", "train.max_tokens=-5", "train.max_tokens: must be > 0, got -5"),
+    ("max-tokens-inf", "train.max_tokens=.inf", "train.max_tokens: wrong type"),
+    ("global-batch-zero", "train.global_batch_size=0", "train.global_batch_size: must be >= 1, got 0"),
+    ("micro-batch-huge", "train.micro_batch_size=100000000", "train.micro_batch_size: must be <= 1e7"),
+    ("num-threads-zero", "train.num_threads=0", "train.num_threads: must be >= 1, got 0"),
+    ("num-threads-huge", "train.num_threads=100000", "train.num_threads: must be <= 4096"),
+    ("log-every-zero", "train.log_every=0", "train.log_every: must be >= 1, got 0"),
+    ("checkpoint-every-negative", "train.checkpoint_every=-1", "train.checkpoint_every: must be >= 0"),
+    ("keep-last-zero", "train.keep_last=0", "train.keep_last: must be >= 1, got 0"),
+    ("peak-flops-negative", "train.peak_flops=-1", "train.peak_flops: must be > 0, got -1.0"),
+    ("peak-flops-inf", "train.peak_flops=inf", "train.peak_flops: must be a finite number > 0, got inf"),
+    ("memory-fraction-zero", "train.memory_fraction=0", "train.memory_fraction: must be in (0, 1], got 0.0"),
+    ("memory-fraction-nan", "train.memory_fraction=nan", "train.memory_fraction: must be in (0, 1], got nan"),
+    ("device-unknown", "train.device=tpu", "train.device: 'tpu' is not one of auto, cpu, cuda"),
+    (
+        "precision-unknown",
+        "train.precision=fp8",
+        "train.precision: 'fp8' is not one of auto, fp32, bf16, fp16",
+    ),
+    (
+        "loss-ratio-negative",
+        "eval.loss_ratio_threshold=-0.5",
+        "eval.loss_ratio_threshold: must be in (0, 1), got -0.5",
+    ),
+    (
+        "loss-ratio-nan",
+        "eval.loss_ratio_threshold=nan",
+        "eval.loss_ratio_threshold: must be in (0, 1), got nan",
+    ),
+    (
+        "loss-ratio-chance",
+        "eval.loss_ratio_threshold=1",
+        "eval.loss_ratio_threshold: must be in (0, 1), got 1.0",
+    ),
+    (
+        "accuracy-threshold-zero",
+        "eval.accuracy_threshold=0",
+        "eval.accuracy_threshold: must be in (0, 1], got 0.0",
+    ),
+    ("accuracy-threshold-inf", "eval.accuracy_threshold=inf", "eval.accuracy_threshold: must be in (0, 1]"),
+    ("eval-every-steps-negative", "eval.every_steps=-1", "eval.every_steps: must be >= 0, got -1"),
+    ("eval-every-tokens-zero", "eval.every_tokens=0", "eval.every_tokens: must be > 0, got 0"),
+    ("eval-every-tokens-huge", "eval.every_tokens=1e20", "eval.every_tokens: must be <= 1e15, got 1e20"),
+    ("eval-batch-zero", "eval.batch_size=0", "eval.batch_size: must be >= 1, got 0"),
+    ("eval-background-negative", "eval.background_sequences=-1", "eval.background_sequences: must be >= 0"),
+    ("eval-patience-negative", "eval.patience=-1", "eval.patience: must be >= 0, got -1"),
+    ("init-std-zero", "model.init_std=0", "model.init_std: must be > 0, got 0.0"),
+    ("init-std-inf", "model.init_std=inf", "model.init_std: must be a finite number > 0, got inf"),
+    ("init-std-huge", "model.init_std=5", "model.init_std: must be <= 1, got 5.0"),
+    ("attn-unknown", "model.attn_implementation=flash", "model.attn_implementation: 'flash' is not one of"),
+    ("seq-len-huge", "data.seq_len=1073741824", "data.seq_len: must be <= 1048576, got 1073741824"),
+    ("vocab-size-small", "data.tokenizer.vocab_size=32", "data.tokenizer.vocab_size: must be >= 64, got 32"),
+    ("vocab-size-huge", "data.tokenizer.vocab_size=1e9", "data.tokenizer.vocab_size: must be <= 2097152"),
+    (
+        "num-words-small",
+        "data.background.synthetic.num_words=5",
+        "data.background.synthetic.num_words: must be >= 20",
+    ),
+    (
+        "zipf-inf",
+        "data.background.synthetic.zipf_exponent=inf",
+        "data.background.synthetic.zipf_exponent: must be a finite number > 0",
+    ),
+    (
+        "zipf-zero",
+        "data.background.synthetic.zipf_exponent=0",
+        "data.background.synthetic.zipf_exponent: must be > 0",
+    ),
+    (
+        "num-documents-zero",
+        "data.background.synthetic.num_documents=0",
+        "data.background.synthetic.num_documents: must be > 0",
+    ),
+    (
+        "max-documents-zero",
+        "data.background.max_documents=0",
+        "data.background.max_documents: must be >= 1, got 0",
+    ),
+    (
+        "holdout-negative",
+        "data.background.holdout_documents=-1",
+        "data.background.holdout_documents: must be >= 0",
+    ),
+    (
+        "holdout-takes-everything",
+        "data.background.holdout_documents=1500",
+        "data.background.holdout_documents: 1500 leaves none of the corpus's 1500 documents to train on",
+    ),
+    ("pool-size-one", "data.tasks.0.pool_size=1", "data.tasks.0.pool_size: must be >= 2, got 1"),
+    ("pool-size-huge", "data.tasks.0.pool_size=1e12", "data.tasks.0.pool_size: must be <= 1e7"),
+    ("eval-size-zero", "data.tasks.0.eval_size=0", "data.tasks.0.eval_size: must be >= 1, got 0"),
+    (
+        "test-fraction-nan",
+        "data.tasks.0.test_fraction=nan",
+        "data.tasks.0.test_fraction: must be in (0, 1), got nan",
+    ),
+    (
+        "gap-batches-zero",
+        "data.tasks.0.schedule.gap_batches=0",
+        "data.tasks.0.schedule.gap_batches: must be >= 1",
+    ),
+    (
+        "frequency-nan",
+        "data.tasks.0.frequency=nan",
+        "data.tasks.0.frequency: must be a finite number >= 0, got nan",
+    ),
+    (
+        "frequency-per-token-above-one",
+        "data.tasks.0.frequency=3",
+        "data.tasks.0.frequency: a per_token must be <= 1",
+    ),
+    ("frequency-huge", "data.tasks.0.frequency=1e300", "data.tasks.0.frequency: a per_token must be <= 1"),
+]
+for _name, _override, _expect in RANGE_CASES:
+    override_case(_name, _expect, _override)
+
+override_case(
+    "hub-streaming-without-limit",
+    "data.background.max_documents: required with streaming=true",
+    "data.background.source=hub",
+    "data.background.hub_name=some/corpus",
+    "data.background.streaming=true",
+)
+override_case(
+    "wandb-without-project",
+    "logging.wandb_project: must not be empty",
+    "logging.wandb=true",
+    "logging.wandb_project=' '",
+)
 
 # ----------------------------------------------------------------------------------------------
 # Frequency specifications
@@ -259,6 +490,85 @@ override_case(
     "data.tasks.0.skill_weights=[1, 2]",
 )
 
+PIECEWISE = "data.tasks.0.schedule.kind=piecewise"
+override_case(
+    "piecewise-frequency-inf",
+    "data.tasks.0.schedule.points.1.1: must be a finite number >= 0, got inf",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[0, 0.01], [5, .inf]]",
+)
+override_case(
+    "piecewise-frequency-nan",
+    "data.tasks.0.schedule.points.0.1: must be a finite number >= 0, got nan",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[0, .nan]]",
+)
+override_case(
+    "piecewise-frequency-negative",
+    "data.tasks.0.schedule.points.0.1: must be a finite number >= 0, got -0.1",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[0, -0.1]]",
+)
+override_case(
+    "piecewise-step-inf",
+    "data.tasks.0.schedule.points.1.0: must be a finite number >= 0, got inf",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[0, 0.01], [.inf, 0.02]]",
+)
+override_case(
+    "piecewise-step-fractional",
+    "data.tasks.0.schedule.points.1.0: a step must be whole, got 2.5",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[0, 0.01], [2.5, 0.02]]",
+)
+override_case(
+    "piecewise-step-negative",
+    "data.tasks.0.schedule.points.0.0: must be >= 0, got -1.0",
+    PIECEWISE,
+    "data.tasks.0.schedule.points=[[-1, 0.01]]",
+)
+override_case(
+    "piecewise-fraction-above-one",
+    "data.tasks.1.schedule.points: a example_fraction must be <= 1",
+    "data.tasks.1.schedule.kind=piecewise",
+    "data.tasks.1.schedule.points=[[0, 0.05], [3, 1.5]]",
+)
+override_case(
+    "skill-weights-inf",
+    "data.tasks.0.skill_weights.0: must be a finite number >= 0, got inf",
+    "data.tasks.0.skill_weights=[.inf]",
+)
+override_case(
+    "skill-weights-nan",
+    "data.tasks.0.skill_weights.0: must be a finite number >= 0, got nan",
+    "data.tasks.0.skill_weights=[.nan]",
+)
+override_case(
+    "skill-weights-negative",
+    "data.tasks.0.skill_weights.1: must be a finite number >= 0, got -1.0",
+    "data.tasks=[{name: addition, frequency: 0.01, skill_weights: [1, -1]}]",
+)
+override_case(
+    "skill-weights-all-zero",
+    "data.tasks.0.skill_weights: must be non-negative with a positive sum",
+    "data.tasks=[{name: addition, frequency: 0.01, skill_weights: [0, 0]}]",
+)
+override_case(
+    "skill-weights-empty",
+    "data.tasks.0.skill_weights: must be non-negative with a positive sum",
+    "data.tasks.0.skill_weights=[]",
+)
+override_case(
+    "skill-weights-huge",
+    "data.tasks.0.skill_weights.0: must be <= 1e9, got 1e+300",
+    "data.tasks=[{name: addition, frequency: 0.01, skill_weights: [1e+300, 1e+300]}]",
+)
+override_case(
+    "skill-weights-count-family",
+    "data.tasks.0.skill_weights: 2 weights for 3 sub-skills of 'addition'",
+    "data.tasks=[{name: addition, frequency: 0.01, skill_weights: [1, 1]}]",
+)
+
 # ----------------------------------------------------------------------------------------------
 # Task parameters
 # ----------------------------------------------------------------------------------------------
@@ -312,7 +622,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
     return ["data", "inspect", *BASE, "--rows", "-1"], "--rows and --steps must be >= 0"
 
 
-@case("task-from-module-path-is-not-imported")
+@case("task-from-module-path-is-not-imported", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     """Configs name registered tasks; they never make smalllm import code."""
     marker = ctx.tmp / "plugin-imported"
@@ -346,7 +656,7 @@ class OutOfVocabTask(Task):
         return Instance(prompt, (self.vocab.vocab_size + self.params.offset,), skill)
 
 
-@case("vocab-plugin-emits-out-of-range-id")
+@case("vocab-plugin-emits-out-of-range-id", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     registered_tasks()  # load the built-ins first, then add the test plug-in in-process
     register(OutOfVocabTask)
@@ -418,7 +728,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 # ----------------------------------------------------------------------------------------------
 
 
-@case("shard-truncated")
+@case("shard-truncated", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     cache, corpus = ctx.corpus_copy()
     shard = corpus / "train_00000.bin"
@@ -426,7 +736,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
     return train_argv(ctx, f"data.cache_dir={cache}"), f"{shard}: corrupt token shard"
 
 
-@case("shard-ids-outside-vocab")
+@case("shard-ids-outside-vocab", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     cache, corpus = ctx.corpus_copy()
     shard = corpus / "train_00000.bin"
@@ -438,7 +748,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
     ), f"{corpus}: token id 60000 outside the tokenizer's vocabulary"
 
 
-@case("holdout-truncated")
+@case("holdout-truncated", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     cache, corpus = ctx.corpus_copy()
     holdout = corpus / "holdout.bin"
@@ -446,14 +756,14 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
     return train_argv(ctx, f"data.cache_dir={cache}"), f"{holdout}: corrupt held-out shard"
 
 
-@case("index-not-json")
+@case("index-not-json", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     cache, corpus = ctx.corpus_copy()
     (corpus / "index.json").write_text('{"dtype": "uint16", ')
     return train_argv(ctx, f"data.cache_dir={cache}"), f"{corpus / 'index.json'}: unreadable corpus index"
 
 
-@case("index-missing-shards")
+@case("index-missing-shards", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     cache, corpus = ctx.corpus_copy()
     index = json.loads((corpus / "index.json").read_text())
@@ -592,12 +902,26 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root``, by relative path."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
+    """Everything under ``root`` by relative path: sha256 of each file, ``<dir>`` for each directory
+    (so a directory created empty counts as a write) and the target of each symbolic link."""
+    entries = {}
+    for p in sorted(root.rglob("*")):
+        key = str(p.relative_to(root))
+        if p.is_symlink():
+            entries[key] = f"-> {p.readlink()}"
+        elif p.is_dir():
+            entries[key] = "<dir>"
+        else:
+            entries[key] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return entries
+
+
+def assert_unchanged(before: dict[str, str], after: dict[str, str], where: Path) -> None:
+    """Nothing written or lost: name what differs, so a failure says which file."""
+    added = sorted(set(after) - set(before))
+    lost = sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
+    assert not (added or lost or changed), f"{where}: written {added}, lost {lost}, changed {changed}"
 
 
 def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
@@ -611,7 +935,7 @@ def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
 
 def test_case_count() -> None:
     print(f"\n{len(CASES)} bad-input cases")
-    assert len(CASES) >= 40
+    assert len(CASES) >= 180
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -620,6 +944,7 @@ def test_bad_input(name: str, tmp_path: Path, finished_run: Path, capsys: pytest
     try:
         argv, expect = CASES[name](ctx)
         before = [snapshot(run) for run in ctx.guarded]
+        scratch = snapshot(ctx.tmp)
         capsys.readouterr()
         rc = main(argv)
         out, err = capsys.readouterr()
@@ -628,6 +953,7 @@ def test_bad_input(name: str, tmp_path: Path, finished_run: Path, capsys: pytest
             cleanup()
     assert_one_line_error(rc, out, err, expect)
     assert [snapshot(run) for run in ctx.guarded] == before, "files of the existing run changed"
+    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
     for marker in ctx.markers:
         assert not marker.exists(), f"untrusted code ran: {marker} exists"
     if name == "task-from-module-path-is-not-imported":
@@ -642,17 +968,25 @@ def run_cli(*argv: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "name",
-    ["override-unknown-key", "run-dir-exists", "resume-truncated-weights"],
+    [
+        "override-unknown-key",
+        "run-dir-exists",
+        "resume-truncated-weights",
+        "seed-train-2**70",
+        "yaml-alias-bomb",
+    ],
 )
 def test_bad_input_subprocess(name: str, tmp_path: Path, finished_run: Path) -> None:
     """End to end: the real process exits 2 with one stderr line and no traceback."""
     ctx = Ctx(tmp_path, finished_run)
     argv, expect = CASES[name](ctx)
     before = [snapshot(run) for run in ctx.guarded]
+    scratch = snapshot(ctx.tmp)
     proc = run_cli(*argv)
     assert proc.returncode == 2
     assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, expect)
     assert [snapshot(run) for run in ctx.guarded] == before
+    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
     for marker in ctx.markers:
         assert not marker.exists()
 
@@ -661,3 +995,91 @@ def test_debug_shows_traceback(tmp_path: Path) -> None:
     proc = run_cli("--debug", "train", *BASE, f"run_dir={tmp_path / 'run'}", "train.lrr=1e-3")
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr and "ConfigError: train.lrr: unknown key" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------
+# The dry run refuses what the run refuses, with the same message
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", DRY_RUN_CASES)
+def test_dry_run_refuses_like_the_run(
+    name: str, tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every bad new-run case above, as ``smalllm train --dry-run``: same one line, nothing written."""
+    ctx = Ctx(tmp_path, finished_run)
+    try:
+        argv, expect = CASES[name](ctx)
+        assert argv[0] == "train" and "--resume" not in argv
+        scratch = snapshot(ctx.tmp)
+        capsys.readouterr()
+        rc = main([*argv, "--dry-run"])
+        out, err = capsys.readouterr()
+    finally:
+        for cleanup in ctx.cleanups:
+            cleanup()
+    assert_one_line_error(rc, out, err, expect)
+    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
+    for marker in ctx.markers:
+        assert not marker.exists(), f"untrusted code ran: {marker} exists"
+
+
+BAD_TASK_SPECS = {
+    "unknown-task": ["data.tasks.0.name=t_cmpp"],
+    "frequency-cannot-fit": ["data.tasks.0.frequency=0.5"],
+    "unknown-parameter": ["data.tasks.0.params.num_vals=3"],
+    "parameter-out-of-range": ["data.tasks.0.params.num_values=1"],
+    "skill-weights-wrong-length": ["data.tasks.0.skill_weights=[1, 2]"],
+    "skill-weight-inf": ["data.tasks.0.skill_weights=[.inf]"],
+    "too-many-distinct-tokens": ["data.tasks.0.params.num_values=400"],
+    "instance-longer-than-row": ["data.tasks.1.params.length=40"],
+    "family-weights-wrong-length": ["data.tasks=[{name: addition, frequency: 0.01, skill_weights: [1, 1]}]"],
+    "model-too-big": ["model.preset=4b", "data.seq_len=2048"],
+}
+
+
+@pytest.mark.parametrize("spec", list(BAD_TASK_SPECS))
+def test_bad_task_spec_same_message_dry_run_and_run(
+    spec: str, tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each bad task spec three ways: a dry run against the cached corpus, a dry run before any
+    corpus exists (an empty cache: the tokenizer is built or stood in for), and a real run. All
+    three refuse with the identical line, and none writes anything (not even an empty run_dir)."""
+    empty_cache = tmp_path / "empty-cache"
+    empty_cache.mkdir()
+    argv = ["train", *BASE, f"run_dir={tmp_path / 'run'}", *BAD_TASK_SPECS[spec]]
+    scratch = snapshot(tmp_path)
+    lines = []
+    for variant in (
+        [*argv, "--dry-run"],
+        [*argv, f"data.cache_dir={empty_cache}", "--dry-run"],
+        argv,
+    ):
+        capsys.readouterr()
+        rc = main(variant)
+        out, err = capsys.readouterr()
+        assert_one_line_error(rc, out, err, "")
+        # The memory refusal quotes the memory free at that moment; everything else is fixed.
+        lines.append(re.sub(r"[0-9.]+ GiB is usable", "<free> GiB is usable", err.strip()))
+    assert lines[0] == lines[1] == lines[2], "\n".join(lines)
+    assert_unchanged(scratch, snapshot(tmp_path), tmp_path)
+
+
+def test_alias_bomb_is_refused_at_once() -> None:
+    """A billion-laughs document is refused while parsing, before anything expands it."""
+    from smalllm.errors import ConfigError
+    from smalllm.safe_yaml import load_yaml_text
+
+    bomb = (
+        "a: &a ["
+        + ", ".join(["lol"] * 9)
+        + "]\n"
+        + "".join(
+            f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n"
+            for p, c in zip("abcdefghijklmnopqrstuvwxy", "bcdefghijklmnopqrstuvwxyz")
+        )
+    )
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"^bomb: line 1: YAML anchors \(&a\) are not supported"):
+        load_yaml_text(bomb, "bomb")
+    assert time.perf_counter() - start < 1.0

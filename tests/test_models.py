@@ -52,6 +52,17 @@ def test_models_command_prints_the_table(capsys):
 
 
 def test_dry_run_of_1b_prints_a_plan(capsys):
-    assert main(["train", "model.preset=1b", "--dry-run"]) == 0
+    # Planned for a GPU (an assumed 80 GB one where there is none): on the CPU, whether 1b fits
+    # depends on this machine's free memory, and a dry run now refuses a plan that does not fit.
+    assert main(["train", "model.preset=1b", "train.device=cuda", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "FLOPs/token" in out and "steps" in out and "optimizer (AdamW)" in out
+
+
+def test_dry_run_that_does_not_fit_prints_the_plan_and_refuses(capsys):
+    argv = ["train", "model.preset=4b", "data.seq_len=2048", "train.device=cpu", "--dry-run"]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "DOES NOT FIT" in captured.out and "optimizer (AdamW)" in captured.out
+    (line,) = captured.err.strip().splitlines()
+    assert line.startswith("smalllm: error: model.preset: 4b needs ~")
