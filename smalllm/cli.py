@@ -146,8 +146,10 @@ def cmd_train(args) -> None:
             cfg = load_config(saved, overrides)
     if args.dry_run:
         from smalllm.train.preflight import check_config
+        from smalllm.train.trainer import check_run_dir
 
         # The run's own checks, without building the corpus; a plan that does not fit is refused.
+        check_run_dir(cfg, resume=args.resume, overwrite=args.overwrite)
         check_config(cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()))
         return
     from smalllm.train.trainer import train

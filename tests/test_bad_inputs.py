@@ -702,13 +702,13 @@ override_case(
 override_case("model-too-big-for-memory", "model.preset: 4b needs ~", "model.preset=4b", "data.seq_len=2048")
 
 
-@case("run-dir-exists")
+@case("run-dir-exists", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     run = ctx.run_copy()
     return ["train", *BASE, f"run_dir={run}"], f"run_dir: '{run}' already holds a run; pass --resume"
 
 
-@case("run-dir-under-a-file")
+@case("run-dir-under-a-file", dry_run=True)
 def _(ctx: Ctx) -> tuple[list[str], str]:
     blocker = ctx.write("a-file", "not a directory")
     return ["train", *BASE, f"run_dir={blocker}/run"], f"run_dir: cannot write to '{blocker}/run'"

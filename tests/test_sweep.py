@@ -226,27 +226,29 @@ def test_tiny_grid_end_to_end(tmp_path, capsys):
 
 
 def test_failing_cell_is_recorded_and_the_others_finish(tmp_path, capsys):
-    # attn_implementation is only checked when the model is built: a failure at run time.
-    path = write_sweep(tmp_path, [{"model.attn_implementation": ["sdpa", "bogus"]}])
+    # A task name is looked up only when the run builds its tasks, after the sweep has loaded every
+    # cell's config: a failure at run time. (model.attn_implementation, used here before, is now a
+    # Literal that the config loader refuses up front.)
+    path = write_sweep(tmp_path, [{"data.tasks.0.name": ["t_cmp", "bogus"]}])
     sweep_dir = tmp_path / "sweep"
     with pytest.raises(SweepFailed, match="1 of 2 cells failed"):
         run_sweep(path)
-    assert cell_state(sweep_dir, "attn_implementation-sdpa") == "done"
-    status = read_status(sweep_dir, "attn_implementation-bogus")
+    assert cell_state(sweep_dir, "name-t_cmp") == "done"
+    status = read_status(sweep_dir, "name-bogus")
     assert status["state"] == "failed" and status["returncode"] != 0
     assert "bogus" in status["error"] and "\n" not in status["error"]
     with open(sweep_dir / "results.csv") as fh:
-        failed = [r for r in csv.DictReader(fh) if r["cell"] == "attn_implementation-bogus"]
+        failed = [r for r in csv.DictReader(fh) if r["cell"] == "name-bogus"]
     assert failed and failed[0]["state"] == "failed" and "bogus" in failed[0]["error"]
 
     # A rerun skips it; --retry-failed tries it again (and it fails again).
     with pytest.raises(SweepFailed):
         run_sweep(path)
-    assert read_status(sweep_dir, "attn_implementation-bogus")["attempts"] == 1
+    assert read_status(sweep_dir, "name-bogus")["attempts"] == 1
     with pytest.raises(SweepFailed):
         run_sweep(path, retry_failed=True)
-    assert read_status(sweep_dir, "attn_implementation-bogus")["attempts"] == 2
-    assert log_attempts(sweep_dir, "attn_implementation-sdpa") == 1
+    assert read_status(sweep_dir, "name-bogus")["attempts"] == 2
+    assert log_attempts(sweep_dir, "name-t_cmp") == 1
 
 
 def _wait_for(condition, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:

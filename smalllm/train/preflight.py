@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from smalllm.config import RunConfig
@@ -33,6 +34,17 @@ from smalllm.tasks import TaskVocab
 from smalllm.train.plan import Plan, make_plan, resolve_target
 
 
+@dataclass
+class Checked:
+    """What :func:`check_config` built on the way: the plan, and the tasks for the run's tokenizer
+    (the trainer reuses them rather than drawing every instance pool a second time)."""
+
+    plan: Plan
+    families: list[Family]
+    vocab_size: int
+    """Size of the tokenizer the families were built for."""
+
+
 def check_run(
     cfg: RunConfig,
     tokenizer: Any,
@@ -40,13 +52,15 @@ def check_run(
     sharded: bool = False,
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
+    families: list[Family] | None = None,
 ) -> tuple[list[Family], Plan]:
     """Check the tasks and the plan of ``cfg`` against ``tokenizer``; return both for the trainer.
 
     ``show`` sees the plan before the memory check refuses it, so a dry run can print what does
-    not fit.
+    not fit. ``families`` built by an earlier check for the same tokenizer are taken as they are.
     """
-    families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
+    if families is None:
+        families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
     plan = make_plan(cfg, vocab_size=len(tokenizer), world=world, sharded=sharded, strict=strict)
     if show is not None:
         show(plan)
@@ -60,8 +74,8 @@ def check_config(
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
     log: Callable[[str], None] = print,
-) -> Plan:
-    """Everything a run checks before training (see the module docstring); returns the plan.
+) -> Checked:
+    """Everything a run checks before training (see the module docstring).
 
     ``build_corpus=False`` (a dry run) never writes: without a cached corpus the tokenizer is
     built or stood in for. ``strict=False`` plans ``train.device=cuda`` without a GPU.
@@ -76,7 +90,7 @@ def check_config(
     families, plan = check_run(cfg, tokenizer, strict=strict, show=show)
     if corpus is not None:
         TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
-    return plan
+    return Checked(plan, families, len(tokenizer))
 
 
 def cached_corpus(cfg: DataConfig) -> TokenShards | None:

@@ -12,6 +12,7 @@ its own rows; the model is a stock transformers model. Read it top to bottom:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -35,7 +36,7 @@ from smalllm.model.build import build_model, count_params
 from smalllm.train import checkpoint as ckpt
 from smalllm.train.callbacks.base import Callback
 from smalllm.train.plan import resolve_device, resolve_precision
-from smalllm.train.preflight import check_config, check_run
+from smalllm.train.preflight import Checked, check_config, check_run
 from smalllm.train.schedule import lr_factor
 
 CONFIG_FILE = "config.yaml"
@@ -48,16 +49,27 @@ class TrainingDiverged(SmalllmError):
     """The loss became NaN or infinite and ``train.nan_policy=stop``."""
 
 
-def prepare_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create (or reopen, with ``resume``) the run directory; never silently overwrite one."""
+def check_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse, reading only, a run directory that :func:`prepare_run_dir` would refuse (a dry run
+    and the pre-flight of a run call this before anything slow or anything that writes)."""
     run_dir = Path(cfg.run_dir)
-    exists = run_dir.exists() and any(run_dir.iterdir())
+    exists = run_dir.is_dir() and any(run_dir.iterdir())
     if exists and not resume and not overwrite:
         raise SmalllmError(
             f"run_dir: '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
     if resume and not (run_dir / CONFIG_FILE).is_file():
         raise SmalllmError(f"run_dir: '{run_dir}' has no run to resume ({CONFIG_FILE} missing)")
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SmalllmError(f"run_dir: cannot write to '{run_dir}' ({os.strerror(errno.ENOTDIR)})")
+
+
+def prepare_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
+    """Create (or reopen, with ``resume``) the run directory; never silently overwrite one."""
+    check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    run_dir = Path(cfg.run_dir)
+    exists = run_dir.exists() and any(run_dir.iterdir())
     if exists and overwrite and not resume:
         shutil.rmtree(run_dir)
     try:
@@ -74,8 +86,15 @@ class Trainer:
     """Pretrains one model on one stream; see the module docstring for the order of things."""
 
     def __init__(
-        self, cfg: RunConfig, resume: bool = False, callbacks: list[Callback] | None = None, log=print
+        self,
+        cfg: RunConfig,
+        resume: bool = False,
+        callbacks: list[Callback] | None = None,
+        log=print,
+        checked: Checked | None = None,
     ) -> None:
+        """``checked``: the result of :func:`~smalllm.train.preflight.check_config` for ``cfg``."""
+        self.checked = checked
         self.cfg = cfg
         self.resume = resume
         self.run_dir = Path(cfg.run_dir)
@@ -119,7 +138,12 @@ class Trainer:
         self.tokenizer = corpus.tokenizer
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         # The same checks as the pre-flight in `train` and the dry run, now with the real world size.
-        families, self.plan = check_run(cfg, self.tokenizer, world=self.world, sharded=self.sharded)
+        prebuilt = (
+            self.checked.families if self.checked and self.checked.vocab_size == len(self.tokenizer) else None
+        )
+        families, self.plan = check_run(
+            cfg, self.tokenizer, world=self.world, sharded=self.sharded, families=prebuilt
+        )
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
 
@@ -518,7 +542,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=pri
     if os.environ.get("RANK", "0") == "0":  # one process checks and creates it; the others follow
         # Everything that can refuse the config comes before the run directory is touched, so a
         # bad config (or a typo next to --overwrite) writes nothing and deletes nothing.
-        check_config(cfg, build_corpus=True, log=log)
+        check_run_dir(cfg, resume=resume, overwrite=overwrite)  # fast refusals first
+        checked = check_config(cfg, build_corpus=True, log=log)
         prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    trainer = Trainer(cfg, resume=resume, log=log)
+    else:
+        checked = None
+    trainer = Trainer(cfg, resume=resume, log=log, checked=checked)
     return trainer.fit()
