@@ -251,6 +251,14 @@ class RunDir:
     def has_config(self) -> bool:
         return self.config_file.is_file()
 
+    def has_checkpoint(self) -> bool:
+        """True when a checkpoint was published (its manifest is written last), so ``--resume`` has a
+        place to start; whether its files are intact is the trainer's check when it loads one."""
+        root = self.checkpoints_dir
+        return root.is_dir() and any(
+            is_checkpoint_name(p.name) and (p / CHECKPOINT_MANIFEST).is_file() for p in root.iterdir()
+        )
+
     def create(self) -> None:
         """Create the directory (absent or empty) and write the marker first."""
         try:
