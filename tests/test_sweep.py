@@ -600,6 +600,14 @@ def test_a_foreign_sweep_dir_is_refused_and_left_untouched(tmp_path, capsys):
     # A directory the sweep creates carries the marker; one from before markers (sweep.json) is adopted.
     assert main(["sweep", str(path), "--emit", "shell"]) == 0
     assert marker_kind(tmp_path / "sweep") == "sweep"
+    # A link to a directory (scratch storage) is followed, and judged by where it points.
+    (tmp_path / "scratch").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "scratch")
+    assert main(["sweep", str(path), "--sweep-dir", str(tmp_path / "linked"), "--emit", "shell"]) == 0
+    assert marker_kind(tmp_path / "scratch") == "sweep"
+    (tmp_path / "to-notes").symlink_to(notes)
+    assert main(["sweep", str(path), "--sweep-dir", str(tmp_path / "to-notes"), "--emit", "shell"]) == 2
+    assert "was not created by smalllm" in capsys.readouterr().err and _tree(notes) == before
     legacy = tmp_path / "legacy"
     legacy.mkdir()
     (legacy / "sweep.json").write_text(json.dumps({"name": "old", "cells": []}))

@@ -71,9 +71,12 @@ def check_sweep_dir(sweep_dir: Path) -> None:
     A sweep directory written before sweeps carried a marker is recognised by its ``sweep.json``, so
     such a sweep can still be finished.
     """
-    if _legacy_sweep_dir(sweep_dir):
+    # A sweep only ever writes into its directory, so a link to scratch storage is followed and the
+    # directory it points to is judged (run directories, which smalllm may replace, refuse links).
+    target = sweep_dir.resolve() if sweep_dir.is_symlink() and sweep_dir.is_dir() else sweep_dir
+    if _legacy_sweep_dir(target):
         return
-    refuse_foreign(sweep_dir, "sweep", "sweep_dir")
+    refuse_foreign(target, "sweep", "sweep_dir")
 
 
 def prepare_sweep_dir(sweep_dir: Path) -> None:
