@@ -117,8 +117,8 @@ def test_family_sub_skills_are_placed_exactly(corpus, tmp_path):
     table = {row["label"]: row for row in stream.frequency_table(steps * 8)}
     assert table["sparse_parity"]["realised"] == sum(seen.values()) == 100
     for i, label in enumerate(stream.labels[1:], start=1):
-        assert seen.get(i, 0) == table[label]["realised"]
-        assert abs(table[label]["realised"] - table[label]["requested"]) < 2
+        assert seen.get(i, 0) == table[str(label)]["realised"]
+        assert abs(table[str(label)]["realised"] - table[str(label)]["requested"]) < 2
 
 
 def test_gap_schedule_delivers_each_period_in_its_first_batch():

@@ -21,8 +21,9 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, SmalllmError
-from smalllm.eval.emergence import emergence_table, eval_records, metric_key
+from smalllm.eval.emergence import emergence_table, eval_records
 from smalllm.eval.report import read_metrics
+from smalllm.labels import Label
 from smalllm.sweep.grid import Cell
 from smalllm.sweep.runner import SWEEP_FILE, cell_dir, cell_state, read_json, read_status, run_dir_of
 
@@ -184,7 +185,7 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     rows = []
     for r in emergence_table(records, cfg.eval):
         task = tasks.get(r["task"])
-        label = r["task"] if r["skill"] is None else f"{r['task']}/{r['skill']}"
+        label = str(Label(r["task"], r["skill"]))
         rows.append(
             {
                 **base,
@@ -274,7 +275,7 @@ def curves(info: SweepInfo, cell: Cell, task: str, metric: str = "acc") -> tuple
     if not (run / "metrics.jsonl").is_file():
         return [], []
     xs, ys = [], []
-    key = metric_key(task, None, metric)
+    key = Label(task).key(metric)
     for rec in eval_records(read_metrics(run)):
         v = rec.get(key)
         if v is None or not math.isfinite(float(v)):
