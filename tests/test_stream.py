@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -11,6 +13,7 @@ from smalllm.data.mixture import SkillSequence, make_rule
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import ConfigError
+from smalllm.tasks import _REGISTRY, Instance, Task, register
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +237,74 @@ def test_fresh_pool_that_cannot_avoid_the_test_set_is_refused(corpus, tmp_path):
             "[{name: copy, frequency: 0.5, unit: example_fraction, pool: fresh, eval_size: 100,"
             " params: {length: 2, alphabet_size: 3}}]",
         )
+
+
+@pytest.mark.parametrize(
+    "pool, settings, message",
+    [
+        # 3^2 = 9 strings, 7 of them held out
+        (
+            "finite",
+            "test_fraction: 0.8, params: {length: 2, alphabet_size: 3}",
+            "has 2 distinct instance(s) left to train on after holding out 7",
+        ),
+        # 5^3 = 125 strings, 100 of them held out
+        (
+            "fresh",
+            "eval_size: 100, params: {length: 3, alphabet_size: 5}",
+            "has 25 distinct instance(s) left to train on after holding out 100",
+        ),
+    ],
+)
+def test_a_pool_too_small_for_its_held_out_split_is_refused(corpus, tmp_path, pool, settings, message):
+    with pytest.raises(ConfigError) as err:
+        make_stream(
+            corpus,
+            tmp_path,
+            f"[{{name: copy, frequency: 0.5, unit: example_fraction, pool: {pool}, {settings}}}]",
+        )
+    assert str(err.value).startswith(
+        f"data.tasks.0: pool={pool}: task 'copy' {message} for evaluation, too few"
+    )
+
+
+class ThreeWords(Task):
+    """Test-only plug-in with three instances that it does not declare."""
+
+    name = "test_three_words"
+    description = "test only: one of three fixed instances"
+    memorization = False
+
+    @dataclass
+    class Params:
+        pass
+
+    def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
+        k = int(rng.integers(3))
+        return Instance((2 + k,), (5 + k,), skill)
+
+
+@pytest.fixture(params=[False, True], ids=["generalisation", "memorization"])
+def three_words(request):
+    cls = type("ThreeWords", (ThreeWords,), {"memorization": request.param})
+    register(cls)
+    yield cls
+    _REGISTRY.pop(cls.name, None)
+
+
+@pytest.mark.parametrize("pool, left", [("finite", 1), ("fresh", 0)])
+def test_a_plugin_with_fewer_instances_than_it_says_is_refused_unless_it_memorises(
+    corpus, tmp_path, three_words, pool, left
+):
+    tasks = f"[{{name: test_three_words, frequency: 0.5, unit: example_fraction, pool: {pool}}}]"
+    if not three_words.memorization:
+        with pytest.raises(ConfigError, match=f"task 'test_three_words' has {left} distinct instance"):
+            make_stream(corpus, tmp_path, tasks)
+        return
+    (pool_obj,) = make_stream(corpus, tmp_path, tasks).families[0].pools
+    # A memorisation task is scored on what it trained on: all three instances.
+    assert {i.key for i in pool_obj.eval_instances()} == {pool_obj.train_instance(k).key for k in range(30)}
+    assert len(pool_obj.eval_instances()) == 3
 
 
 def test_eval_sets_come_from_the_test_split(corpus, tmp_path):

@@ -115,7 +115,7 @@ def _load() -> None:
 
 
 def _clash_message(name: str) -> str:
-    who = " and ".join(f"'{d}'" for d in _CLASHES[name])
+    who = " and ".join(f"'{d}'" for d in sorted(_CLASHES[name]))
     return f"task '{name}' is registered by {who}; uninstall all but one to use it"
 
 
