@@ -55,7 +55,7 @@ def count_instances(batch) -> dict[int, int]:
 )
 def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
     cfg = TaskConfig(name="t_cmp", frequency=freq, unit=unit, schedule=schedule)
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
+    rule = make_rule(cfg, 0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
     rows = np.arange(0, 16 * 200 + 1)
     counts, expected = rule.count(rows), rule.expected(rows)
     if schedule.kind != "gap":
@@ -74,7 +74,7 @@ def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
 def test_tiny_frequency_over_a_long_horizon_is_exact():
     # Huang et al.'s rarest setting: 2.4e-8 instances per token, 4096-token rows, batches of 1024.
     cfg = TaskConfig(name="t_cmp", frequency=2.4e-8, unit="per_token")
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=4096, batch_rows=1024, mean_length=4.0, seed=0)
+    rule = make_rule(cfg, 0, seq_len=4096, batch_rows=1024, mean_length=4.0, seed=0)
     for steps in (1, 10, 99, 1_000, 50_000, 10_000_000):
         rows = steps * 1024
         tokens = rows * 4096
@@ -126,7 +126,7 @@ def test_family_sub_skills_are_placed_exactly(corpus, tmp_path):
 
 def test_gap_schedule_delivers_each_period_in_its_first_batch():
     cfg = TaskConfig(name="t_cmp", frequency=0.002, schedule=ScheduleConfig(kind="gap", gap_batches=10))
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=32, mean_length=4.0, seed=1)
+    rule = make_rule(cfg, 0, seq_len=64, batch_rows=32, mean_length=4.0, seed=1)
     per_batch = np.diff(rule.count(np.arange(0, 32 * 100 + 1, 32)))
     assert per_batch.reshape(10, 10)[:, 1:].sum() == 0
     assert abs(per_batch.sum() - 0.002 * 64 * 32 * 100) < 1

@@ -106,7 +106,7 @@ class TaskStream:
             pools.append(pool)
         sequence = SkillSequence(weights)
         mean_length = float(sum(w * p.mean_length() for w, p in zip(sequence.weights, pools)))
-        rule = make_rule(tcfg, ti, 0, 1.0, self.seq_len, global_batch, mean_length, self.cfg.seed)
+        rule = make_rule(tcfg, ti, self.seq_len, global_batch, mean_length, self.cfg.seed)
         label_base = len(self.labels)
         self.labels += skill_labels(task)
         return Family(task, tcfg.placement, rule, sequence, pools, label_base)
