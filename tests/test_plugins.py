@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -160,6 +161,15 @@ def test_outside_plugin_is_discovered_and_trains(tmp_path, demo_site):
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert "eval/count_ones/acc" in (run_dir / "metrics.jsonl").read_text()
     assert '"train/count_ones/loss"' in (run_dir / "metrics.jsonl").read_text()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval"]
+    # 2^4 bit strings, half held out: accuracy counts eighths; one answer token of 5 possible values.
+    for rec in evals:
+        assert (8 * rec["eval/count_ones/acc"]).is_integer() and 0 <= rec["eval/count_ones/acc"] <= 1
+        assert rec["eval/count_ones/token_acc"] == rec["eval/count_ones/acc"]
+        assert rec["eval/count_ones/loss_ratio"] == pytest.approx(rec["eval/count_ones/loss"] / math.log(5))
+    trains = [r["train/count_ones/loss"] for r in records if "train/count_ones/loss" in r]
+    assert trains and all(0 < loss < math.log(300) * 3 for loss in trains)
 
 
 def test_a_skill_name_with_a_slash_reaches_every_table_whole(tmp_path, demo_site):
