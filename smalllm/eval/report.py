@@ -141,25 +141,25 @@ def plot_task(
     multi = any(r["skill"] is not None for r in task_rows)
     for k, row in enumerate(task_rows):
         skill = row["skill"]
-        metrics = Label(task, skill)
+        of_row = Label(task, skill)
         is_total = skill is None
         color = "black" if is_total and multi else f"C{k if multi else 0}"
         label = ("all" if multi else task) if is_total else skill
         width = 2.0 if is_total and multi else 1.3
-        xs, ys = _series(evals, metrics.key("loss"))
+        xs, ys = _series(evals, of_row.key("loss"))
         ax_loss.plot(xs, ys, color=color, lw=width, marker=".", ms=3, label=f"{label} (eval)")
         # Chance loss = loss / loss_ratio exactly for one sub-skill; for a mixed aggregate it is not.
-        chance = None if is_total and multi else _chance(evals, metrics)
+        chance = None if is_total and multi else _chance(evals, of_row)
         if chance is not None:
             ax_loss.axhline(chance, color=color, ls=":", lw=0.8)
-        xa, ya = _series(evals, metrics.key("acc"))
+        xa, ya = _series(evals, of_row.key("acc"))
         ax_acc.plot(xa, ya, color=color, lw=width, marker=".", ms=3, label=label)
         step = row["emergence_step"]
         if step is not None and row["emergence_tokens"]:
             t = row["emergence_tokens"]
             for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
                 ax.axvline(t, color=color, ls=":", lw=0.9)
-                v = _at_step(evals, step, metrics.key(key))
+                v = _at_step(evals, step, of_row.key(key))
                 if v is not None:
                     ax.plot([t], [v], marker="*", ms=11, color=color, ls="none")
     xt, yt = _series(trains, Label(task).key("loss", TRAIN))
