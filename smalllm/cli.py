@@ -159,7 +159,7 @@ def cmd_train(args) -> None:
 
 
 def cmd_tasks(args) -> None:
-    from smalllm.tasks.display import show_task, tasks_table
+    from smalllm.task_display import show_task, tasks_table
 
     if args.tasks_command == "list":
         print(tasks_table())

@@ -23,7 +23,7 @@ def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> s
         list(has_task[:rows])
         + [i for i in range(len(batch.input_ids)) if i not in set(has_task)][: max(0, rows - len(has_task))]
     )
-    out = [f"stream of {cfg.data.seq_len}-token rows; labels: {', '.join(stream.labels)}", ""]
+    out = [f"stream of {cfg.data.seq_len}-token rows; labels: {', '.join(map(str, stream.labels))}", ""]
     for r in order[:rows]:
         out.append(
             f"row {r}: "

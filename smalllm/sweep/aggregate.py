@@ -21,7 +21,8 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, SmalllmError
-from smalllm.eval.emergence import emergence_table, eval_records, metric_key
+from smalllm.eval.emergence import emergence_table, eval_records
+from smalllm.labels import Label
 from smalllm.sweep import records
 from smalllm.sweep.grid import Cell
 
@@ -176,7 +177,7 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     rows = []
     for r in emergence_table(metrics, cfg.eval):
         task = tasks.get(r["task"])
-        label = r["task"] if r["skill"] is None else f"{r['task']}/{r['skill']}"
+        label = str(Label(r["task"], r["skill"]))
         rows.append(
             {
                 **base,
@@ -263,7 +264,7 @@ def _csv_value(v: Any) -> Any:
 def curves(info: SweepInfo, cell: Cell, task: str, metric: str = "acc") -> tuple[list[int], list[float]]:
     """(tokens, values) of a task metric over the cell's evaluations (empty when none)."""
     xs, ys = [], []
-    key = metric_key(task, None, metric)
+    key = Label(task).key(metric)
     for rec in eval_records(records.cell_run(info.sweep_dir, cell.name).read_metrics()):
         v = rec.get(key)
         if v is None or not math.isfinite(float(v)):
