@@ -1,7 +1,8 @@
 """The ``smalllm`` command line (argparse). Each subcommand is a thin shell over a library function.
 
-User errors (:class:`~smalllm.errors.SmalllmError`) print as one line on stderr and exit 2;
-``--debug`` shows the traceback instead.
+Every failure is one line on stderr, ``smalllm: error: …``: command-line mistakes and user errors
+(:class:`~smalllm.errors.SmalllmError`) exit 2, anything else (a bug, a full disk) exits 1, an
+interrupt 130. ``--debug`` shows the traceback instead. Options may come anywhere on the line.
 """
 
 from __future__ import annotations
@@ -9,25 +10,140 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from smalllm.errors import SmalllmError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and options accepted anywhere among a command's positionals."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._has_commands = False
+        self._intermixed = False
+
+    def add_subparsers(self, **kwargs: Any) -> argparse._SubParsersAction:
+        self._has_commands = True
+        return super().add_subparsers(**kwargs)
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # A parser with sub-commands cannot parse intermixed (argparse refuses it); the command's own
+        # parser, which the sub-command action calls with the rest of the line, can. The flag marks
+        # the inner calls parse_known_intermixed_args makes back into this method.
+        if self._has_commands or self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage block first; one line that names the option, and where to look.
+        _usage_error(f"{message} (see '{self.prog} --help')")
+
+
+def _usage_error(message: str) -> NoReturn:
+    print(f"smalllm: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class _Bounded(argparse.Action):
+    """An integer option that refuses values outside ``[low, high]``, naming itself.
+
+    ``why`` says what the bound protects (shown with it); ``below`` replaces the wording used for a
+    value under ``low``.
+    """
+
+    def __init__(
+        self,
+        option_strings: list[str],
+        dest: str,
+        low: int,
+        high: int,
+        why: str = "",
+        below: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("type", int)
+        kwargs.setdefault("metavar", "N")
+        super().__init__(option_strings, dest, **kwargs)
+        self.low, self.high, self.why, self.below = low, high, why, below
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        flag = option_string or self.dest
+        if values < self.low and self.below is not None:
+            _usage_error(f"{self.below}, got {flag} {values}")
+        if not self.low <= values <= self.high:
+            why = f" ({self.why})" if self.why else ""
+            _usage_error(f"{flag}: must be between {self.low:,} and {_number(self.high)}{why}, got {values}")
+        setattr(namespace, self.dest, values)
+
+
+def _number(n: int) -> str:
+    """``n`` with thousands separators, or as ``2^k - 1`` when that is shorter to read."""
+    if n >= 2**32 and (n + 1) & n == 0:
+        return f"2^{(n + 1).bit_length() - 1} - 1"
+    return f"{n:,}"
+
+
+MAX_SEED = 2**63 - 1  # seeds go to numpy and torch generators as 64-bit integers
+MAX_TOKEN_ID = 2**32  # token shards store ids as uint16 or uint32
+MAX_PROCESSES = 1024
+MAX_SHOW = 10_000
+INSPECT_ROWS = 4096  # data inspect samples its rows from this many stream rows
+MAX_INSPECT_STEPS = 10_000_000
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="smalllm",
         description="Small-LM pretraining testbed: when do rare skills emerge, by task frequency and model scale?",
     )
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # Every command also takes --debug after its name; SUPPRESS keeps an absent one from resetting
+    # the value the root parser set.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors"
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add = _with_parents(sub, common)
 
-    m = sub.add_parser("models", help="table of model presets (parameters, shape, FLOPs/token)")
-    m.add_argument("--vocab-size", type=int, default=50304, help="vocabulary for the counts (default 50304)")
-    m.add_argument("--seq-len", type=int, default=2048, help="context for FLOPs/token (default 2048)")
+    m = add("models", help="table of model presets (parameters, shape, FLOPs/token)")
+    m.add_argument(
+        "--vocab-size",
+        action=_Bounded,
+        low=1,
+        high=MAX_TOKEN_ID,
+        default=50304,
+        help="vocabulary for the counts (default 50304)",
+    )
+    m.add_argument(
+        "--seq-len",
+        action=_Bounded,
+        low=1,
+        high=2**24,
+        default=2048,
+        help="context for FLOPs/token (default 2048)",
+    )
     m.add_argument("--arch", default="olmo", help="count parameters of this architecture (default olmo)")
 
-    t = sub.add_parser("train", help="pretrain a model (config file and/or key=value overrides)")
+    t = add("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
     t.add_argument("--dry-run", action="store_true", help="print the plan (sizes, steps, memory) and exit")
     t.add_argument(
@@ -35,52 +151,95 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--overwrite", action="store_true", help="delete an existing run_dir and start over")
 
-    tk = sub.add_parser("tasks", help="list or show task generators")
-    tsub = tk.add_subparsers(dest="tasks_command", required=True, metavar="ACTION")
-    tsub.add_parser("list", help="registered tasks with their parameters")
-    ts = tsub.add_parser("show", help="sample instances of a task")
+    tk = add("tasks", help="list or show task generators")
+    tadd = _with_parents(tk.add_subparsers(dest="tasks_command", required=True, metavar="ACTION"), common)
+    tadd("list", help="registered tasks with their parameters")
+    ts = tadd("show", help="sample instances of a task")
     ts.add_argument("name")
-    ts.add_argument("params", nargs="*", metavar="param=value")
-    ts.add_argument("--n", type=int, default=5, help="instances to show")
-    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("params", nargs="*", default=[], metavar="param=value")
+    ts.add_argument(
+        "--n",
+        action=_Bounded,
+        low=0,
+        high=MAX_SHOW,
+        why=f"tasks show prints at most {MAX_SHOW:,} instances",
+        default=5,
+        help="instances to show",
+    )
+    ts.add_argument("--seed", action=_Bounded, low=0, high=MAX_SEED, default=0, help="task seed")
 
-    d = sub.add_parser("data", help="build tokenizers and token shards, inspect the stream")
-    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
-    db = dsub.add_parser("build", help="tokenize the background corpus into memory-mapped shards (cached)")
+    d = add("data", help="build tokenizers and token shards, inspect the stream")
+    dadd = _with_parents(d.add_subparsers(dest="data_command", required=True, metavar="ACTION"), common)
+    db = dadd("build", help="tokenize the background corpus into memory-mapped shards (cached)")
     _config_args(db)
-    db.add_argument("--num-proc", type=int, default=min(4, os.cpu_count() or 1))
+    db.add_argument(
+        "--num-proc",
+        action=_Bounded,
+        low=1,
+        high=MAX_PROCESSES,
+        default=min(4, os.cpu_count() or 1),
+        help="tokenizer processes",
+    )
     db.add_argument("--out", help="build into this directory instead of the cache")
-    dt = dsub.add_parser("tokenizer", help="train/build the tokenizer of a config and save it")
+    dt = dadd("tokenizer", help="train/build the tokenizer of a config and save it")
     _config_args(dt)
     dt.add_argument("--out", required=True, help="directory to save the tokenizer to")
-    di = dsub.add_parser("inspect", help="print stream rows with task spans marked, and realised frequencies")
+    di = dadd("inspect", help="print stream rows with task spans marked, and realised frequencies")
     _config_args(di)
-    di.add_argument("--rows", type=int, default=4, help="rows to print")
+    # The lower bound keeps the wording these options have always had.
     di.add_argument(
-        "--steps", type=int, default=None, help="steps for the frequency table (default: the run's)"
+        "--rows",
+        action=_Bounded,
+        low=0,
+        high=INSPECT_ROWS,
+        why=f"rows are picked from the first {INSPECT_ROWS:,}",
+        below="--rows and --steps must be >= 0",
+        default=4,
+        help="rows to print",
+    )
+    di.add_argument(
+        "--steps",
+        action=_Bounded,
+        low=0,
+        high=MAX_INSPECT_STEPS,
+        why="the frequency table counts every instance of every step",
+        below="--rows and --steps must be >= 0",
+        default=None,
+        help="steps for the frequency table (default: the run's)",
     )
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
+    e = add("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
     e.add_argument("path", help="checkpoint directory (or a run directory: its latest checkpoint)")
     e.add_argument("--run", help="run directory whose eval sets to use (default: inferred from path)")
     e.add_argument("--tasks", nargs="*", help="only these tasks")
     e.add_argument("--out", help="JSONL file to append results to (default: <run>/eval_results.jsonl)")
 
-    r = sub.add_parser("report", help="plots and a markdown summary of a run or a sweep")
+    r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
 
-    s = sub.add_parser("sweep", help="run a grid of model sizes x task frequencies x seeds")
+    s = add("sweep", help="run a grid of model sizes x task frequencies x seeds")
     s.add_argument("config", help="sweep YAML (see configs/experiments/)")
     s.add_argument(
         "--dry-run", action="store_true", help="print each cell with tokens, FLOPs and estimated time"
     )
-    s.add_argument("--workers", type=int, default=1, help="cells run in parallel")
+    s.add_argument(
+        "--workers", action=_Bounded, low=1, high=MAX_PROCESSES, default=1, help="cells run in parallel"
+    )
     s.add_argument("--emit", choices=["slurm", "shell"], help="write a launch script instead of running")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
-    sub.add_parser("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
+    add("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
     return p
+
+
+def _with_parents(
+    sub: argparse._SubParsersAction, *parents: argparse.ArgumentParser
+) -> Callable[..., argparse.ArgumentParser]:
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=list(parents), **kwargs)
+
+    return add
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -162,20 +321,31 @@ def cmd_train(args) -> None:
 
 
 def cmd_tasks(args) -> None:
-    from smalllm.tasks.display import show_task, tasks_table
+    from smalllm.task_display import show_task, tasks_table
 
     if args.tasks_command == "list":
         print(tasks_table())
         return
-    params = {}
+    print(show_task(args.name, n=args.n, params=_task_params(args.params), seed=args.seed))
+
+
+def _task_params(items: list[str]) -> dict[str, object]:
+    """``name=value`` words as a dict, values read as YAML like config overrides; the task itself
+    then checks names, types and ranges as it does for a run."""
     import yaml
 
-    for item in args.params:
-        if "=" not in item:
+    params: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
             raise SmalllmError(f"task parameter '{item}': expected name=value")
-        key, value = item.split("=", 1)
-        params[key] = yaml.safe_load(value)
-    print(show_task(args.name, n=args.n, params=params, seed=args.seed))
+        if key in params:
+            raise SmalllmError(f"task parameter '{key}' is given twice")
+        try:
+            params[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SmalllmError(f"task parameter '{key}': {value!r} is not a valid value") from None
+    return params
 
 
 def cmd_data(args) -> None:
@@ -201,7 +371,11 @@ def cmd_data(args) -> None:
 
         if args.rows < 0 or (args.steps is not None and args.steps < 0):
             raise SmalllmError("--rows and --steps must be >= 0")
-        print(inspect_stream(cfg, rows=args.rows, steps=args.steps))
+        print(
+            inspect_stream(
+                cfg.data, cfg.train.global_batch_size, cfg.train.max_tokens, rows=args.rows, steps=args.steps
+            )
+        )
 
 
 def cmd_eval(args) -> None:
@@ -258,18 +432,65 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; return the exit status (0 ok, 1 unexpected error, 2 user error, 130 interrupt)."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     try:
         COMMANDS[args.command](args)
-    except SmalllmError as exc:
-        if args.debug:
-            raise
-        print(f"smalllm: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("smalllm: interrupted", file=sys.stderr)
         return 130
+    except SmalllmError as exc:
+        if args.debug:
+            raise
+        print(f"smalllm: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():
+            # The reader went away (`smalllm tasks show … | head`): stop quietly, like other Unix tools.
+            return 1
+        if args.debug:
+            raise
+        print(f"smalllm: error: {_describe(exc)} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n"))
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for an exception that is not a user error: the file and reason of an OSError (a full
+    disk, a file-size limit, a permission), else the type and the first line of the message."""
+    if isinstance(exc, OSError) and exc.strerror:
+        files = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        return f"{files}: {exc.strerror}" if files else f"{type(exc).__name__}: {exc.strerror}"
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone; if so, point it at /dev/null, or flushing it
+    at interpreter exit would fail once more and print a second error."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError):  # not a real file descriptor (e.g. captured in-process)
+        return False
+    if not hasattr(select, "poll"):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    if not any(events & select.POLLERR for _, events in poller.poll(0)):
+        return False  # the broken pipe was another one: report it
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+    return True
 
 
 if __name__ == "__main__":

@@ -343,6 +343,9 @@ def test_emergence_table_rows() -> None:
     assert by[("arith", "add")]["emergence_step"] == 64 and by[("arith", "mul")]["emergence_step"] is None
     text = format_emergence_table(rows)
     assert "arith" in text and "mul" in text and len(set(map(len, text.splitlines()[:2]))) == 1
+    cells = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()[2:]}
+    assert cells[("arith", "add")] == ["0.990", "0.990", "0.100", "64", "65.5K"]
+    assert cells[("arith", "mul")] == ["0.300", "0.950", "0.700", "-", "-"]
 
 
 def test_write_report(tmp_path) -> None:

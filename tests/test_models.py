@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from transformers import AutoModelForCausalLM
 
@@ -54,9 +56,16 @@ def test_models_command_prints_the_table(capsys):
 def test_dry_run_of_1b_prints_a_plan(capsys):
     # Planned for a GPU (an assumed 80 GB one where there is none): on the CPU, whether 1b fits
     # depends on this machine's free memory, and a dry run now refuses a plan that does not fit.
-    assert main(["train", "model.preset=1b", "train.device=cuda", "--dry-run"]) == 0
+    assert main(["train", "model.preset=1b", "train.device=cuda", "train.precision=fp32", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "FLOPs/token" in out and "steps" in out and "optimizer (AdamW)" in out
+    # 1b is 16 layers of width 2048 with a SwiGLU of 8192; the defaults give a 512-token BPE
+    # vocabulary, a 64-token context and 2M tokens in batches of 32 sequences.
+    blocks = 16 * (4 * 2048**2 + 3 * 2048 * 8192)
+    assert f"{blocks + 2 * 512 * 2048:,} parameters ({blocks:,} non-embedding)" in out
+    assert f"FLOPs/token  {6 * (blocks + 512 * 2048) + 12 * 16 * 2048 * 64:,}" in out
+    assert "steps        977  (2,000,896 tokens)" in out  # ceil(2,000,000 / 2,048) steps
+    assert re.search(r"parameters +4\.01 GiB", out) and re.search(r"optimizer \(AdamW\) +8\.02 GiB", out)
 
 
 def test_dry_run_that_does_not_fit_prints_the_plan_and_refuses(capsys):

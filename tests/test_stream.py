@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 from conftest import tiny_config
@@ -11,6 +13,7 @@ from smalllm.data.mixture import SkillSequence, make_rule
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import ConfigError
+from smalllm.tasks import _REGISTRY, Instance, Task, register
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def count_instances(batch) -> dict[int, int]:
 )
 def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
     cfg = TaskConfig(name="t_cmp", frequency=freq, unit=unit, schedule=schedule)
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
+    rule = make_rule(cfg, 0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
     rows = np.arange(0, 16 * 200 + 1)
     counts, expected = rule.count(rows), rule.expected(rows)
     if schedule.kind != "gap":
@@ -71,7 +74,7 @@ def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
 def test_tiny_frequency_over_a_long_horizon_is_exact():
     # Huang et al.'s rarest setting: 2.4e-8 instances per token, 4096-token rows, batches of 1024.
     cfg = TaskConfig(name="t_cmp", frequency=2.4e-8, unit="per_token")
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=4096, batch_rows=1024, mean_length=4.0, seed=0)
+    rule = make_rule(cfg, 0, seq_len=4096, batch_rows=1024, mean_length=4.0, seed=0)
     for steps in (1, 10, 99, 1_000, 50_000, 10_000_000):
         rows = steps * 1024
         tokens = rows * 4096
@@ -117,13 +120,13 @@ def test_family_sub_skills_are_placed_exactly(corpus, tmp_path):
     table = {row["label"]: row for row in stream.frequency_table(steps * 8)}
     assert table["sparse_parity"]["realised"] == sum(seen.values()) == 100
     for i, label in enumerate(stream.labels[1:], start=1):
-        assert seen.get(i, 0) == table[label]["realised"]
-        assert abs(table[label]["realised"] - table[label]["requested"]) < 2
+        assert seen.get(i, 0) == table[str(label)]["realised"]
+        assert abs(table[str(label)]["realised"] - table[str(label)]["requested"]) < 2
 
 
 def test_gap_schedule_delivers_each_period_in_its_first_batch():
     cfg = TaskConfig(name="t_cmp", frequency=0.002, schedule=ScheduleConfig(kind="gap", gap_batches=10))
-    rule = make_rule(cfg, 0, 0, 1.0, seq_len=64, batch_rows=32, mean_length=4.0, seed=1)
+    rule = make_rule(cfg, 0, seq_len=64, batch_rows=32, mean_length=4.0, seed=1)
     per_batch = np.diff(rule.count(np.arange(0, 32 * 100 + 1, 32)))
     assert per_batch.reshape(10, 10)[:, 1:].sum() == 0
     assert abs(per_batch.sum() - 0.002 * 64 * 32 * 100) < 1
@@ -234,6 +237,74 @@ def test_fresh_pool_that_cannot_avoid_the_test_set_is_refused(corpus, tmp_path):
             "[{name: copy, frequency: 0.5, unit: example_fraction, pool: fresh, eval_size: 100,"
             " params: {length: 2, alphabet_size: 3}}]",
         )
+
+
+@pytest.mark.parametrize(
+    "pool, settings, message",
+    [
+        # 3^2 = 9 strings, 7 of them held out
+        (
+            "finite",
+            "test_fraction: 0.8, params: {length: 2, alphabet_size: 3}",
+            "has 2 distinct instance(s) left to train on after holding out 7",
+        ),
+        # 5^3 = 125 strings, 100 of them held out
+        (
+            "fresh",
+            "eval_size: 100, params: {length: 3, alphabet_size: 5}",
+            "has 25 distinct instance(s) left to train on after holding out 100",
+        ),
+    ],
+)
+def test_a_pool_too_small_for_its_held_out_split_is_refused(corpus, tmp_path, pool, settings, message):
+    with pytest.raises(ConfigError) as err:
+        make_stream(
+            corpus,
+            tmp_path,
+            f"[{{name: copy, frequency: 0.5, unit: example_fraction, pool: {pool}, {settings}}}]",
+        )
+    assert str(err.value).startswith(
+        f"data.tasks.0: pool={pool}: task 'copy' {message} for evaluation, too few"
+    )
+
+
+class ThreeWords(Task):
+    """Test-only plug-in with three instances that it does not declare."""
+
+    name = "test_three_words"
+    description = "test only: one of three fixed instances"
+    memorization = False
+
+    @dataclass
+    class Params:
+        pass
+
+    def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
+        k = int(rng.integers(3))
+        return Instance((2 + k,), (5 + k,), skill)
+
+
+@pytest.fixture(params=[False, True], ids=["generalisation", "memorization"])
+def three_words(request):
+    cls = type("ThreeWords", (ThreeWords,), {"memorization": request.param})
+    register(cls)
+    yield cls
+    _REGISTRY.pop(cls.name, None)
+
+
+@pytest.mark.parametrize("pool, left", [("finite", 1), ("fresh", 0)])
+def test_a_plugin_with_fewer_instances_than_it_says_is_refused_unless_it_memorises(
+    corpus, tmp_path, three_words, pool, left
+):
+    tasks = f"[{{name: test_three_words, frequency: 0.5, unit: example_fraction, pool: {pool}}}]"
+    if not three_words.memorization:
+        with pytest.raises(ConfigError, match=f"task 'test_three_words' has {left} distinct instance"):
+            make_stream(corpus, tmp_path, tasks)
+        return
+    (pool_obj,) = make_stream(corpus, tmp_path, tasks).families[0].pools
+    # A memorisation task is scored on what it trained on: all three instances.
+    assert {i.key for i in pool_obj.eval_instances()} == {pool_obj.train_instance(k).key for k in range(30)}
+    assert len(pool_obj.eval_instances()) == 3
 
 
 def test_eval_sets_come_from_the_test_split(corpus, tmp_path):

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from smalllm.data.tokenizer import byte_level_bpe, byte_tokenizer, char_tokenizer
 from smalllm.errors import ConfigError
+from smalllm.task_display import show_task, tasks_table
 from smalllm.tasks import (
     Instance,
     Task,
@@ -30,7 +31,6 @@ from smalllm.tasks import (
     parse_params,
     registered_tasks,
 )
-from smalllm.tasks.display import show_task, tasks_table
 
 BUILTIN = [
     "t_cmp",

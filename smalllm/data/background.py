@@ -11,8 +11,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import codecs
+import csv
+import json
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -132,15 +137,21 @@ class SyntheticCorpus:
 
 
 def load_texts(cfg: BackgroundConfig, seed: int = 0) -> Iterator[str]:
-    """Documents of the configured background corpus, in order (held-out ones included)."""
+    """Documents of the configured background corpus, in order (held-out ones included).
+
+    The source is opened (and local files checked) before this returns, so that a bad corpus file
+    fails before the caller creates any output.
+    """
     if cfg.source == "synthetic":
         corpus = SyntheticCorpus(cfg.synthetic, seed)
         n = cfg.synthetic.num_documents
         if cfg.max_documents is not None:
             n = min(n, cfg.max_documents)
-        yield from corpus.documents(0, n)
-        return
-    dataset = load_text_dataset(cfg)
+        return corpus.documents(0, n)
+    return _dataset_texts(cfg, load_text_dataset(cfg))
+
+
+def _dataset_texts(cfg: BackgroundConfig, dataset: Iterable[dict]) -> Iterator[str]:
     for i, row in enumerate(dataset):
         if cfg.max_documents is not None and i >= cfg.max_documents:
             break
@@ -148,6 +159,11 @@ def load_texts(cfg: BackgroundConfig, seed: int = 0) -> Iterator[str]:
         if text is None:
             raise ConfigError(
                 f"data.background.text_field: column '{cfg.text_field}' not found (have {sorted(row)})"
+            )
+        if not isinstance(text, str):
+            raise ConfigError(
+                f"data.background.text_field: column '{cfg.text_field}' holds {type(text).__name__} "
+                "values, not text"
             )
         if text:
             yield text
@@ -161,6 +177,10 @@ def check_local_files(cfg: BackgroundConfig) -> tuple[list[Path], str]:
     and that all share one known extension (nothing is read: a dry run calls this too)."""
     paths = [Path(p) for p in cfg.paths]
     for p in paths:
+        if p.is_dir():
+            raise ConfigError(f"data.background.paths: '{p}' is a directory, not a file")
+        if p.exists() and not p.is_file():  # a FIFO or device: reading it could block forever
+            raise ConfigError(f"data.background.paths: '{p}' is not a regular file")
         if not p.is_file():
             raise ConfigError(f"data.background.paths: file '{p}' not found")
     formats = {_FORMATS.get(p.suffix.lower()) for p in paths}
@@ -179,6 +199,8 @@ def load_text_dataset(cfg: BackgroundConfig):  # -> datasets.Dataset | IterableD
 
     if cfg.source == "files":
         paths, fmt = check_local_files(cfg)
+        for p in paths:
+            check_corpus_file(p, fmt, cfg.text_field)
         kwargs = {"sample_by": "paragraph"} if fmt == "text" else {}
         return datasets.load_dataset(
             fmt, data_files=[str(p) for p in paths], split=cfg.split, streaming=cfg.streaming, **kwargs
@@ -188,3 +210,151 @@ def load_text_dataset(cfg: BackgroundConfig):  # -> datasets.Dataset | IterableD
             "data.background.max_documents: required with streaming=true (the stream has no end)"
         )
     return datasets.load_dataset(cfg.hub_name, cfg.hub_config, split=cfg.split, streaming=cfg.streaming)
+
+
+# ----------------------------------------------------------------------------------------------
+# Local corpus files: checked before ``datasets`` reads them. Its own errors name neither the file
+# nor the line, come after progress output, and some bad inputs (a missing field, a number where
+# text should be) pass it and fail later inside the tokenizer.
+# ----------------------------------------------------------------------------------------------
+
+_CHUNK = 1 << 20
+
+
+def check_corpus_file(path: Path, fmt: str, text_field: str) -> None:
+    """Raise a one-line :class:`ConfigError` naming ``path`` (and the line) if it cannot be a corpus.
+
+    ``fmt`` is the ``datasets`` builder the file goes to: ``text``, ``json``, ``csv`` or ``parquet``.
+    Checked: readable, not empty, UTF-8 (text formats), one JSON object per line with a string
+    ``text_field`` (JSON Lines; a JSON array of such objects also passes), the column present
+    (CSV header, parquet schema).
+    """
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                found = False
+            elif fmt == "parquet":
+                found = _check_parquet(path, text_field)
+            elif fmt == "json":
+                found = _check_json(path, f, text_field)
+            else:
+                found = _check_utf8(path, f)
+                if found and fmt == "csv":
+                    f.seek(0)
+                    _check_csv_header(path, f.readline(), text_field)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not found:
+        raise ConfigError(f"{path}: empty file (no documents)")
+
+
+def _check_utf8(path: Path, f: BinaryIO) -> bool:
+    """Whether the file holds any non-space text; raises on the first line that is not UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    line, found = 1, False
+    while chunk := f.read(_CHUNK):
+        try:
+            decoder.decode(chunk)
+        except UnicodeDecodeError as exc:
+            # exc.object is the decoder's buffer: a partial character from the last chunk (never a
+            # newline) followed by this chunk.
+            line += exc.object[: exc.start].count(b"\n")
+            raise ConfigError(f"{path}: line {line} is not UTF-8 text") from None
+        line += chunk.count(b"\n")
+        found = found or bool(chunk.strip())
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: line {line} is not UTF-8 text (a truncated character)") from None
+    return found
+
+
+def _check_json(path: Path, f: BinaryIO, text_field: str) -> bool:
+    """Whether the file holds any record; raises naming the first bad line (or array item)."""
+    start = f.read(_CHUNK).lstrip(codecs.BOM_UTF8).lstrip()
+    f.seek(0)
+    if start.startswith(b"["):
+        # A JSON array, which datasets also reads whole: objects, or plain strings taken as `text`.
+        _check_utf8(path, f)
+        try:
+            items = json.loads(path.read_bytes().decode("utf-8-sig"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: line {exc.lineno} is not valid JSON ({_json_problem(exc)})") from None
+        strings = bool(items) and isinstance(items[0], str) and text_field == "text"
+        for i, item in enumerate(items):
+            if not (strings and isinstance(item, str)):
+                _check_record(item, text_field, f"{path}: item {i}")
+        return bool(items)
+    found = False
+    for lineno, raw in enumerate(f, start=1):
+        try:
+            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: line {lineno} is not UTF-8 text") from None
+        if not text.strip():
+            continue
+        try:
+            record = json.loads(text.rstrip("\r\n"))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}: line {lineno} is not valid JSON ({_json_problem(exc)}); "
+                "expected one object per line"
+            ) from None
+        _check_record(record, text_field, f"{path}: line {lineno}")
+        found = True
+    return found
+
+
+def _json_problem(exc: json.JSONDecodeError) -> str:
+    return f"{exc.msg.removesuffix(' at')} at column {exc.colno}"
+
+
+def _check_record(record: object, text_field: str, where: str) -> None:
+    if not isinstance(record, dict):
+        raise ConfigError(f"{where} is not a JSON object (got {_json_kind(record)})")
+    if text_field not in record:
+        raise ConfigError(f"{where} has no '{text_field}' field (data.background.text_field)")
+    if not isinstance(record[text_field], str):
+        raise ConfigError(f"{where}: '{text_field}' is {_json_kind(record[text_field])}, not a string")
+
+
+def _json_kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _check_csv_header(path: Path, first_line: bytes, text_field: str) -> None:
+    header = next(csv.reader([first_line.decode("utf-8-sig")]), [])
+    if text_field not in header:
+        raise ConfigError(
+            f"{path}: no column '{text_field}' in the CSV header (have {', '.join(header)}); "
+            "set data.background.text_field"
+        )
+
+
+def _check_parquet(path: Path, text_field: str) -> bool:
+    """Whether the file holds any row; raises unless it is parquet with a string ``text_field``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.read_metadata(path)
+        schema = meta.schema.to_arrow_schema()
+    except pa.ArrowException as exc:
+        raise ConfigError(f"{path}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+    if text_field not in schema.names:
+        raise ConfigError(
+            f"{path}: no column '{text_field}' (have {', '.join(schema.names)}); "
+            "set data.background.text_field"
+        )
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ConfigError(f"{path}: column '{text_field}' holds {kind}, not text")
+    return meta.num_rows > 0

@@ -6,15 +6,21 @@ import math
 
 import numpy as np
 
-from smalllm.config import RunConfig
+from smalllm.data.config import DataConfig
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 
 
-def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> str:
-    """Sample rows with task spans marked ``[label| … ]`` and answers ``⟨…⟩``, then the frequency table."""
-    corpus = ensure_corpus(cfg.data)
-    stream = TaskStream(cfg.data, corpus, cfg.train.global_batch_size)
+def inspect_stream(
+    data: DataConfig, global_batch_size: int, max_tokens: int, rows: int = 4, steps: int | None = None
+) -> str:
+    """Sample rows with task spans marked ``[label| … ]`` and answers ``⟨…⟩``, then the frequency table.
+
+    Takes the data section and the two training numbers it needs (not the whole run config, which
+    sits above this layer).
+    """
+    corpus = ensure_corpus(data)
+    stream = TaskStream(data, corpus, global_batch_size)
     tok = stream.tokenizer
     # Show rows that carry task instances first: with rare tasks, the first rows are pure background.
     batch = stream.rows(0, min(4096, 64 * rows))
@@ -23,7 +29,7 @@ def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> s
         list(has_task[:rows])
         + [i for i in range(len(batch.input_ids)) if i not in set(has_task)][: max(0, rows - len(has_task))]
     )
-    out = [f"stream of {cfg.data.seq_len}-token rows; labels: {', '.join(stream.labels)}", ""]
+    out = [f"stream of {data.seq_len}-token rows; labels: {', '.join(map(str, stream.labels))}", ""]
     for r in order[:rows]:
         out.append(
             f"row {r}: "
@@ -31,9 +37,9 @@ def inspect_stream(cfg: RunConfig, rows: int = 4, steps: int | None = None) -> s
         )
         out.append("")
     if steps is None:
-        steps = math.ceil(cfg.train.max_tokens / (cfg.train.global_batch_size * cfg.data.seq_len))
-    num_rows = steps * cfg.train.global_batch_size
-    out.append(f"realised frequencies over {steps:,} steps ({num_rows * cfg.data.seq_len:,} tokens):")
+        steps = math.ceil(max_tokens / (global_batch_size * data.seq_len))
+    num_rows = steps * global_batch_size
+    out.append(f"realised frequencies over {steps:,} steps ({num_rows * data.seq_len:,} tokens):")
     out.append(f"{'label':<28} {'placement':<9} {'requested':>12} {'realised':>10} {'per token':>11}")
     for row in stream.frequency_table(num_rows):
         out.append(

@@ -19,7 +19,7 @@ Exactness
 ---------
 Let E(g) be the expected number of instances in rows ``0 … g−1`` (the integral of the schedule).
 The realised count is ``C(g) = floor(E(g) + φ) − floor(φ)`` with a fixed phase φ ∈ [0, 1) per
-(task, sub-skill) drawn from the data seed (so two tasks at one frequency do not share rows). Hence
+task drawn from the data seed (so two tasks at one frequency do not share rows). Hence
 ``|C(g) − E(g)| < 1`` for every prefix of the stream — no Bernoulli noise — and row g receives the
 instances with ordinals ``C(g) … C(g+1) − 1``, a pure function of g: the stream can seek.
 
@@ -42,10 +42,9 @@ from smalllm.data.config import TaskConfig
 
 @dataclass
 class PlacementRule:
-    """Where the instances of one (task, sub-skill) go."""
+    """Where the instances of one task (all its sub-skills together) go."""
 
     task_index: int
-    skill: int
     breakpoints: np.ndarray
     """Row indices at which the per-row rate changes (first is 0)."""
     rates: np.ndarray
@@ -101,14 +100,12 @@ def rate_per_row(frequency: float, unit: str, seq_len: int, mean_length: float) 
 def make_rule(
     cfg: TaskConfig,
     task_index: int,
-    skill: int,
-    skill_share: float,
     seq_len: int,
     batch_rows: int,
     mean_length: float,
     seed: int,
 ) -> PlacementRule:
-    """Build the placement rule of one sub-skill of task ``cfg``."""
+    """Build the placement rule of task ``cfg`` (a family's sub-skills share it)."""
     points = [(0, cfg.frequency)]
     if cfg.schedule.kind == "piecewise":
         points += [(int(step), float(freq)) for step, freq in cfg.schedule.points]
@@ -117,14 +114,12 @@ def make_rule(
     for step, freq in points:
         merged[step * batch_rows] = freq
     breakpoints = np.array(sorted(merged), dtype=np.int64)
-    rates = np.array(
-        [rate_per_row(merged[b], cfg.unit, seq_len, mean_length) * skill_share for b in breakpoints]
-    )
+    rates = np.array([rate_per_row(merged[b], cfg.unit, seq_len, mean_length) for b in breakpoints])
     gap = cfg.schedule.kind == "gap" and cfg.schedule.gap_batches > 1
-    phase = float(np.random.default_rng([seed, task_index, skill, 0xF0]).random())
+    # The 0 once stood for a sub-skill index; it stays so that every run keeps its placements.
+    phase = float(np.random.default_rng([seed, task_index, 0, 0xF0]).random())
     return PlacementRule(
         task_index=task_index,
-        skill=skill,
         breakpoints=breakpoints,
         rates=rates,
         gap_rows=batch_rows * (cfg.schedule.gap_batches if gap else 1),

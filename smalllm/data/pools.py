@@ -9,8 +9,10 @@ Two kinds, both deterministic and random-access in k (so the stream can seek):
   instance is drawn from its own RNG stream and re-drawn while its key is in the test set.
 
 Either way a held-out instance can never be a training instance: by construction, not by chance.
-Tasks that are about memorisation (``memorization = True``, e.g. fact lookup) are evaluated on the
-facts they were trained on, since there is nothing else to test.
+A split that leaves fewer distinct instances to train on than it holds out for evaluation is refused:
+the held-out accuracy of such a run measures the split, not the model. Tasks that are about
+memorisation (``memorization = True``, e.g. fact lookup) are evaluated on the facts they were
+trained on, since there is nothing else to test.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from smalllm.data.config import TaskConfig
-from smalllm.tasks import Instance, Task
+from smalllm.tasks import Instance, Task, skill_names
 
 
 class InstancePool:
@@ -30,18 +32,40 @@ class InstancePool:
         if cfg.pool == "finite":
             instances = _distinct(task, skill, cfg.pool_size, np.random.default_rng([*self._seed, 1]))
             n_test = max(1, round(len(instances) * cfg.test_fraction))
-            if getattr(task, "memorization", False):
+            if task.memorization:
                 self.train, self.test = instances, instances
             else:
-                if len(instances) - n_test < 1:
-                    raise ValueError(f"only {len(instances)} distinct instances: nothing left to train on")
                 self.test, self.train = instances[:n_test], instances[n_test:]
+                self._check_split(len(self.train))
             self._test_keys: set = set()
         else:
             self.test = _distinct(task, skill, cfg.eval_size, np.random.default_rng([*self._seed, 2]))
             self.train = []
-            self._test_keys = set() if getattr(task, "memorization", False) else {i.key for i in self.test}
+            self._test_keys = set() if task.memorization else {i.key for i in self.test}
+            if not task.memorization:
+                space = _space(task)
+                if len(self.test) < cfg.eval_size:  # the task ran out of instances: all are held out
+                    self._check_split(0)
+                elif space is not None:
+                    self._check_split(space - len(self.test))
         self._cache: dict[int, np.ndarray] = {}
+
+    def _check_split(self, num_train: int) -> None:
+        """Refuse a split that trains on fewer distinct instances than it evaluates on."""
+        num_eval = len(self.eval_instances())
+        if num_train >= num_eval:
+            return
+        task = self.task
+        who = f"task '{task.name}'" + (
+            f" (sub-skill '{skill_names(task)[self.skill]}')" if len(task.skills) > 1 else ""
+        )
+        knobs = "eval_size" if self.cfg.pool == "fresh" else "eval_size or test_fraction"
+        raise ValueError(
+            f"pool={self.cfg.pool}: {who} has {num_train} distinct instance(s) left to train on after "
+            f"holding out {num_eval} for evaluation, too few for a held-out accuracy to mean anything; "
+            f"lower {knobs}, give the task more distinct instances, or mark a task that is about "
+            "recalling its training instances with memorization = True"
+        )
 
     def train_instance(self, k: int) -> Instance:
         """The k-th training instance (k counts from the start of training)."""
@@ -73,11 +97,19 @@ class InstancePool:
         return max(sampled, self.task.max_length())
 
 
+def _space(task: Task) -> int | None:
+    """Distinct instances of one sub-skill, when the task declares its instance space."""
+    space = task.instance_space()
+    if space is None or len(task.skills) == 1:
+        return space
+    return space // len(task.skills)
+
+
 def _distinct(task: Task, skill: int, n: int, rng: np.random.Generator) -> list[Instance]:
     """Up to ``n`` distinct instances (fewer if the task has fewer; gives up after many repeats)."""
-    space = task.instance_space()
+    space = _space(task)
     if space is not None:
-        n = min(n, space // max(1, len(task.skills)) if len(task.skills) > 1 else space)
+        n = min(n, space)
     seen: dict[tuple, Instance] = {}
     misses = 0
     while len(seen) < n and misses < 20 * n + 1000:

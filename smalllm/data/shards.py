@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -115,12 +116,13 @@ def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
 def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
     """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically)."""
     out = Path(out)
+    bg = cfg.background
+    # Opened (and its files checked) first: a bad source leaves no directory behind.
+    texts = load_texts(bg)
     tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        bg = cfg.background
-        texts = load_texts(bg)
         holdout_docs = list(itertools.islice(texts, bg.holdout_documents))
         # The BPE trains on training documents only; tee keeps the generator single-pass.
         head, texts = itertools.tee(texts)
@@ -131,7 +133,8 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
         eod = tokenizer.eos_token_id
 
         holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
-        holdout.tofile(tmp / "holdout.bin")
+        with _naming(tmp / "holdout.bin"):
+            holdout.tofile(tmp / "holdout.bin")
         shards, total, docs = [], 0, 0
         writer = _ShardWriter(tmp, dtype)
         for chunk in _chunks(texts, 20_000):
@@ -156,13 +159,26 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
             "background": asdict(bg),
             "tokenizer": asdict(cfg.tokenizer),
         }
-        (tmp / INDEX).write_text(json.dumps(index, indent=2))
+        with _naming(tmp / INDEX):
+            (tmp / INDEX).write_text(json.dumps(index, indent=2))
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+@contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Put ``path`` into a write error that lacks it (write() on a full disk or past the file-size
+    limit names no file), so the one-line error says which write failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
 
 
 class _ShardWriter:
@@ -177,7 +193,8 @@ class _ShardWriter:
             if self._fh is None or self._count >= SHARD_TOKENS:
                 self._open()
             take = min(len(ids), SHARD_TOKENS - self._count)
-            self._fh.write(ids[:take].tobytes())
+            with _naming(self.root / self.shards[-1]["file"]):
+                self._fh.write(ids[:take].tobytes())
             self._count += take
             self.shards[-1]["tokens"] = self._count
             ids = ids[take:]

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from smalllm.data.config import DataConfig, TaskConfig
+from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards
 from smalllm.errors import ConfigError
-from smalllm.tasks import Instance, Task, TaskVocab, build_task
-
-BACKGROUND = "background"
+from smalllm.labels import BACKGROUND, Label
+from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
 
 
 @dataclass
@@ -44,16 +44,6 @@ class Batch:
     """True on the answer tokens of task instances."""
     loss_mask: np.ndarray
     """True where the token is a training target (all real tokens; no padding in packed rows)."""
-
-
-def skill_names(task: Task) -> list[str]:
-    """Sub-skill names without a leading ``task/`` (tasks may or may not include it)."""
-    return [name.removeprefix(f"{task.name}/") for name in task.skills]
-
-
-def skill_label(task: Task, skill: int) -> str:
-    """Stream label of a sub-skill: the task name, or ``task/skill`` for a family."""
-    return task.name if len(task.skills) == 1 else f"{task.name}/{skill_names(task)[skill]}"
 
 
 @dataclass
@@ -113,7 +103,7 @@ def _family(
         pools.append(pool)
     sequence = SkillSequence(weights)
     mean_length = float(sum(w * p.mean_length() for w, p in zip(sequence.weights, pools)))
-    rule = make_rule(tcfg, ti, 0, 1.0, cfg.seq_len, global_batch, mean_length, cfg.seed)
+    rule = make_rule(tcfg, ti, cfg.seq_len, global_batch, mean_length, cfg.seed)
     return Family(task, tcfg.placement, rule, sequence, pools, label_base)
 
 
@@ -163,8 +153,8 @@ class TaskStream:
             )
         self._perm_epoch, self._perm = -1, np.zeros(0, dtype=np.int64)
         self.families = families if families is not None else build_families(cfg, self.vocab, global_batch)
-        self.labels: list[str] = [BACKGROUND] + [
-            skill_label(f.task, s) for f in self.families for s in range(len(f.task.skills))
+        self.labels: list[Label] = [BACKGROUND] + [
+            label for f in self.families for label in skill_labels(f.task)
         ]
 
     # ------------------------------------------------------------------ rows
@@ -273,7 +263,7 @@ class TaskStream:
             if len(f.pools) > 1:
                 per_skill = f.sequence.counts(realised)
                 rows += [
-                    (self.labels[f.label_base + s], requested * w, int(n))
+                    (str(self.labels[f.label_base + s]), requested * w, int(n))
                     for s, (w, n) in enumerate(zip(f.sequence.weights, per_skill))
                 ]
             for label, req, real in rows:
@@ -288,10 +278,8 @@ class TaskStream:
                 )
         return out
 
-    def eval_sets(self):  # -> list[TaskEvalSet]
+    def eval_sets(self) -> list[TaskEvalSet]:
         """Held-out instances per task, grouped by sub-skill (fixed per run)."""
-        from smalllm.eval.evaluator import TaskEvalSet
-
         sets = []
         for f in self.families:
             task = f.task

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.eval.emergence import Emergence, detect_emergence, emergence_table, format_emergence_table
-from smalllm.eval.evaluator import InstanceScores, TaskEvalSet, evaluate, greedy_generate, score_instances
+from smalllm.eval.evaluator import InstanceScores, evaluate, greedy_generate, score_instances
 from smalllm.eval.schedule import eval_steps
 
 __all__ = [
@@ -23,12 +24,11 @@ __all__ = [
     "format_emergence_table",
     "greedy_generate",
     "read_metrics",
-    "report_text",
     "score_instances",
     "write_report",
 ]
 
-_LAZY = {"read_metrics", "report_text", "write_report"}
+_LAZY = {"read_metrics", "write_report"}
 
 
 def __getattr__(name: str) -> Any:

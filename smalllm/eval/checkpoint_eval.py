@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from smalllm.data.eval_sets import load_eval_sets
 from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
-from smalllm.eval.eval_sets import load_eval_sets
 from smalllm.eval.evaluator import evaluate
 from smalllm.train.checkpoint import MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from smalllm.eval.config import EvalConfig
+from smalllm.labels import EVAL, Label, parse_key
 
 
 @dataclass
@@ -94,31 +95,23 @@ def eval_records(records: list[dict]) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def task_keys(records: list[dict]) -> list[tuple[str, str | None]]:
-    """(task, skill) pairs present in eval records, skill None for the task as a whole, in first-seen order."""
-    seen: dict[tuple[str, str | None], None] = {}
+def eval_labels(records: list[dict]) -> list[Label]:
+    """Tasks and sub-skills with an accuracy in ``records``: each task first, then its sub-skills.
+
+    Tasks come in first-seen order; the background (which has no accuracy) never appears.
+    """
+    seen: dict[Label, None] = {}
     for rec in records:
         for key in rec:
-            parts = key.split("/")
-            if parts[0] != "eval" or parts[-1] != "acc":
-                continue
-            if len(parts) == 3:
-                seen[(parts[1], None)] = None
-            elif len(parts) == 4:
-                seen[(parts[1], parts[2])] = None
-    # Each task's aggregate row first, then its sub-skills, tasks in first-seen order.
-    tasks = list(dict.fromkeys(t for t, _ in seen))
-    out: list[tuple[str, str | None]] = []
-    for t in tasks:
-        if (t, None) in seen:
-            out.append((t, None))
-        out.extend(k for k in seen if k[0] == t and k[1] is not None)
+            parsed = parse_key(key)
+            if parsed is not None and parsed.kind == EVAL and parsed.metric == "acc":
+                seen[parsed.label] = None
+    out: list[Label] = []
+    for task in dict.fromkeys(label.task for label in seen):
+        if Label(task) in seen:
+            out.append(Label(task))
+        out.extend(label for label in seen if label.task == task and label.skill is not None)
     return out
-
-
-def metric_key(task: str, skill: str | None, metric: str) -> str:
-    """The metrics-file key of ``metric`` for a task or one of its sub-skills."""
-    return f"eval/{task}/{metric}" if skill is None else f"eval/{task}/{skill}/{metric}"
 
 
 def _series(records: list[dict], key: str) -> tuple[list[int], list[int], list[float]]:
@@ -155,17 +148,17 @@ def emergence_table(records: list[dict], cfg: EvalConfig) -> list[dict]:
     evals = eval_records(records)
     metric, threshold, higher = emergence_criterion(cfg)
     rows = []
-    for task, skill in task_keys(evals):
-        accs = [v for v in _series(evals, metric_key(task, skill, "acc"))[2] if math.isfinite(v)]
-        steps, toks, vals = _series(evals, metric_key(task, skill, metric))
+    for label in eval_labels(evals):
+        accs = [v for v in _series(evals, label.key("acc"))[2] if math.isfinite(v)]
+        steps, toks, vals = _series(evals, label.key(metric))
         em = detect_emergence(steps, toks, vals, threshold, cfg.patience, higher)
         rows.append(
             {
-                "task": task,
-                "skill": skill,
-                "final_acc": _last(evals, metric_key(task, skill, "acc")),
-                "final_loss": _last(evals, metric_key(task, skill, "loss")),
-                "final_loss_ratio": _last(evals, metric_key(task, skill, "loss_ratio")),
+                "task": label.task,
+                "skill": label.skill,
+                "final_acc": _last(evals, label.key("acc")),
+                "final_loss": _last(evals, label.key("loss")),
+                "final_loss_ratio": _last(evals, label.key("loss_ratio")),
                 "best_acc": max(accs) if accs else None,
                 "emergence_step": em.step if em else None,
                 "emergence_tokens": em.tokens if em else None,

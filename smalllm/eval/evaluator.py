@@ -26,23 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from smalllm.data.eval_sets import TaskEvalSet
+from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks.base import Instance
 
 LOG2E = 1.0 / math.log(2.0)
-
-
-@dataclass
-class TaskEvalSet:
-    """Held-out instances of one task, with what is needed to put its loss on a chance scale."""
-
-    task: str
-    """Task name (the registry name used in the config)."""
-    skills: list[str]
-    """Sub-skill names; ``Instance.skill`` indexes this list."""
-    instances: list[Instance]
-    """Held-out instances (never seen in training)."""
-    chance_loss: list[float]
-    """Loss in nats per answer token of a guesser uniform over the valid answers, per skill."""
 
 
 @dataclass
@@ -161,20 +149,32 @@ def background_loss(model: Any, background: np.ndarray, batch_size: int) -> floa
     return total / max(count, 1)
 
 
+TASK_METRICS = ("loss", "loss_bits", "loss_ratio", "acc", "token_acc")
+"""What :func:`task_metrics` reports for a task as a whole."""
+SKILL_METRICS = ("loss", "loss_ratio", "acc", "token_acc")
+"""What it reports for each sub-skill of a family."""
+
+
 def _summarise(
-    prefix: str, scores: InstanceScores, ratio_sum: np.ndarray, ratio_tokens: np.ndarray, sel: np.ndarray
+    label: Label,
+    metrics: Sequence[str],
+    scores: InstanceScores,
+    ratio_sum: np.ndarray,
+    ratio_tokens: np.ndarray,
+    sel: np.ndarray,
 ) -> dict[str, float]:
     """Token-weighted loss/ratio and instance-level accuracy over the selected instances."""
     tokens = int(scores.num_tokens[sel].sum())
     loss = float(scores.loss_sum[sel].sum()) / tokens
     rt = int(ratio_tokens[sel].sum())
-    return {
-        f"{prefix}/loss": loss,
-        f"{prefix}/loss_bits": loss * LOG2E,
-        f"{prefix}/loss_ratio": float(ratio_sum[sel].sum()) / rt if rt else float("nan"),
-        f"{prefix}/acc": float(scores.exact[sel].mean()),
-        f"{prefix}/token_acc": float(scores.num_correct[sel].sum()) / tokens,
+    values = {
+        "loss": loss,
+        "loss_bits": loss * LOG2E,
+        "loss_ratio": float(ratio_sum[sel].sum()) / rt if rt else float("nan"),
+        "acc": float(scores.exact[sel].mean()),
+        "token_acc": float(scores.num_correct[sel].sum()) / tokens,
     }
+    return {label.key(m): values[m] for m in metrics}
 
 
 def task_metrics(eval_set: TaskEvalSet, scores: InstanceScores) -> dict[str, float]:
@@ -199,15 +199,14 @@ def task_metrics(eval_set: TaskEvalSet, scores: InstanceScores) -> dict[str, flo
     out: dict[str, float] = {}
     if not len(skills):
         return out
-    base = f"eval/{eval_set.task}"
-    out.update(_summarise(base, scores, ratio_sum, ratio_tokens, np.ones(len(skills), dtype=bool)))
+    everything = np.ones(len(skills), dtype=bool)
+    out.update(_summarise(Label(eval_set.task), TASK_METRICS, scores, ratio_sum, ratio_tokens, everything))
     if len(eval_set.skills) > 1:
         for s, name in enumerate(eval_set.skills):
             sel = skills == s
             if sel.any():
-                m = _summarise(f"{base}/{name}", scores, ratio_sum, ratio_tokens, sel)
-                for key in ("loss", "loss_ratio", "acc", "token_acc"):
-                    out[f"{base}/{name}/{key}"] = m[f"{base}/{name}/{key}"]
+                label = Label(eval_set.task, name)
+                out.update(_summarise(label, SKILL_METRICS, scores, ratio_sum, ratio_tokens, sel))
     return out
 
 
@@ -237,7 +236,7 @@ def evaluate(
                 scores = score_instances(model, es.instances, batch_size, pad_id)
                 metrics.update(task_metrics(es, scores))
             if background is not None and len(background):
-                metrics["eval/background/loss"] = background_loss(model, background, batch_size)
+                metrics[BACKGROUND.key("loss")] = background_loss(model, background, batch_size)
     finally:
         model.train(was_training)
     return metrics

@@ -24,13 +24,12 @@ from smalllm.eval.emergence import (
     TABLE_COLUMNS,
     emergence_criterion,
     emergence_table,
+    eval_labels,
     eval_records,
-    format_emergence_table,
     human_count,
-    metric_key,
     table_cells,
-    task_keys,
 )
+from smalllm.labels import BACKGROUND, TRAIN, Label
 
 METRICS_FILE = "metrics.jsonl"
 DPI = 100
@@ -96,10 +95,10 @@ def _at_step(records: list[dict], step: int, key: str) -> float | None:
     return None
 
 
-def _chance(records: list[dict], task: str, skill: str | None) -> float | None:
+def _chance(records: list[dict], label: Label) -> float | None:
     """Chance loss recovered from any record with both loss and a positive loss ratio."""
     for rec in records:
-        loss, ratio = rec.get(metric_key(task, skill, "loss")), rec.get(metric_key(task, skill, "loss_ratio"))
+        loss, ratio = rec.get(label.key("loss")), rec.get(label.key("loss_ratio"))
         if loss is not None and ratio and math.isfinite(loss) and math.isfinite(ratio):
             return float(loss) / float(ratio)
     return None
@@ -142,28 +141,28 @@ def plot_task(
     multi = any(r["skill"] is not None for r in task_rows)
     for k, row in enumerate(task_rows):
         skill = row["skill"]
+        of_row = Label(task, skill)
         is_total = skill is None
         color = "black" if is_total and multi else f"C{k if multi else 0}"
         label = ("all" if multi else task) if is_total else skill
         width = 2.0 if is_total and multi else 1.3
-        xs, ys = _series(evals, metric_key(task, skill, "loss"))
+        xs, ys = _series(evals, of_row.key("loss"))
         ax_loss.plot(xs, ys, color=color, lw=width, marker=".", ms=3, label=f"{label} (eval)")
         # Chance loss = loss / loss_ratio exactly for one sub-skill; for a mixed aggregate it is not.
-        chance = None if is_total and multi else _chance(evals, task, skill)
+        chance = None if is_total and multi else _chance(evals, of_row)
         if chance is not None:
             ax_loss.axhline(chance, color=color, ls=":", lw=0.8)
-        xa, ya = _series(evals, metric_key(task, skill, "acc"))
+        xa, ya = _series(evals, of_row.key("acc"))
         ax_acc.plot(xa, ya, color=color, lw=width, marker=".", ms=3, label=label)
         step = row["emergence_step"]
         if step is not None and row["emergence_tokens"]:
             t = row["emergence_tokens"]
             for ax, key in ((ax_loss, "loss"), (ax_acc, "acc")):
                 ax.axvline(t, color=color, ls=":", lw=0.9)
-                v = _at_step(evals, step, metric_key(task, skill, key))
+                v = _at_step(evals, step, of_row.key(key))
                 if v is not None:
                     ax.plot([t], [v], marker="*", ms=11, color=color, ls="none")
-    train_key = f"train/{task}/loss"
-    xt, yt = _series(trains, train_key)
+    xt, yt = _series(trains, Label(task).key("loss", TRAIN))
     if xt:
         ax_loss.plot(xt, yt, color="0.55", lw=0.8, ls="--", label="train")
     if metric == "acc":
@@ -180,7 +179,7 @@ def plot_task(
 
 def plot_background(evals: list[dict], trains: list[dict], path: Path) -> Path | None:
     """Held-out background loss (and overall training loss) against tokens; None when neither exists."""
-    xe, ye = _series(evals, "eval/background/loss")
+    xe, ye = _series(evals, BACKGROUND.key("loss"))
     xt, yt = _series(trains, "loss")
     if not xe and not xt:
         return None
@@ -211,7 +210,7 @@ def summary_markdown(
     if evals:
         last = evals[-1]
         lines.append(f"Last evaluation: step {last['step']}, {human_count(last.get('tokens'))} tokens.")
-        bg = last.get("eval/background/loss")
+        bg = last.get(BACKGROUND.key("loss"))
         if bg is not None:
             lines.append(f"Held-out background loss: {bg:.4f} nats ({bg / math.log(2):.4f} bits) per token.")
         lines.append("")
@@ -243,9 +242,9 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
     used: set[str] = set()
-    for task in dict.fromkeys(t for t, _ in task_keys(evals)):
+    for task in dict.fromkeys(label.task for label in eval_labels(evals)):
         name = _safe_name(task)
-        while name in used or name == "background":  # keep distinct tasks in distinct files
+        while name in used or name == BACKGROUND.task:  # keep distinct tasks in distinct files
             name += "_"
         used.add(name)
         images.append(plot_task(task, evals, trains, rows, cfg, out_dir / f"{name}.png"))
@@ -255,9 +254,3 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
     summary = out_dir / "summary.md"
     summary.write_text(summary_markdown(run_dir, rows, evals, cfg, images))
     return [*images, summary]
-
-
-def report_text(run_dir: str | Path, cfg: EvalConfig | None = None) -> str:
-    """The terminal emergence table of a run (what ``smalllm report`` prints after writing files)."""
-    cfg = cfg if cfg is not None else load_eval_config(run_dir)
-    return format_emergence_table(emergence_table(read_metrics(run_dir), cfg))

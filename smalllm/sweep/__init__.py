@@ -1,29 +1,37 @@
 """Sweeps: grids of runs (model sizes x task frequencies x seeds x any config key) in one directory.
 
 * :mod:`smalllm.sweep.grid` parses a sweep file and expands its grids into cells;
-* :mod:`smalllm.sweep.runner` runs the cells as resumable subprocesses (``smalllm sweep``);
-* :mod:`smalllm.sweep.emit` writes Slurm / shell launch scripts instead;
+* :mod:`smalllm.sweep.records` owns the sweep directory and decides each cell's state;
+* :mod:`smalllm.sweep.estimates` sizes and times the cells (``--dry-run``);
+* :mod:`smalllm.sweep.execution` runs the cells as resumable subprocesses;
+* :mod:`smalllm.sweep.emit` writes Slurm / shell launch scripts instead, which call
+  :mod:`smalllm.sweep.cellcmd` for each cell's bookkeeping;
+* :mod:`smalllm.sweep.runner` is ``smalllm sweep`` itself (:func:`run_sweep`);
 * :mod:`smalllm.sweep.aggregate` builds the tidy per-cell x task table;
 * :mod:`smalllm.sweep.report` draws heatmaps, the learned frontier and curves (``smalllm report``).
 
-Nothing is imported eagerly: launch scripts run ``python -m smalllm.sweep.runner``, which must not
-find its own module already imported by this package.
+Nothing is imported eagerly: launch scripts run ``python -m smalllm.sweep.cellcmd``, which must not
+find its own module already imported by this package, and should not pay for torch.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
 
-__all__ = ["run_sweep", "write_sweep_report"]
+_EXPORTS = {
+    "run_sweep": "smalllm.sweep.runner",
+    "SweepFailed": "smalllm.sweep.runner",
+    "write_sweep_report": "smalllm.sweep.report",
+    "estimate_cell": "smalllm.sweep.estimates",
+    "dry_run_table": "smalllm.sweep.estimates",
+    "cell_state": "smalllm.sweep.records",
+}
+
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "run_sweep":
-        from smalllm.sweep.runner import run_sweep
-
-        return run_sweep
-    if name == "write_sweep_report":
-        from smalllm.sweep.report import write_sweep_report
-
-        return write_sweep_report
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'smalllm.sweep' has no attribute '{name}'")

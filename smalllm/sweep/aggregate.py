@@ -5,8 +5,8 @@ swept key), the task's configured frequency in that cell, and its results: final
 final loss and loss relative to chance, and where it emerged (step and tokens) under the run's own
 criterion (``eval.accuracy_threshold`` / ``eval.loss_ratio_threshold`` with ``eval.patience``).
 
-Results are recomputed from each run's ``metrics.jsonl`` rather than copied from ``summary.json``, so
-an interrupted cell still shows how far it got. Cells with no evaluations (failed before training,
+Results are recomputed from each run's metrics rather than copied from its summary, so an
+interrupted cell still shows how far it got. Cells with no evaluations (failed before training,
 or not started) get one row with an empty ``task`` so that they are visible in the table.
 """
 
@@ -21,10 +21,10 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, SmalllmError
-from smalllm.eval.emergence import emergence_table, eval_records, metric_key
-from smalllm.eval.report import read_metrics
+from smalllm.eval.emergence import emergence_table, eval_records
+from smalllm.labels import Label
+from smalllm.sweep import records
 from smalllm.sweep.grid import Cell
-from smalllm.sweep.runner import SWEEP_FILE, cell_dir, cell_state, read_json, read_status, run_dir_of
 
 CSV_FILE = "results.csv"
 PARQUET_FILE = "results.parquet"
@@ -74,14 +74,10 @@ class SweepInfo:
 
 
 def load_sweep_dir(sweep_dir: str | Path) -> SweepInfo:
-    """Read ``sweep.json``; without one, discover cells from ``cells/*/run/config.yaml``."""
+    """Read ``sweep.json``; without one, take the cells from the cell directories present."""
     sweep_dir = Path(sweep_dir)
-    meta_path = sweep_dir / SWEEP_FILE
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError:
-            raise SmalllmError(f"{meta_path}: not valid JSON") from None
+    meta = records.read_sweep_file(sweep_dir)
+    if meta is not None:
         cells = [Cell.from_json(c) for c in meta.get("cells", [])]
         return SweepInfo(
             name=meta.get("name") or sweep_dir.name,
@@ -91,13 +87,12 @@ def load_sweep_dir(sweep_dir: str | Path) -> SweepInfo:
             size_key=meta.get("size_key") or "model.preset",
             tasks=meta.get("tasks"),
         )
-    cells_root = sweep_dir / "cells"
-    if not cells_root.is_dir():
-        raise SmalllmError(f"{sweep_dir}: not a sweep directory (no {SWEEP_FILE} nor cells/)")
+    if not records.is_sweep_dir(sweep_dir):
+        raise SmalllmError(
+            f"{sweep_dir}: not a sweep directory (no {records.SWEEP_FILE} nor {records.CELLS_DIR}/)"
+        )
     cells = [
-        Cell(name=p.name, grid=None, params={}, overrides=[])
-        for p in sorted(cells_root.iterdir())
-        if p.is_dir()
+        Cell(name=name, grid=None, params={}, overrides=[]) for name in records.cell_names_on_disk(sweep_dir)
     ]
     return SweepInfo(sweep_dir.name, sweep_dir, cells, [], "model.preset", None)
 
@@ -120,12 +115,12 @@ def get_key(cfg: RunConfig, dotted: str) -> Any:
 
 
 def cell_run_config(info: SweepInfo, cell: Cell) -> RunConfig | None:
-    """The config the cell ran with (its saved ``config.yaml``), or None when it never started."""
-    path = run_dir_of(info.sweep_dir, cell.name) / "config.yaml"
-    if not path.is_file():
+    """The config the cell ran with (the one its run saved), or None when it never started."""
+    run = records.cell_run(info.sweep_dir, cell.name)
+    if not run.has_config():
         return None
     try:
-        return load_config(path)
+        return load_config(run.config_file)
     except ConfigError:
         return None
 
@@ -139,19 +134,19 @@ def _plain(value: Any) -> Any:
 
 def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     """Rows of one cell: one per task (and sub-skill) evaluated, or one placeholder row."""
-    run = run_dir_of(info.sweep_dir, cell.name)
-    state = cell_state(info.sweep_dir, cell.name)
-    status = read_status(info.sweep_dir, cell.name)
+    run = records.cell_run(info.sweep_dir, cell.name)
+    state: str = records.cell_state(info.sweep_dir, cell.name)
+    status = records.read_status(info.sweep_dir, cell.name)
     if state == "partial":
         state = status.get("state") if status.get("state") in ("running", "interrupted") else "interrupted"
     cfg = cell_run_config(info, cell)
-    summary = read_json(run / "summary.json")
+    summary = run.read_summary()
     base: dict[str, Any] = {
         "sweep": info.name,
         "cell": cell.name,
         "grid": cell.grid or "",
         "state": state,
-        "error": status.get("error", "") if state == "failed" else "",
+        "error": records.failure_reason(info.sweep_dir, cell.name) if state == "failed" else "",
         "preset": cfg.model.preset if cfg else cell.params.get("model.preset"),
         "params": summary.get("params"),
         "non_embedding_params": summary.get("non_embedding_params"),
@@ -172,19 +167,17 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
             value = get_key(cfg, key)
         base[key] = _plain(value)
 
-    records = []
-    if (run / "metrics.jsonl").is_file():
-        records = read_metrics(run)
-    if cfg is None or not records:
+    metrics = run.read_metrics()
+    if cfg is None or not metrics:
         return [{**base, **dict.fromkeys(RESULT_COLUMNS)}]
-    evals = eval_records(records)
+    evals = eval_records(metrics)
     tokens = evals[-1].get("tokens") if evals else None
     tasks = {t.name: t for t in cfg.data.tasks}
     realised = {f.get("label"): f.get("realised") for f in summary.get("frequencies", [])}
     rows = []
-    for r in emergence_table(records, cfg.eval):
+    for r in emergence_table(metrics, cfg.eval):
         task = tasks.get(r["task"])
-        label = r["task"] if r["skill"] is None else f"{r['task']}/{r['skill']}"
+        label = str(Label(r["task"], r["skill"]))
         rows.append(
             {
                 **base,
@@ -215,7 +208,7 @@ def collect(sweep_dir: str | Path) -> tuple[SweepInfo, list[dict]]:
     rows = [
         row
         for cell in info.cells
-        if cell_dir(info.sweep_dir, cell.name).is_dir()
+        if records.cell_dir(info.sweep_dir, cell.name).is_dir()
         for row in cell_rows(info, cell)
     ]
     return info, rows
@@ -270,12 +263,9 @@ def _csv_value(v: Any) -> Any:
 
 def curves(info: SweepInfo, cell: Cell, task: str, metric: str = "acc") -> tuple[list[int], list[float]]:
     """(tokens, values) of a task metric over the cell's evaluations (empty when none)."""
-    run = run_dir_of(info.sweep_dir, cell.name)
-    if not (run / "metrics.jsonl").is_file():
-        return [], []
     xs, ys = [], []
-    key = metric_key(task, None, metric)
-    for rec in eval_records(read_metrics(run)):
+    key = Label(task).key(metric)
+    for rec in eval_records(records.cell_run(info.sweep_dir, cell.name).read_metrics()):
         v = rec.get(key)
         if v is None or not math.isfinite(float(v)):
             continue

@@ -2,14 +2,21 @@
 
 The scripts hold no process management of their own: Slurm's job array (or a plain loop) picks the
 cell, ``accelerate launch -m smalllm.cli train`` starts its processes, and the trainer's own
-checkpointing makes a re-submitted cell continue (``--resume``) instead of starting over. Each cell
-writes the same ``cells/<cell>/`` layout as ``smalllm sweep`` (status file, ``train.log``, ``run/``), so
-``smalllm report SWEEP_DIR`` and a later local ``smalllm sweep`` read the results alike.
+checkpointing makes a re-submitted cell continue (``--resume``) instead of starting over. Whether a
+cell is done, how it starts and how its attempt ended are asked of ``python -m smalllm.sweep.cellcmd``,
+so each cell writes the same ``cells/<cell>/`` layout as ``smalllm sweep`` (cell record, ``train.log``,
+``run/``), and ``smalllm report SWEEP_DIR`` and a later local ``smalllm sweep`` read the results alike.
+
+Every value pasted into a script is quoted with :func:`shlex.quote`, and values that land on a
+line-based ``#SBATCH`` or comment line must be one line: names are refused earlier (see
+:func:`smalllm.sweep.records.check_name`), this is the second line of defence. ``slurm.setup`` is the
+exception by design: it is a shell command of the sweep's author, pasted as written.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 import time
@@ -18,11 +25,23 @@ from pathlib import Path
 import torch
 
 from smalllm.config import RunConfig
-from smalllm.errors import SmalllmError
-from smalllm.sweep.grid import Cell, SweepSpec
-from smalllm.sweep.runner import _write_sweep_file, estimate_cell
+from smalllm.errors import ConfigError, SmalllmError
+from smalllm.sweep import records
+from smalllm.sweep.estimates import estimate_cell
+from smalllm.sweep.grid import Cell, SweepSpec, sweep_manifest
 
-LAUNCH_DIR = "launch"
+_OPTION_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _line_word(value: object, field: str) -> str:
+    """``value`` quoted for a line-based context (``#SBATCH``, a comment): one shell word on one line."""
+    text = str(value)
+    if _CONTROL.search(text):
+        raise ConfigError(
+            f"{field}: control characters (such as a newline) cannot go into a script, got {text!r}"
+        )
+    return shlex.quote(text)
 
 
 def _gpu_cells(spec: SweepSpec) -> bool:
@@ -72,34 +91,35 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
         'PYTHON="${PYTHON:-python}"',
         f"NUM_CELLS={len(cells)}",
         "",
-        "# cell_args INDEX: sets CELL (directory name) and ARGS (config file and overrides of that cell).",
+        "# cell_args INDEX: sets CELL (its name), RUN (its run directory), LOG (its log file) and ARGS",
+        "# (config file and overrides of that cell).",
         "cell_args() {",
         '  case "$1" in',
     ]
     base = [str(spec.base)] if spec.base is not None else []
     for i, cell in enumerate(cells):
         args = " ".join(shlex.quote(a) for a in [*base, *cell.overrides])
-        lines.append(f"    {i}) CELL={shlex.quote(cell.name)}; ARGS=({args}) ;;")
+        run = shlex.quote(str(records.run_dir_of(sweep_dir, cell.name)))
+        log = shlex.quote(str(records.cell_log(sweep_dir, cell.name)))
+        lines.append(f"    {i}) CELL={shlex.quote(cell.name)}; RUN={run}; LOG={log}; ARGS=({args}) ;;")
     lines += [
         '    *) echo "no cell $1 (0..$((NUM_CELLS - 1)))" >&2; return 2 ;;',
         "  esac",
         "}",
         "",
-        "# run_cell INDEX: skip a finished cell, resume a started one, record the outcome in status.json.",
+        "# run_cell INDEX: skip a finished cell, resume a started one. smalllm.sweep.cellcmd judges the",
+        "# cell (the same rule as `smalllm sweep`) and records each attempt and its outcome.",
         "run_cell() {",
         '  cell_args "$1" || return 2',
-        '  local dir="$SWEEP_DIR/cells/$CELL" run="$SWEEP_DIR/cells/$CELL/run" mode=()',
-        '  mkdir -p "$dir"',
-        '  if grep -qs \'"status": "completed"\' "$run/summary.json"; then echo "$CELL: already done"; return 0; fi',
-        '  if [ -f "$run/config.yaml" ]; then mode=(--resume)',
-        '  elif [ -d "$run" ] && [ -n "$(ls -A "$run")" ]; then mode=(--overwrite); fi',
-        '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" start',
-        '  echo "=== attempt $(date \'+%Y-%m-%d %H:%M:%S\') (${mode[*]:-start}) job ${SLURM_JOB_ID:-local}" >> "$dir/train.log"',
+        "  local state mode rc",
+        '  state=$("$PYTHON" -m smalllm.sweep.cellcmd state "$SWEEP_DIR" "$CELL") || return 2',
+        '  if [ "$state" = done ]; then echo "$CELL: already done"; return 0; fi',
+        '  mode=$("$PYTHON" -m smalllm.sweep.cellcmd start "$SWEEP_DIR" "$CELL") || return 2',
         f"  accelerate launch {_launch_args(spec)} -m smalllm.cli train \\",
-        '    "${ARGS[@]}" "run_dir=$run" ${mode[@]+"${mode[@]}"} >> "$dir/train.log" 2>&1',
-        "  local rc=$?",
-        '  "$PYTHON" -m smalllm.sweep.runner mark "$SWEEP_DIR" "$CELL" "$rc"',
-        '  echo "$CELL: exit $rc (log: $dir/train.log)"',
+        '    "${ARGS[@]}" "run_dir=$RUN" ${mode:+"$mode"} >> "$LOG" 2>&1',
+        "  rc=$?",
+        '  "$PYTHON" -m smalllm.sweep.cellcmd finish "$SWEEP_DIR" "$CELL" "$rc"',
+        '  echo "$CELL: exit $rc (log: $LOG)"',
         "  return $rc",
         "}",
         "",
@@ -107,33 +127,43 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
     return lines
 
 
-def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> str:
-    """A Slurm array script: task ``i`` runs cell ``i``."""
-    sweep_dir = spec.sweep_dir.resolve()
+def _sbatch_options(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> list[str]:
+    """``#SBATCH`` lines of the sweep's ``slurm.options`` plus the defaults they leave out."""
     options: dict[str, object] = {"nodes": 1, "ntasks-per-node": 1}
     options.update({str(k): v for k, v in (spec.slurm.get("options") or {}).items()})
     longest = max((estimate_cell(spec, configs[c.name]).seconds for c in cells), default=3600.0)
     options.setdefault("time", _slurm_time(longest))
     if _gpu_cells(spec):
         options.setdefault("gpus-per-node", spec.target.gpus_per_cell)
+    lines = []
+    for k, v in options.items():
+        if not _OPTION_NAME.fullmatch(k):
+            raise ConfigError(f"slurm.options.{k}: not an sbatch option name (letters, digits, - and _)")
+        # true / "" mark a flag without a value (e.g. exclusive: true); false / null leave it out.
+        if v is True or v == "":
+            lines.append(f"#SBATCH --{k}")
+        elif v not in (False, None):
+            lines.append(f"#SBATCH --{k}={_line_word(v, f'slurm.options.{k}')}")
+    return lines
+
+
+def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> str:
+    """A Slurm array script: task ``i`` runs cell ``i``."""
+    launch = records.launch_dir(spec.sweep_dir.resolve())
     array = f"0-{len(cells) - 1}"
     if spec.slurm.get("max_parallel"):
         array += f"%{int(spec.slurm['max_parallel'])}"
-    source = spec.source or "the sweep file"
+    source = _line_word(spec.source, "source") if spec.source else "the sweep file"
+    script = _line_word(launch / "slurm.sh", "sweep_dir")
     lines = [
         "#!/bin/bash",
         f"# Generated by `smalllm sweep {source} --emit slurm` on {time.strftime('%Y-%m-%d %H:%M')}.",
-        f"# {len(cells)} cells, one array task each. Submit with: sbatch {sweep_dir / LAUNCH_DIR / 'slurm.sh'}",
+        f"# {len(cells)} cells, one array task each. Submit with: sbatch {script}",
         "# Resubmitting is safe: finished cells exit at once, started ones resume from their checkpoint.",
-        f"#SBATCH --job-name={spec.name}",
+        f"#SBATCH --job-name={_line_word(spec.name, 'name')}",
         f"#SBATCH --array={array}",
-        f"#SBATCH --output={sweep_dir / LAUNCH_DIR / 'logs'}/%A_%a.out",
-        # true / "" mark a flag without a value (e.g. exclusive: true); false / null leave it out.
-        *(
-            f"#SBATCH --{k}" if v is True or v == "" else f"#SBATCH --{k}={v}"
-            for k, v in options.items()
-            if v not in (False, None)
-        ),
+        f"#SBATCH --output={_line_word(records.launch_logs_dir(spec.sweep_dir.resolve()) / '%A_%a.out', 'sweep_dir')}",
+        *_sbatch_options(spec, cells, configs),
         "",
         *_body(spec, cells),
         'run_cell "${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',
@@ -143,7 +173,7 @@ def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfi
 
 def shell_script(spec: SweepSpec, cells: list[Cell]) -> str:
     """A shell script that runs all cells one after another (or the given cell indices)."""
-    source = spec.source or "the sweep file"
+    source = _line_word(spec.source, "source") if spec.source else "the sweep file"
     lines = [
         "#!/bin/bash",
         f"# Generated by `smalllm sweep {source} --emit shell` on {time.strftime('%Y-%m-%d %H:%M')}.",
@@ -164,11 +194,12 @@ def emit_script(spec: SweepSpec, cells: list[Cell], kind: str, configs: dict[str
     """Write ``SWEEP_DIR/launch/{slurm,run_all}.sh`` (and ``sweep.json``); return the script path."""
     if kind not in ("slurm", "shell"):
         raise SmalllmError(f"--emit: '{kind}' is not one of slurm, shell")
-    out = spec.sweep_dir / LAUNCH_DIR
-    (out / "logs").mkdir(parents=True, exist_ok=True)
-    _write_sweep_file(spec, cells)
-    path = out / ("slurm.sh" if kind == "slurm" else "run_all.sh")
+    # Render first: a refused value must leave nothing behind.
     text = slurm_script(spec, cells, configs) if kind == "slurm" else shell_script(spec, cells)
+    records.prepare_sweep_dir(spec.sweep_dir)
+    records.launch_logs_dir(spec.sweep_dir).mkdir(parents=True, exist_ok=True)
+    records.write_sweep_file(spec.sweep_dir, sweep_manifest(spec, cells))
+    path = records.launch_dir(spec.sweep_dir) / ("slurm.sh" if kind == "slurm" else "run_all.sh")
     path.write_text(text)
     path.chmod(0o755)
     return path.resolve()

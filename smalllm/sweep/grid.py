@@ -39,6 +39,7 @@ import yaml
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
+from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
 
 SWEEP_KEYS = ("name", "description", "sweep_dir", "base", "overrides", "grids", "axes", "target", "slurm")
 GRID_KEYS = ("name", "overrides")
@@ -80,7 +81,7 @@ class Target:
     gpus_per_cell: int = 1
     """Processes (GPUs) per cell: ``accelerate launch --num_processes``."""
     mfu: float | None = None
-    """Assumed model FLOP utilisation for time estimates (None: the defaults in runner.py)."""
+    """Assumed model FLOP utilisation for time estimates (None: the defaults in estimates.py)."""
     peak_flops: float | None = None
     """Peak FLOP/s per device (None: the device table / the cell's train.peak_flops)."""
     overhead_s: float | None = None
@@ -198,8 +199,8 @@ def _parse_grid(raw: Any, i: int, source: Path | None) -> Grid:
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(_where(source, f"{where}: expected a mapping of config keys to lists of values"))
     name = raw.get("name")
-    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name)):
-        raise ConfigError(_where(source, f"{where}.name: use letters, digits and _.+- only, got {name!r}"))
+    if name is not None and not is_safe_name(name):
+        raise ConfigError(_where(source, f"{where}.name: {SAFE_NAME_RULE}, got {name!r}"))
     axes: dict[str, list[Any]] = {}
     for key, values in raw.items():
         if key in GRID_KEYS:
@@ -238,9 +239,12 @@ def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> SweepSp
 def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | None = None) -> SweepSpec:
     """Build a :class:`SweepSpec` from an already-loaded mapping (``source`` anchors relative ``base``)."""
     _check_keys(raw, SWEEP_KEYS, "", source)
-    name = raw.get("name") or (source.stem if source is not None else "sweep")
-    if not isinstance(name, str):
-        raise ConfigError(_where(source, f"name: expected a string, got {name!r}"))
+    name = raw.get("name")
+    if name is None or name == "":
+        # Only an explicit name is refused: a file called "my sweep.yaml" still names its sweep.
+        name = _slug(source.stem) if source is not None else "sweep"
+    elif not is_safe_name(name):
+        raise ConfigError(_where(source, f"name: {SAFE_NAME_RULE}, got {name!r}"))
     base = raw.get("base")
     base_path: Path | None = None
     if base is not None:
@@ -353,6 +357,8 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 *(f"{k}={format_value(v)}" for k, v in params.items()),
             ]
             cell = Cell(cell_name(grid.name, params), grid.name, params, overrides, grid_index=i)
+            # A value such as '.x' would lead a name: refuse it here rather than as a directory.
+            check_name(cell.name, _where(spec.source, f"grids.{i}: cell name"))
             prior = cells.get(cell.name)
             if prior is not None and prior.overrides != cell.overrides:
                 raise ConfigError(
@@ -366,9 +372,23 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return list(cells.values())
 
 
+def sweep_manifest(spec: SweepSpec, cells: list[Cell]) -> dict:
+    """The expanded sweep as ``sweep.json`` keeps it: what ``smalllm report`` reads back."""
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "source": str(spec.source) if spec.source else None,
+        "base": str(spec.base) if spec.base else None,
+        "size_key": spec.size_key,
+        "tasks": spec.tasks,
+        "grid_keys": list(dict.fromkeys(k for c in cells for k in c.params)),
+        "cells": [c.to_json() for c in cells],
+    }
+
+
 def cell_config(spec: SweepSpec, cell: Cell, run_dir: str | Path | None = None) -> RunConfig:
     """The validated run config of ``cell`` (``run_dir`` defaults to its place in the sweep)."""
-    run_dir = run_dir if run_dir is not None else spec.sweep_dir / "cells" / cell.name / "run"
+    run_dir = run_dir if run_dir is not None else run_dir_of(spec.sweep_dir, cell.name)
     return load_config(spec.base, [*cell.overrides, f"run_dir={run_dir}"])
 
 

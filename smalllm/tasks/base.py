@@ -12,11 +12,14 @@ an installed package::
 
     [project.entry-points."smalllm.tasks"]
     my_task = "my_package.tasks:MyTask"
+
+``docs/write_a_task.md`` walks through one, including ``memorization``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from abc import ABC, abstractmethod
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from smalllm.errors import ConfigError, did_you_mean
+from smalllm.labels import SEP, Label
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,11 @@ class Task(ABC):
     """One line shown by ``smalllm tasks list``."""
     Params: ClassVar[type]
     """Dataclass of parameters; each field has a default and a docstring."""
+    memorization: ClassVar[bool] = False
+    """True for a task about recalling the very instances it trains on (a fixed fact table, as in
+    ``fact_lookup``): its pool then holds nothing out and evaluation scores the trained instances.
+    Leave it False for a task with a rule to learn: its held-out instances are never trained on, and
+    a pool too small to hold both parts is refused before training."""
 
     def __init__(self, params: Any, vocab: TaskVocab, seed: int = 0) -> None:
         self.params = params
@@ -143,6 +152,18 @@ class Task(ABC):
         """Longest instance in tokens (EOD included), found by sampling if not overridden."""
         rng = np.random.default_rng(1234)
         return max(self.generate(rng, s).length for s in range(len(self.skills)) for _ in range(64))
+
+
+def skill_names(task: Task) -> list[str]:
+    """Sub-skill names without a leading ``task/`` (tasks may or may not include it)."""
+    return [name.removeprefix(f"{task.name}{SEP}") for name in task.skills]
+
+
+def skill_labels(task: Task) -> list[Label]:
+    """Metric label of each sub-skill: the task itself when it has one, ``task/skill`` in a family."""
+    if len(task.skills) == 1:
+        return [Label(task.name)]
+    return [Label(task.name, skill) for skill in skill_names(task)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,6 +210,9 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        # NaN passes every `x < bound` check a task's validate() makes, so it is refused here.
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):

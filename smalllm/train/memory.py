@@ -7,12 +7,13 @@ Estimates, per process (bytes):
 * optimizer: AdamW moments (8 B/param);
   (the three above are divided by the number of processes under FSDP/ZeRO-3 sharding)
 * activations: kept for backward per layer and token, after Korthikanti et al. (2022) adapted to a
-  SwiGLU MLP: ``b·s·(10h + 6i) + b·a·s²`` elements (attention scores only when not on CUDA, where
-  SDPA uses a fused kernel), all layers without recompute, one layer plus the layer inputs with it;
+  SwiGLU MLP: ``b·s·(10h + 6i)`` elements, plus ``2·b·a·s²`` (attention scores and probabilities)
+  under ``eager`` attention only: SDPA and flash attention use fused kernels that keep neither, on the
+  CPU as on CUDA; all layers without recompute, one layer plus the layer inputs with it;
 * logits: fp32 logits, their softmax and gradient (``3·b·s·V·4`` bytes).
 
 It is an estimate (allocator slack, temporary buffers and CUDA context are not modelled), good to
-about ±30%; the pre-flight refuses a run only when the estimate exceeds ``memory_fraction`` of what
+about ±30% (``tests/test_plan.py`` measures a CPU training step against it); the pre-flight refuses a run only when the estimate exceeds ``memory_fraction`` of what
 the device has.
 """
 
@@ -55,9 +56,9 @@ def estimate_memory(
     seq_len: int,
     micro_batch: int,
     precision: str,
-    device: str,
     gradient_checkpointing: bool = False,
     shards: int = 1,
+    attention: str = "sdpa",
 ) -> MemoryEstimate:
     """Bytes needed per process to train ``preset`` (see the module docstring for the model)."""
     n = preset.params(vocab_size)
@@ -67,7 +68,7 @@ def estimate_memory(
     gradients = 4 * n / shards
     optimizer = 8 * n / shards
     b, s, h, i, a = micro_batch, seq_len, preset.width, preset.intermediate, preset.heads
-    per_layer = b * s * (10 * h + 6 * i) + (0 if device == "cuda" else b * a * s * s)
+    per_layer = b * s * (10 * h + 6 * i) + (2 * b * a * s * s if attention == "eager" else 0)
     if gradient_checkpointing:
         activations = act_bytes * (preset.layers * b * s * h + per_layer)
     else:

@@ -171,9 +171,9 @@ def make_plan(
         cfg.data.seq_len,
         t.micro_batch_size,
         precision,
-        device,
         gradient_checkpointing=t.gradient_checkpointing,
         shards=world if sharded else 1,
+        attention=cfg.model.attn_implementation,
     )
     return Plan(
         preset=preset,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import time
 
+from smalllm.data.eval_sets import save_eval_sets
 from smalllm.eval.emergence import emergence_table, format_emergence_table
-from smalllm.eval.eval_sets import save_eval_sets
 from smalllm.eval.evaluator import evaluate
 from smalllm.eval.report import read_metrics
 from smalllm.eval.schedule import eval_steps

@@ -7,6 +7,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from smalllm.labels import TRAIN
 from smalllm.train.callbacks.base import Callback
 
 
@@ -65,7 +66,7 @@ class MetricsLogger(Callback):
         }
         for i, label in enumerate(trainer.stream.labels):
             if float(label_count[i]) > 0:
-                record[f"train/{label}/loss"] = float(label_loss[i] / label_count[i])
+                record[label.key("loss", TRAIN)] = float(label_loss[i] / label_count[i])
         trainer.write_record(record)
         if self.bar is not None:
             self.bar.set_postfix(

@@ -1,4 +1,8 @@
-"""Text views of the task registry (``smalllm tasks list`` / ``smalllm tasks show``)."""
+"""Text views of the task registry (``smalllm tasks list`` / ``smalllm tasks show``).
+
+A view, not part of the task layer: it needs a tokenizer to show instances as text, and tasks
+never import the data layer that builds tokenizers.
+"""
 
 from __future__ import annotations
 

@@ -1,16 +1,34 @@
-"""Held-out evaluation sets saved with a run (``eval_sets.json``), so a checkpoint can be scored
-later on exactly the instances the run was tracked on, without rebuilding its stream."""
+"""Held-out evaluation sets: what the stream holds out of training and the evaluator scores.
+
+They sit in the data layer, below both: the stream builds them, the evaluator reads them, and a run
+saves them (``eval_sets.json``) so that a checkpoint can be scored later on exactly the instances the
+run was tracked on, without rebuilding its stream.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from smalllm.errors import SmalllmError
-from smalllm.eval.evaluator import TaskEvalSet
-from smalllm.tasks import Instance
+from smalllm.tasks.base import Instance
+
+
+@dataclass
+class TaskEvalSet:
+    """Held-out instances of one task, with what is needed to put its loss on a chance scale."""
+
+    task: str
+    """Task name (the registry name used in the config)."""
+    skills: list[str]
+    """Sub-skill names; ``Instance.skill`` indexes this list."""
+    instances: list[Instance]
+    """Held-out instances (never seen in training)."""
+    chance_loss: list[float]
+    """Loss in nats per answer token of a guesser uniform over the valid answers, per skill."""
 
 
 def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.ndarray | None = None) -> None:

@@ -1,0 +1,414 @@
+"""The run directory: its layout, ownership marker, status, lock and atomic writes.
+
+This module is the one owner of every file name in a run directory; the trainer, evaluator,
+checkpointing, sweeps and reports reach those files only through :class:`RunDir`::
+
+    RUN/
+      .smalllm              marker, written first: this directory was created by smalllm (kind, version)
+      .lock  .lock.holder   the one-writer lock (flock) and who holds it (host, pid, start time)
+      config.yaml           the resolved config the run trains with
+      summary.json          the status record: running -> completed | interrupted | diverged | failed
+      metrics.jsonl         one JSON record per log/eval step
+      eval_sets.json        the held-out sets, so a checkpoint can be re-scored later
+      emergence.json        per-task emergence summary, written at the end
+      eval_results.jsonl    records appended by ``smalllm eval``
+      tb/                   TensorBoard event files
+      checkpoints/step_00000100/   a ``save_pretrained`` directory plus the trainer state
+
+**Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and,
+inside them, only names it owns. :func:`remove_owned` and :func:`refuse_foreign` are the only doors.
+
+**Status.** ``summary.json`` always holds the latest status. A run killed with SIGKILL cannot write
+its own end, so it stays ``running`` on disk; :meth:`RunDir.status` reports such a run as ``killed``
+when nobody holds its lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+
+from smalllm import __version__
+from smalllm.errors import SmalllmError
+
+MARKER = ".smalllm"
+"""Ownership marker written into every directory smalllm creates (run, sweep, corpus, tokenizer)."""
+
+DirKind = Literal["run", "sweep", "corpus", "tokenizer"]
+Status = Literal["running", "completed", "interrupted", "diverged", "failed"]
+FINAL_STATUSES: tuple[str, ...] = ("completed", "interrupted", "diverged", "failed")
+
+# Names inside a run directory (relative to it). Nothing outside this module spells them.
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+EVAL_SETS_FILE = "eval_sets.json"
+EMERGENCE_FILE = "emergence.json"
+EVAL_RESULTS_FILE = "eval_results.jsonl"
+TRACKER_DIR = "tb"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".lock"
+LOCK_HOLDER_FILE = ".lock.holder"
+
+# Names inside one checkpoint directory.
+CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_MANIFEST = "manifest.json"
+CHECKPOINT_STATE = "trainer_state.pt"
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_SHARDED_STATE = "sharded_state"
+CHECKPOINT_STAGING_PREFIX = ".tmp-"
+
+
+# ---------------------------------------------------------------------------------------------- writes
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename.
+
+    A crash or a full disk mid-write leaves the previous version intact, never a torn file. The error
+    of a failed write names the file (``OSError.filename``), so the CLI can report it in one line.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if exc.filename is None or Path(exc.filename) == tmp:
+            exc.filename = str(path)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and Paths appear in summaries; anything else is a bug worth seeing.
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``, or ``{}`` when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---------------------------------------------------------------------------------------------- ownership
+
+
+def write_marker(path: Path, kind: DirKind) -> None:
+    """Mark ``path`` (an existing directory) as created by smalllm, before anything else goes in."""
+    atomic_write_json(path / MARKER, {"kind": kind, "smalllm_version": __version__, "created": time.time()})
+
+
+def marker_kind(path: Path) -> str | None:
+    """The kind recorded in ``path``'s marker, or None when ``path`` carries no smalllm marker."""
+    if not (path / MARKER).is_file():
+        return None
+    return read_json(path / MARKER).get("kind") or None
+
+
+def is_empty_dir(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
+
+
+def refuse_foreign(path: Path, kind: DirKind, field: str) -> None:
+    """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``.
+
+    Called before anything that would replace ``path``: the message names the option and the
+    directory, and says why nothing was touched.
+    """
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise SmalllmError(f"{field}: '{path}' exists and is not a directory; refusing to replace it")
+    if is_empty_dir(path):
+        return
+    found = marker_kind(path)
+    if found is None:
+        raise SmalllmError(
+            f"{field}: '{path}' is not empty and was not created by smalllm (no {MARKER} marker); "
+            "refusing to touch it, choose another directory"
+        )
+    if found != kind:
+        raise SmalllmError(
+            f"{field}: '{path}' is a smalllm {found} directory, not a {kind}; refusing to replace it"
+        )
+
+
+def remove_owned(path: Path, kind: DirKind, field: str) -> None:
+    """Delete ``path`` only if smalllm created it as ``kind`` (see :func:`refuse_foreign`)."""
+    refuse_foreign(path, kind, field)
+    if path.is_dir():
+        shutil.rmtree(path)
+
+
+def set_aside(path: Path, kind: DirKind, field: str) -> Path | None:
+    """Rename an owned ``path`` to a hidden sibling so it can be restored if what replaces it fails.
+
+    Returns the new location (None when there was nothing to move). The caller removes it with
+    :func:`remove_owned` once the replacement has started, or renames it back.
+    """
+    refuse_foreign(path, kind, field)
+    if not path.exists():
+        return None
+    aside = path.with_name(f".{path.name}.replaced-{os.getpid()}-{int(time.time())}")
+    os.rename(path, aside)
+    return aside
+
+
+# ---------------------------------------------------------------------------------------------- the lock
+
+
+@dataclass
+class LockHolder:
+    host: str
+    pid: int
+    started: float
+
+    def describe(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
+        return f"pid {self.pid} on {self.host}, since {when}"
+
+
+class RunLocked(SmalllmError):
+    """Another process holds the run's lock."""
+
+
+# ---------------------------------------------------------------------------------------------- run dir
+
+
+class RunDir:
+    """One run directory: paths, marker, status record, metrics file and the writer's lock."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._lock: FileLock | None = None
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # paths ------------------------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / SUMMARY_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def eval_sets_file(self) -> Path:
+        return self.path / EVAL_SETS_FILE
+
+    @property
+    def emergence_file(self) -> Path:
+        return self.path / EMERGENCE_FILE
+
+    @property
+    def eval_results_file(self) -> Path:
+        return self.path / EVAL_RESULTS_FILE
+
+    @property
+    def tracker_dir(self) -> Path:
+        return self.path / TRACKER_DIR
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    # identity ---------------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """True when the directory carries smalllm's run marker."""
+        return marker_kind(self.path) == "run"
+
+    def has_config(self) -> bool:
+        return self.config_file.is_file()
+
+    def has_checkpoint(self) -> bool:
+        """True when a checkpoint was published (its manifest is written last), so ``--resume`` has a
+        place to start; whether its files are intact is the trainer's check when it loads one."""
+        root = self.checkpoints_dir
+        return root.is_dir() and any(
+            is_checkpoint_name(p.name) and (p / CHECKPOINT_MANIFEST).is_file() for p in root.iterdir()
+        )
+
+    def create(self) -> None:
+        """Create the directory (absent or empty) and write the marker first."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            write_marker(self.path, "run")
+        except OSError as exc:
+            raise SmalllmError(f"run_dir: cannot write to '{self.path}' ({exc.strerror})") from None
+
+    # status -----------------------------------------------------------------------------------
+    def read_summary(self) -> dict:
+        return read_json(self.summary_file)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write_json(self.summary_file, summary)
+
+    def recorded_status(self) -> str | None:
+        """The status written in ``summary.json`` (None when the run never started)."""
+        return self.read_summary().get("status")
+
+    def status(self) -> str | None:
+        """Like :meth:`recorded_status`, but a ``running`` run whose lock is free was killed."""
+        recorded = self.recorded_status()
+        if recorded == "running" and self.lock_holder() is None:
+            return "killed"
+        return recorded
+
+    def is_done(self) -> bool:
+        """The one rule for "this run (or sweep cell) needs no more work": it completed."""
+        return self.recorded_status() == "completed"
+
+    def mark_running(self, step: int) -> None:
+        previous = self.read_summary()
+        self.write_summary(
+            {
+                "status": "running",
+                "step": step,
+                "started": time.time(),
+                "attempt": int(previous.get("attempt", 0)) + 1,
+            }
+        )
+
+    def mark_failed(self, error: str, step: int, summary: dict | None = None) -> None:
+        """Record a failure with its one-line error and the step it happened at."""
+        record = {**self.read_summary(), **(summary or {})}
+        record.update({"status": "failed", "error": error, "failed_at_step": step, "ended": time.time()})
+        self.write_summary(record)
+
+    # metrics ----------------------------------------------------------------------------------
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics_file, "a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        """All complete records of ``metrics.jsonl`` in file order (a torn last line is skipped)."""
+        if not self.metrics_file.is_file():
+            return []
+        records = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+        return records
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop records logged after ``step`` (and a torn last line) before a resumed run appends."""
+        if not self.metrics_file.is_file():
+            return
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # checkpoints ------------------------------------------------------------------------------
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.checkpoints_dir / checkpoint_name(step)
+
+    # the lock ---------------------------------------------------------------------------------
+    @property
+    def _lock_path(self) -> Path:
+        return self.path / LOCK_FILE
+
+    @property
+    def _holder_path(self) -> Path:
+        return self.path / LOCK_HOLDER_FILE
+
+    def lock_holder(self) -> LockHolder | None:
+        """Who holds the lock now (None when it is free: a killed holder's flock is released)."""
+        if not self._lock_path.exists():
+            return None
+        probe = FileLock(str(self._lock_path), timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            info = read_json(self._holder_path)
+            return LockHolder(
+                str(info.get("host", "?")), int(info.get("pid", -1)), float(info.get("started", 0.0))
+            )
+        except OSError:
+            return None
+        probe.release()
+        return None
+
+    def acquire(self) -> None:
+        """Take the one-writer lock or refuse at once, naming its holder.
+
+        The lock is an ``flock`` on ``.lock``: the kernel drops it when its process dies, so a lock
+        left by a killed run is free, and taking it over needs no guessing about stale pids.
+        """
+        if self._lock is not None:
+            return
+        lock = FileLock(str(self._lock_path), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            holder = self.lock_holder()
+            who = holder.describe() if holder else "another process"
+            raise RunLocked(
+                f"run_dir: '{self.path}' is in use by {who} (lock {self._lock_path}); "
+                "wait for it to finish or stop it first"
+            ) from None
+        self._lock = lock
+        atomic_write_json(
+            self._holder_path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        )
+
+    def release(self) -> None:
+        if self._lock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._holder_path.unlink()
+        self._lock.release()
+        self._lock = None
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[RunDir]:
+        self.acquire()
+        try:
+            yield self
+        finally:
+            self.release()
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX) :])
+
+
+def is_checkpoint_name(name: str) -> bool:
+    return name.startswith(CHECKPOINT_PREFIX) and name[len(CHECKPOINT_PREFIX) :].isdigit()

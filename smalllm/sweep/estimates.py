@@ -1,0 +1,176 @@
+"""Size and cost of sweep cells: what ``smalllm sweep --dry-run`` prints and ``--emit slurm`` budgets.
+
+Time is ``FLOPs / (peak FLOP/s x MFU)`` plus a fixed start-up per cell.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from smalllm.config import RunConfig
+from smalllm.sweep.grid import Cell, SweepSpec
+from smalllm.sweep.records import cell_state
+
+# CPU: measured on the 2-core AMD EPYC dev machine (shared with other jobs) with the cpu_frontier grid
+# (micro presets, V=512, L=64, batch 32, one thread per cell): whole-cell wall time, evaluation
+# included, gave 0.26 of plan.peak_flops (100 GFLOP/s per thread) for micro-w48 and 0.36-0.42 for
+# micro-w96 (small models are overhead-bound); 0.35 is the working assumption.
+CPU_MFU = 0.35
+CPU_OVERHEAD_S = 8.0  # interpreter + torch/transformers imports + opening the cached corpus (~6-7 s measured)
+# GPU: 0.4 of the dense bf16 peak is what well-tuned data-parallel LM training of 0.1-4B models
+# reaches; tiny models (4m, 20m) reach far less, so their GPU hours are a lower bound.
+GPU_MFU = 0.4
+GPU_OVERHEAD_S = 60.0
+
+
+@dataclass
+class Estimate:
+    """Size and cost of one cell, as ``--dry-run`` prints it."""
+
+    params: int
+    tokens: int
+    flops: float
+    seconds: float
+    gpu_hours: float | None
+    device: str
+
+
+def available_cpus() -> int:
+    """CPU cores this process may use (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cell_threads(workers: int) -> int | None:
+    """Threads per cell when ``workers`` cells share the CPU (None: one cell, the config decides)."""
+    return max(1, available_cpus() // workers) if workers > 1 else None
+
+
+def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -> Estimate:
+    """Tokens, training FLOPs and estimated time of a cell on the sweep's target.
+
+    Time is ``FLOPs / (peak x MFU)`` plus a start-up overhead; see :data:`CPU_MFU` and
+    :data:`GPU_MFU` for the assumed utilisation. For a GPU target (``target.device: gpu``) the peak is
+    that of ``target.gpu`` times ``target.gpus_per_cell``, and GPU hours are reported. ``threads``
+    replaces the cell's CPU thread count (as ``--workers`` does).
+    """
+    from smalllm.train.plan import _GPU_PEAKS, default_peak_flops, make_plan
+
+    plan = make_plan(cfg)
+    flops = float(plan.flops_per_token) * plan.total_tokens
+    t = spec.target
+    gpu = t.device == "gpu" or (t.device == "current" and plan.device == "cuda")
+    if t.device == "gpu":
+        peak = t.peak_flops or _GPU_PEAKS.get(t.gpu.upper(), 100e12)
+        devices = t.gpus_per_cell
+        label = f"{devices}x{t.gpu}"
+    elif gpu:
+        peak, devices, label = plan.peak_flops, t.gpus_per_cell, "cuda"
+    else:
+        import torch
+
+        threads = threads or cfg.train.num_threads or torch.get_num_threads()
+        # plan.peak_flops counts this process's threads; the cell runs with its own thread count.
+        peak = (
+            t.peak_flops
+            or cfg.train.peak_flops
+            or default_peak_flops("cpu") / torch.get_num_threads() * threads
+        )
+        devices, label = 1, f"cpu x{threads}"
+    mfu = t.mfu or (GPU_MFU if gpu else CPU_MFU)
+    overhead = t.overhead_s if t.overhead_s is not None else (GPU_OVERHEAD_S if gpu else CPU_OVERHEAD_S)
+    seconds = flops / (peak * devices * mfu) + overhead
+    return Estimate(
+        params=plan.params,
+        tokens=plan.total_tokens,
+        flops=flops,
+        seconds=seconds,
+        gpu_hours=seconds * devices / 3600 if gpu else None,
+        device=label,
+    )
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+def format_count(n: float) -> str:
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig], workers: int = 1) -> str:
+    """One line per cell (state, size, tokens, FLOPs, time) and the totals (wall time over ``workers``)."""
+    rows, total_s, total_gpu_h, total_flops, total_tokens = [], 0.0, 0.0, 0.0, 0
+    any_gpu = False
+    threads = cell_threads(workers)
+    for cell in cells:
+        est = estimate_cell(spec, configs[cell.name], threads)
+        state = cell_state(spec.sweep_dir, cell.name) if spec.sweep_dir.is_dir() else "pending"
+        gpu_h = "-" if est.gpu_hours is None else f"{est.gpu_hours:,.1f}"
+        any_gpu |= est.gpu_hours is not None
+        rows.append(
+            [
+                cell.name,
+                state,
+                format_count(est.params),
+                format_count(est.tokens),
+                f"{est.flops:.2e}",
+                format_duration(est.seconds),
+                gpu_h,
+            ]
+        )
+        total_s += est.seconds
+        total_gpu_h += est.gpu_hours or 0.0
+        total_flops += est.flops
+        total_tokens += est.tokens
+    header = ["cell", "state", "params", "tokens", "FLOPs", "est. time", "GPU h"]
+    if not any_gpu:
+        header, rows = header[:-1], [r[:-1] for r in rows]
+    totals = [
+        "total",
+        f"{len(cells)} cells",
+        "",
+        format_count(total_tokens),
+        f"{total_flops:.2e}",
+        format_duration(total_s),
+    ]
+    if any_gpu:
+        totals.append(f"{total_gpu_h:,.0f}")
+    table = [header, *rows, totals]
+    widths = [max(len(r[j]) for r in table) for j in range(len(header))]
+    lines = []
+    for k, r in enumerate(table):
+        if k == len(table) - 1:
+            lines.append("  ".join("-" * w for w in widths))
+        lines.append(
+            "  ".join(c.ljust(widths[j]) if j < 2 else c.rjust(widths[j]) for j, c in enumerate(r)).rstrip()
+        )
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    t = spec.target
+    est0 = estimate_cell(spec, configs[cells[0].name], threads) if cells else None
+    gpu = est0 is not None and est0.gpu_hours is not None
+    mfu = t.mfu or (GPU_MFU if gpu else CPU_MFU)
+    where = est0.device if est0 else "?"
+    lines.append(
+        f"estimates: time = FLOPs / (peak FLOP/s x MFU {mfu:g}) + start-up, on {where}"
+        + (" (GPU hours = time x GPUs per cell)" if gpu else "")
+        + (
+            "; total = sum of cells"
+            if workers == 1 or gpu
+            else f"; {workers} workers: about {format_duration(total_s / workers)} wall"
+        )
+    )
+    return "\n".join(lines)
