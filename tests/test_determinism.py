@@ -17,11 +17,11 @@ import torch
 from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 from safetensors.torch import load_file
 
+from smalllm import checkpoints as ckpt
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
-from smalllm.train import checkpoint as ckpt
 from smalllm.train.callbacks.base import Callback
-from smalllm.train.trainer import Trainer, prepare_run_dir, train
+from smalllm.train.trainer import Trainer, train
 
 # Micro-batches of 4 rows: one process accumulates two of them, two processes take one each, so the
 # 1-process and 2-process runs see the same global batch of 8 split the same way.
@@ -127,7 +127,6 @@ class StopAt(Callback):
 
 def test_resume_is_bit_identical(tmp_path: Path, reference: Path) -> None:
     cfg = tiny_config(tmp_path / "run", *DET_OVERRIDES)
-    prepare_run_dir(cfg)
     trainer = Trainer(cfg, log=quiet)
     trainer.callbacks.insert(0, StopAt(13))
     assert trainer.fit()["status"] == "interrupted"

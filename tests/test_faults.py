@@ -23,13 +23,13 @@ import torch
 from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 from safetensors.torch import load_file
 
+from smalllm import checkpoints as ckpt
 from smalllm.cli import main
 from smalllm.config import ModelConfig
 from smalllm.model.build import build_model
-from smalllm.train import checkpoint as ckpt
 from smalllm.train import trainer as trainer_mod
 from smalllm.train.callbacks.base import Callback
-from smalllm.train.trainer import Trainer, prepare_run_dir, train
+from smalllm.train.trainer import Trainer, train
 
 # 96 steps of 256 tokens, a checkpoint every 4 steps, no evaluation (it cannot change the weights).
 FAULT_OVERRIDES = (
@@ -274,7 +274,6 @@ class ParameterTrace(Callback):
 def test_nan_skip_drops_the_batch_and_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     poison_loss_at(monkeypatch, {6})
     cfg = tiny_config(tmp_path / "run", "train.device=cpu", "train.nan_policy=skip", "eval.enabled=false")
-    prepare_run_dir(cfg)
     logged: list[str] = []
     trainer = Trainer(cfg, log=logged.append)
     trace = ParameterTrace()

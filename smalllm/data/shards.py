@@ -6,6 +6,7 @@ Layout of a built corpus directory::
     tokenizer/        # the PreTrainedTokenizerFast used (every run copies it into its checkpoints)
     train_00000.bin   # raw uint16/uint32 token ids; every document is followed by <eod>
     holdout.bin       # held-out background documents (never trained on)
+    .smalllm          # the ownership marker (kind "corpus"): only such a directory is ever replaced
 
 Tokenization runs through ``datasets.map`` (``num_proc`` workers) in chunks, so corpora larger than
 memory stream through. The directory is written under a temporary name and renamed when complete,
@@ -14,6 +15,7 @@ so a crash never leaves a half-built corpus that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -29,6 +31,7 @@ from smalllm.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.background import load_texts
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
+from smalllm.run_record import DirKind, error_line, refuse_foreign, remove_owned, write_marker
 
 INDEX = "index.json"
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
@@ -103,21 +106,72 @@ def corpus_dir(cfg: DataConfig) -> Path:
     return root / f"corpus-{corpus_key(cfg.background, cfg.tokenizer)}"
 
 
+def _cache_field(cfg: DataConfig) -> str:
+    return "data.cache_dir" if cfg.cache_dir else "cache directory ($SMALLLM_CACHE)"
+
+
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
     path = corpus_dir(cfg)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise SmalllmError(f"{_cache_field(cfg)}: '{path.parent}' exists and is not a directory")
     if not (path / INDEX).is_file():
         log(f"building background corpus in {path} (once; cached for later runs)")
-        build_corpus(cfg, path, num_proc=num_proc)
+        build_corpus(cfg, path, num_proc=num_proc, field=_cache_field(cfg))
     return open_corpus(path)
 
 
-def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
-    """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically)."""
+def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc: int = 1):
+    """Save the tokenizer of ``cfg`` (building its corpus if needed) as a directory ``out``.
+
+    ``out`` may be absent, empty, or a tokenizer directory smalllm wrote before (it is replaced);
+    anything else is refused before any work. Returns the tokenizer.
+    """
     out = Path(out)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    refuse_foreign(out, "tokenizer", field)
+    tokenizer = ensure_corpus(cfg, num_proc=num_proc, log=lambda _m: None).tokenizer
+    with _staged(out, "tokenizer", field) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return tokenizer
+
+
+@contextlib.contextmanager
+def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
+    """Build a directory under a temporary sibling name (marker first), then put it in place of
+    ``out``, which is replaced only if smalllm made it as the same ``kind``."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():  # left by a crashed build of a process with the same pid
+            remove_owned(tmp, kind, field)
+        tmp.mkdir(parents=True)
+        write_marker(tmp, kind)
+    except OSError as exc:
+        raise SmalllmError(f"{field}: cannot write to '{tmp.parent}' ({exc.strerror})") from None
+    try:
+        yield tmp
+        try:
+            remove_owned(out, kind, field)
+            tmp.rename(out)
+        except OSError as exc:
+            raise SmalllmError(f"{field}: cannot replace '{out}' ({exc.strerror})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str = "--out") -> Path:
+    """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically).
+
+    An existing ``out`` is replaced only if it is a corpus smalllm built (or empty); anything else is
+    refused before any work, naming ``field``.
+    """
+    out = Path(out)
+    refuse_foreign(out, "corpus", field)
+    with _staged(out, "corpus", field) as tmp:
+        _write_corpus(cfg, tmp, num_proc, field)
+    return out
+
+
+def _write_corpus(cfg: DataConfig, tmp: Path, num_proc: int, field: str) -> None:
     try:
         bg = cfg.background
         texts = load_texts(bg)
@@ -157,12 +211,10 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
             "tokenizer": asdict(cfg.tokenizer),
         }
         (tmp / INDEX).write_text(json.dumps(index, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    except OSError as exc:
+        # A full disk or a file-size limit: say which file, in one line.
+        where = exc.filename or tmp
+        raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
 
 
 class _ShardWriter:
@@ -177,7 +229,11 @@ class _ShardWriter:
             if self._fh is None or self._count >= SHARD_TOKENS:
                 self._open()
             take = min(len(ids), SHARD_TOKENS - self._count)
-            self._fh.write(ids[:take].tobytes())
+            try:
+                self._fh.write(ids[:take].tobytes())
+            except OSError as exc:
+                exc.filename = exc.filename or str(self.root / self.shards[-1]["file"])
+                raise
             self._count += take
             self.shards[-1]["tokens"] = self._count
             ids = ids[take:]

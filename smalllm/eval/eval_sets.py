@@ -1,4 +1,4 @@
-"""Held-out evaluation sets saved with a run (``eval_sets.json``), so a checkpoint can be scored
+"""Held-out evaluation sets saved with a run, so a checkpoint can be scored
 later on exactly the instances the run was tracked on, without rebuilding its stream."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import numpy as np
 
 from smalllm.errors import SmalllmError
 from smalllm.eval.evaluator import TaskEvalSet
+from smalllm.run_record import atomic_write_text
 from smalllm.tasks import Instance
 
 
@@ -25,7 +26,7 @@ def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.nda
         for s in sets
     ]
     rows = [] if background is None else np.asarray(background).tolist()
-    Path(path).write_text(json.dumps({"tasks": tasks, "background": rows}))
+    atomic_write_text(Path(path), json.dumps({"tasks": tasks, "background": rows}))
 
 
 def load_eval_sets(path: str | Path) -> tuple[list[TaskEvalSet], np.ndarray | None]:
