@@ -62,6 +62,24 @@ CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 LOCK_HOLDER_FILE = ".lock.holder"
 
+RUN_NAMES: frozenset[str] = frozenset(
+    {
+        MARKER,
+        LOCK_FILE,
+        LOCK_HOLDER_FILE,
+        CONFIG_FILE,
+        SUMMARY_FILE,
+        METRICS_FILE,
+        EVAL_SETS_FILE,
+        EMERGENCE_FILE,
+        EVAL_RESULTS_FILE,
+        TRACKER_DIR,
+        REPORT_DIR,
+        CHECKPOINTS_DIR,
+    }
+)
+"""Everything smalllm writes at the top of a run directory (plus the atomic writes' temporary files)."""
+
 # Names inside one checkpoint directory.
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "manifest.json"
@@ -205,8 +223,22 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def refuse_foreign(path: Path, kind: DirKind, field: str) -> None:
-    """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``.
+def owns_run_name(name: str) -> bool:
+    """True for a name smalllm writes at the top of a run directory (a temporary one included)."""
+    if name in RUN_NAMES:
+        return True
+    # atomic_write's temporary files: ".<name>.tmp-<pid>"
+    base, sep, pid = name[1:].rpartition(".tmp-")
+    return name.startswith(".") and bool(sep) and pid.isdigit() and base in RUN_NAMES
+
+
+_OWNS: dict[str, Callable[[str], bool]] = {"run": owns_run_name}
+
+
+def refuse_foreign(path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None) -> None:
+    """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``
+    that holds only names smalllm writes there (``owns``; by default every name, or for a run
+    :func:`owns_run_name`): a file a user put into a run is never deleted with it.
 
     Called before anything that would replace ``path``: the message names the option and the
     directory, and says why nothing was touched.
@@ -227,11 +259,20 @@ def refuse_foreign(path: Path, kind: DirKind, field: str) -> None:
         raise SmalllmError(
             f"{field}: '{path}' is a smalllm {found} directory, not a {kind}; refusing to replace it"
         )
+    owns = owns or _OWNS.get(kind)
+    stray = sorted(p.name for p in path.iterdir() if owns is not None and not owns(p.name))
+    if stray:
+        shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
+        raise SmalllmError(
+            f"{field}: '{path}' also holds files smalllm did not write ({shown}); "
+            "refusing to replace it, move them out first"
+        )
 
 
-def remove_owned(path: Path, kind: DirKind, field: str) -> None:
-    """Delete ``path`` only if smalllm created it as ``kind`` (see :func:`refuse_foreign`)."""
-    refuse_foreign(path, kind, field)
+def remove_owned(path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None) -> None:
+    """Delete ``path`` only if smalllm created it as ``kind`` and everything in it is smalllm's
+    (see :func:`refuse_foreign`)."""
+    refuse_foreign(path, kind, field, owns)
     if path.is_dir():
         refuse_working_dir(path, field)
         shutil.rmtree(path)

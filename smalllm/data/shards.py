@@ -20,8 +20,9 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,9 +32,11 @@ from smalllm.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.background import load_texts
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
-from smalllm.run_record import DirKind, error_line, refuse_foreign, remove_owned, write_marker
+from smalllm.run_record import MARKER, DirKind, error_line, refuse_foreign, remove_owned, write_marker
 
 INDEX = "index.json"
+HOLDOUT = "holdout.bin"
+TOKENIZER_DIR = "tokenizer"
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
 TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
 
@@ -135,6 +138,14 @@ def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc:
     return tokenizer
 
 
+def _corpus_owns(name: str) -> bool:
+    """The names a corpus build writes: a corpus directory holding anything else is not replaced."""
+    return name in (MARKER, INDEX, HOLDOUT, TOKENIZER_DIR) or bool(re.fullmatch(r"train_\d{5}\.bin", name))
+
+
+_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": None}
+
+
 @contextlib.contextmanager
 def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
     """Build a directory under a temporary sibling name (marker first), then put it in place of
@@ -142,7 +153,7 @@ def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     try:
         if tmp.exists():  # left by a crashed build of a process with the same pid
-            remove_owned(tmp, kind, field)
+            remove_owned(tmp, kind, field, _OWNS[kind])
         tmp.mkdir(parents=True)
         write_marker(tmp, kind)
     except OSError as exc:
@@ -150,7 +161,7 @@ def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
     try:
         yield tmp
         try:
-            remove_owned(out, kind, field)
+            remove_owned(out, kind, field, _OWNS[kind])
             tmp.rename(out)
         except OSError as exc:
             raise SmalllmError(f"{field}: cannot replace '{out}' ({exc.strerror})") from None
@@ -165,7 +176,7 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str = "--
     refused before any work, naming ``field``.
     """
     out = Path(out)
-    refuse_foreign(out, "corpus", field)
+    refuse_foreign(out, "corpus", field, _corpus_owns)
     with _staged(out, "corpus", field) as tmp:
         _write_corpus(cfg, tmp, num_proc, field)
     return out
@@ -180,12 +191,12 @@ def _write_corpus(cfg: DataConfig, tmp: Path, num_proc: int, field: str) -> None
         head, texts = itertools.tee(texts)
         tokenizer = build_tokenizer(cfg.tokenizer, itertools.islice(head, TOKENIZER_TRAIN_DOCS))
         del head
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
         eod = tokenizer.eos_token_id
 
         holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
-        holdout.tofile(tmp / "holdout.bin")
+        holdout.tofile(tmp / HOLDOUT)
         shards, total, docs = [], 0, 0
         writer = _ShardWriter(tmp, dtype)
         for chunk in _chunks(texts, 20_000):
@@ -306,11 +317,11 @@ def open_corpus(path: str | Path) -> TokenShards:
             )
         parts.append(np.memmap(f, dtype=dtype, mode="r"))
     train = ShardedTokens(parts)
-    holdout_file = path / "holdout.bin"
+    holdout_file = path / HOLDOUT
     holdout = np.fromfile(holdout_file, dtype=dtype) if holdout_file.is_file() else np.zeros(0, dtype)
     if holdout_file.is_file() and len(holdout) != index.get("holdout_tokens", len(holdout)):
         raise SmalllmError(f"{holdout_file}: corrupt held-out shard; rebuild the corpus")
-    tokenizer = load_tokenizer(path / "tokenizer", field=str(path / "tokenizer"))
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR, field=str(path / TOKENIZER_DIR))
     vmax = int(train.max()) if len(train) < 50_000_000 else None
     if vmax is not None and vmax >= len(tokenizer):
         raise SmalllmError(f"{path}: token id {vmax} outside the tokenizer's vocabulary of {len(tokenizer)}")

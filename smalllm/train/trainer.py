@@ -199,6 +199,8 @@ class Trainer:
             except BaseException as exc:
                 self._record_failure(exc)
                 run.release()
+                if isinstance(exc, OSError):
+                    raise SmalllmError(f"run_dir: cannot write to '{run.path}' ({error_line(exc)})") from exc
                 raise
         if self.trackers:
             self.accelerator.init_trackers(TRACKER_DIR, config=_flat_hparams(config_to_dict(self.cfg)))
