@@ -183,7 +183,7 @@ def cmd_data(args) -> None:
         from smalllm.data.shards import build_corpus, corpus_dir, open_corpus
 
         out = Path(args.out) if args.out else corpus_dir(cfg.data)
-        build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else "data.cache_dir")
+        build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
         corpus = open_corpus(out)
         print(
             f"built {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "

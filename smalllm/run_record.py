@@ -16,8 +16,9 @@ checkpointing, sweeps and reports reach those files only through :class:`RunDir`
       report/               plots and summary.md written by ``smalllm report``
       checkpoints/step_00000100/   a ``save_pretrained`` directory plus the trainer state
 
-**Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and,
-inside them, only names it owns. :func:`remove_owned` and :func:`refuse_foreign` are the only doors.
+**Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and
+hold nothing but names it writes there (a file a user put into a run makes the run irreplaceable
+until it is moved out). :func:`remove_owned` and :func:`refuse_foreign` are the only doors.
 
 **Status.** ``summary.json`` always holds the latest status. A run killed with SIGKILL cannot write
 its own end, so it stays ``running`` on disk; :meth:`RunDir.status` reports such a run as ``killed``
@@ -389,6 +390,15 @@ class RunDir:
         loader's question, so a damaged one is reported by name rather than ignored."""
         root = self.checkpoints_dir
         return root.is_dir() and any(is_checkpoint_name(p.name) and p.is_dir() for p in root.iterdir())
+
+    def restart_mode(self) -> Literal["resume", "overwrite"] | None:
+        """How a command that must finish this run restarts it: ``resume`` from its checkpoint,
+        ``overwrite`` when it has none yet (killed before its first), None when there is nothing here."""
+        if self.has_checkpoint():
+            return "resume"
+        if self.path.is_dir() and not is_empty_dir(self.path):
+            return "overwrite"
+        return None
 
     def check_start(self, resume: bool = False, overwrite: bool = False) -> None:
         """Refuse to train in this directory unless the flags allow it; reads only.

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, StopAt, quiet, tiny_config
 from safetensors.torch import load_file
 
 from smalllm import checkpoints as ckpt
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.run_record import RunDir, without_wall_clock
-from smalllm.train.callbacks.base import Callback
 from smalllm.train.trainer import Trainer, train
 
 # Micro-batches of 4 rows: one process accumulates two of them, two processes take one each, so the
@@ -109,17 +108,6 @@ def test_other_model_seed_changes_the_curve(tmp_path: Path, reference: Path) -> 
     run_dir = tmp_path / "run"
     train(tiny_config(run_dir, *DET_OVERRIDES, "train.seed=1", "eval.enabled=false"), log=quiet)
     assert losses(run_dir)[1] != losses(reference)[1]
-
-
-class StopAt(Callback):
-    """Request a stop after step ``step``, as SIGTERM would (the checkpointer then saves)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.step == self.step:
-            trainer.stop_requested = "test"
 
 
 def test_resume_is_bit_identical(tmp_path: Path, reference: Path) -> None:

@@ -121,8 +121,8 @@ def cli(run_dir: Path, *flags: str) -> list[str]:
 def start(run_dir: Path, logs: Path, tag: str) -> subprocess.Popen:
     """Start training, resume it once it has a checkpoint, or start over (``--overwrite``) a run killed
     before its first checkpoint; output goes to files under ``logs``."""
-    run = RunDir(run_dir)
-    flags = ["--resume"] if run.has_checkpoint() else ["--overwrite"] if run.path.exists() else []
+    mode = RunDir(run_dir).restart_mode()
+    flags = [f"--{mode}"] if mode else []
     logs.mkdir(exist_ok=True)
     with open(logs / f"{tag}.out", "w") as out, open(logs / f"{tag}.err", "w") as err:
         return subprocess.Popen(cli(run_dir, *flags), stdout=out, stderr=err)

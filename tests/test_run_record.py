@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, StopAt, quiet, tiny_config
 
 from smalllm import checkpoints as ckpt
 from smalllm.cli import main
@@ -147,6 +147,10 @@ NOTES_CASES: dict[str, Callable[[Path, Path, Path], tuple[list[str], str]]] = {
     "eval-out-not-jsonl": lambda notes, run, tmp: (
         ["eval", str(run), "--out", str(notes / "thesis.txt")],
         f"--out: '{notes / 'thesis.txt'}' is not a JSONL file of records (line 1)",
+    ),
+    "eval-out-the-runs-metrics": lambda notes, run, tmp: (
+        ["eval", str(run), "--out", str(run / "metrics.jsonl")],
+        f"--out: '{run / 'metrics.jsonl'}' is one of the run's own files; results go to ",
     ),
 }
 
@@ -563,14 +567,3 @@ def test_checkpoint_state_holds_the_open_logging_window(tmp_path: Path) -> None:
     window = state["callbacks"]["MetricsLogger"]["windows"][0]
     assert window["steps"] == 1 and window["label_count"].sum() > 0  # step 4, after the log at step 3
     assert state["callbacks"]["EvaluatorCallback"]["evaluated_step"] == 4  # 4 is an evaluation step
-
-
-class StopAt(Callback):
-    """Request a stop after step ``step``, as SIGTERM would (the checkpointer then saves)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.step == self.step:
-            trainer.stop_requested = "test"

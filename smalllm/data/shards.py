@@ -116,11 +116,9 @@ def _cache_field(cfg: DataConfig) -> str:
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
     path = corpus_dir(cfg)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise SmalllmError(f"{_cache_field(cfg)}: '{path.parent}' exists and is not a directory")
     if not (path / INDEX).is_file():
         log(f"building background corpus in {path} (once; cached for later runs)")
-        build_corpus(cfg, path, num_proc=num_proc, field=_cache_field(cfg))
+        build_corpus(cfg, path, num_proc=num_proc)
     return open_corpus(path)
 
 
@@ -169,13 +167,16 @@ def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str = "--out") -> Path:
+def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | None = None) -> Path:
     """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically).
 
     An existing ``out`` is replaced only if it is a corpus smalllm built (or empty); anything else is
-    refused before any work, naming ``field``.
+    refused before any work, naming ``field`` (by default the cache directory's setting).
     """
     out = Path(out)
+    field = field or _cache_field(cfg)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
     refuse_foreign(out, "corpus", field, _corpus_owns)
     with _staged(out, "corpus", field) as tmp:
         _write_corpus(cfg, tmp, num_proc, field)

@@ -22,6 +22,7 @@ from smalllm.run_record import (
     append_jsonl,
     check_appendable_jsonl,
     is_checkpoint_name,
+    owns_run_name,
 )
 
 
@@ -65,6 +66,10 @@ def evaluate_checkpoint(
     out_file = Path(out) if out else run.eval_results_file
     check_appendable_jsonl(out_file, "--out")
     target = RunDir(out_file.parent)
+    if target.is_run() and owns_run_name(out_file.name) and out_file != target.eval_results_file:
+        raise SmalllmError(
+            f"--out: '{out_file}' is one of the run's own files; results go to '{target.eval_results_file}'"
+        )
     with target.locked() if target.is_run() else contextlib.nullcontext():
         return _evaluate(model_dir, run, tasks, out_file, batch_size, log)
 

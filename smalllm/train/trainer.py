@@ -298,18 +298,19 @@ class Trainer:
     def _end(self, error: BaseException | None) -> BaseException | None:
         """Run the callbacks' ends and write the summary, whatever failed before; return the error
         that ends the run (the first one: later ones are usually its consequences)."""
+        self.error = error  # callbacks see it: nothing is checkpointed after an exception
         for cb in self.callbacks:
             try:
                 cb.on_fit_end(self)
             except Exception as exc:
-                if error is None:
-                    error, self.status = exc, "failed"
+                if self.error is None:
+                    self.error, self.status = exc, "failed"
         try:
             self.accelerator.end_training()
         except Exception as exc:
-            if error is None:
-                error, self.status = exc, "failed"
-        self.error = error
+            if self.error is None:
+                self.error, self.status = exc, "failed"
+        error = self.error
         try:
             self.last_summary = self.summary()
         except Exception as exc:
@@ -515,8 +516,10 @@ class Trainer:
             "frequencies": self.stream.frequency_table(total_rows),
         }
         summary.update(getattr(self, "extra_summary", {}))
-        if self.error is not None:
-            summary.update({"error": error_line(self.error), "failed_at_step": self.step})
+        if self.error is not None:  # diverged, failed, or interrupted by an exception
+            summary["error"] = error_line(self.error)
+        if self.status == "failed":
+            summary["failed_at_step"] = self.step
         if self.is_main:
             previous = self.run.read_summary()
             summary.update({k: previous[k] for k in ("attempt", "started") if k in previous})
