@@ -295,20 +295,20 @@ def cmd_models(args) -> None:
 
 def cmd_train(args) -> None:
     from smalllm.config import load_config
+    from smalllm.run_record import RunDir
 
     path, overrides = _split_config_args(args.args)
     cfg = load_config(path, overrides)
-    if args.resume:
-        saved = Path(cfg.run_dir) / "config.yaml"
-        if saved.is_file():
-            # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
-            cfg = load_config(saved, overrides)
+    run = RunDir(cfg.run_dir)
+    if args.resume and run.has_config():
+        # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
+        cfg = load_config(run.config_file, overrides)
     if args.dry_run:
         from smalllm.train.preflight import check_config
-        from smalllm.train.trainer import check_run_dir
 
-        # The run's own checks, without building the corpus; a plan that does not fit is refused.
-        check_run_dir(cfg, resume=args.resume, overwrite=args.overwrite)
+        # The run's own checks (the run directory read only, then config, tasks and plan) without
+        # building the corpus; a plan that does not fit is refused like the run refuses it.
+        run.check_start(resume=args.resume, overwrite=args.overwrite)
         check_config(cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()))
         return
     from smalllm.train.trainer import train
@@ -354,18 +354,17 @@ def cmd_data(args) -> None:
         from smalllm.data.shards import build_corpus, corpus_dir, open_corpus
 
         out = Path(args.out) if args.out else corpus_dir(cfg.data)
-        build_corpus(cfg.data, out, num_proc=args.num_proc)
+        build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
         corpus = open_corpus(out)
         print(
             f"built {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "
             f"{corpus.index['holdout_tokens']:,} held-out tokens, vocabulary {corpus.index['vocab_size']}"
         )
     elif args.data_command == "tokenizer":
-        from smalllm.data.shards import ensure_corpus
+        from smalllm.data.shards import export_tokenizer
 
-        corpus = ensure_corpus(cfg.data)
-        corpus.tokenizer.save_pretrained(args.out)
-        print(f"saved a {cfg.data.tokenizer.kind} tokenizer of {len(corpus.tokenizer)} tokens to {args.out}")
+        tokenizer = export_tokenizer(cfg.data, Path(args.out), field="--out")
+        print(f"saved a {cfg.data.tokenizer.kind} tokenizer of {len(tokenizer)} tokens to {args.out}")
     else:
         from smalllm.data.inspect import inspect_stream
 
@@ -385,7 +384,10 @@ def cmd_eval(args) -> None:
 
 
 def cmd_report(args) -> None:
+    from smalllm.run_record import RunDir
+
     path = Path(args.path)
+    run = RunDir(path)
     if (path / "sweep.json").is_file() or (path / "cells").is_dir():
         from smalllm.sweep.report import write_sweep_report
 
@@ -393,8 +395,10 @@ def cmd_report(args) -> None:
     else:
         from smalllm.eval.report import write_report
 
-        if not (path / "metrics.jsonl").is_file():
-            raise SmalllmError(f"{path}: not a run directory (no metrics.jsonl) nor a sweep directory")
+        if not run.has_metrics():
+            raise SmalllmError(
+                f"{path}: not a run directory (no {run.metrics_file.name}) nor a sweep directory"
+            )
         written = write_report(path)
     for f in written:
         print(f)

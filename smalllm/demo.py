@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from smalllm.errors import SmalllmError
+from smalllm.run_record import RunDir
 
 DEMO_SWEEP = Path(__file__).parent / "configs" / "demo_sweep.yaml"
 DEMO_DIR = Path("runs") / "demo-sweep"
@@ -61,7 +62,7 @@ def run_demo(
     from smalllm.eval.report import write_report
 
     # Each run also gets its own report: per-task curves against tokens with the emergence marker.
-    runs = [r for r in sorted((Path(sweep_dir) / "cells").glob("*/run")) if (r / "metrics.jsonl").is_file()]
+    runs = [r for r in sorted((Path(sweep_dir) / "cells").glob("*/run")) if RunDir(r).has_metrics()]
     for run in runs:
         write_report(run)
     heatmaps = heatmap_paths(sweep_dir)

@@ -13,10 +13,12 @@ checkpointing, sweeps and reports reach those files only through :class:`RunDir`
       emergence.json        per-task emergence summary, written at the end
       eval_results.jsonl    records appended by ``smalllm eval``
       tb/                   TensorBoard event files
+      report/               plots and summary.md written by ``smalllm report``
       checkpoints/step_00000100/   a ``save_pretrained`` directory plus the trainer state
 
-**Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and,
-inside them, only names it owns. :func:`remove_owned` and :func:`refuse_foreign` are the only doors.
+**Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and
+hold nothing but names it writes there (a file a user put into a run makes the run irreplaceable
+until it is moved out). :func:`remove_owned` and :func:`refuse_foreign` are the only doors.
 
 **Status.** ``summary.json`` always holds the latest status. A run killed with SIGKILL cannot write
 its own end, so it stays ``running`` on disk; :meth:`RunDir.status` reports such a run as ``killed``
@@ -26,17 +28,17 @@ when nobody holds its lock.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-from filelock import FileLock, Timeout
 
 from smalllm import __version__
 from smalllm.errors import SmalllmError
@@ -56,9 +58,28 @@ EVAL_SETS_FILE = "eval_sets.json"
 EMERGENCE_FILE = "emergence.json"
 EVAL_RESULTS_FILE = "eval_results.jsonl"
 TRACKER_DIR = "tb"
+REPORT_DIR = "report"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 LOCK_HOLDER_FILE = ".lock.holder"
+
+RUN_NAMES: frozenset[str] = frozenset(
+    {
+        MARKER,
+        LOCK_FILE,
+        LOCK_HOLDER_FILE,
+        CONFIG_FILE,
+        SUMMARY_FILE,
+        METRICS_FILE,
+        EVAL_SETS_FILE,
+        EMERGENCE_FILE,
+        EVAL_RESULTS_FILE,
+        TRACKER_DIR,
+        REPORT_DIR,
+        CHECKPOINTS_DIR,
+    }
+)
+"""Everything smalllm writes at the top of a run directory (plus the atomic writes' temporary files)."""
 
 # Names inside one checkpoint directory.
 CHECKPOINT_PREFIX = "step_"
@@ -68,21 +89,42 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_SHARDED_STATE = "sharded_state"
 CHECKPOINT_STAGING_PREFIX = ".tmp-"
 
+WALL_CLOCK_FIELDS: frozenset[str] = frozenset({"time", "step_time", "tokens_per_s", "mfu", "eta_s"})
+"""Fields of a metrics record that measure the machine, not the training: a resumed run's records
+equal the uninterrupted run's except in these."""
+
+
+def without_wall_clock(record: dict) -> dict:
+    """``record`` minus :data:`WALL_CLOCK_FIELDS`: what must repeat exactly when a run is repeated."""
+    return {k: v for k, v in record.items() if k not in WALL_CLOCK_FIELDS}
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line description of a failure recorded in ``summary.json``.
+
+    A :class:`SmalllmError` already reads as one line naming the field or file; anything else gets its
+    type, so ``OSError: [Errno 27] File too large: 'path'`` says what went wrong and where.
+    """
+    text = str(exc) if isinstance(exc, SmalllmError) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text += f" ({exc.filename})"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
 
 # ---------------------------------------------------------------------------------------------- writes
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename.
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Let ``write`` fill a temporary sibling of ``path``, then rename it into place.
 
     A crash or a full disk mid-write leaves the previous version intact, never a torn file. The error
     of a failed write names the file (``OSError.filename``), so the CLI can report it in one line.
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
+        write(tmp)
+        with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
@@ -91,6 +133,11 @@ def atomic_write_text(path: Path, text: str) -> None:
         if exc.filename is None or Path(exc.filename) == tmp:
             exc.filename = str(path)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (see :func:`atomic_write`)."""
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
@@ -104,6 +151,49 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def append_jsonl(path: Path, record: dict) -> None:
+    """Append one JSON line to ``path``; a failed write names the file (plain writes do not)."""
+    try:
+        with open(path, "a") as fh:
+            fh.write(json.dumps(record, default=_json_default) + "\n")
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def check_appendable_jsonl(path: Path, field: str) -> None:
+    """Raise unless ``path`` is absent or a JSONL file whose every line is a JSON object.
+
+    Called before a command appends results to a file the user named, so that neither a directory
+    nor somebody's other file is written into.
+    """
+    if not path.exists() and not path.is_symlink():
+        if not path.parent.is_dir():
+            raise SmalllmError(f"{field}: '{path}': directory '{path.parent}' does not exist")
+        return
+    if path.is_dir():
+        raise SmalllmError(f"{field}: '{path}' is a directory; give a .jsonl file to append to")
+    if not path.is_file():
+        raise SmalllmError(f"{field}: '{path}' is not a regular file; give a .jsonl file to append to")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise SmalllmError(f"{field}: cannot read '{path}' ({reason})") from None
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            ok = isinstance(json.loads(line), dict)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise SmalllmError(
+                f"{field}: '{path}' is not a JSONL file of records (line {number}); refusing to append to it"
+            )
+    if text and not text.endswith("\n"):
+        raise SmalllmError(f"{field}: '{path}' ends in a partial line; refusing to append to it")
 
 
 def read_json(path: Path) -> dict:
@@ -134,8 +224,22 @@ def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
 
-def refuse_foreign(path: Path, kind: DirKind, field: str) -> None:
-    """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``.
+def owns_run_name(name: str) -> bool:
+    """True for a name smalllm writes at the top of a run directory (a temporary one included)."""
+    if name in RUN_NAMES:
+        return True
+    # atomic_write's temporary files: ".<name>.tmp-<pid>"
+    base, sep, pid = name[1:].rpartition(".tmp-")
+    return name.startswith(".") and bool(sep) and pid.isdigit() and base in RUN_NAMES
+
+
+_OWNS: dict[str, Callable[[str], bool]] = {"run": owns_run_name}
+
+
+def refuse_foreign(path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None) -> None:
+    """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``
+    that holds only names smalllm writes there (``owns``; by default every name, or for a run
+    :func:`owns_run_name`): a file a user put into a run is never deleted with it.
 
     Called before anything that would replace ``path``: the message names the option and the
     directory, and says why nothing was touched.
@@ -156,13 +260,32 @@ def refuse_foreign(path: Path, kind: DirKind, field: str) -> None:
         raise SmalllmError(
             f"{field}: '{path}' is a smalllm {found} directory, not a {kind}; refusing to replace it"
         )
+    owns = owns or _OWNS.get(kind)
+    stray = sorted(p.name for p in path.iterdir() if owns is not None and not owns(p.name))
+    if stray:
+        shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
+        raise SmalllmError(
+            f"{field}: '{path}' also holds files smalllm did not write ({shown}); "
+            "refusing to replace it, move them out first"
+        )
 
 
-def remove_owned(path: Path, kind: DirKind, field: str) -> None:
-    """Delete ``path`` only if smalllm created it as ``kind`` (see :func:`refuse_foreign`)."""
-    refuse_foreign(path, kind, field)
+def remove_owned(path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None) -> None:
+    """Delete ``path`` only if smalllm created it as ``kind`` and everything in it is smalllm's
+    (see :func:`refuse_foreign`)."""
+    refuse_foreign(path, kind, field, owns)
     if path.is_dir():
+        refuse_working_dir(path, field)
         shutil.rmtree(path)
+
+
+def refuse_working_dir(path: Path, field: str) -> None:
+    """Raise if ``path`` is or contains the current directory: moving or deleting it would leave this
+    process (and every relative path it holds) inside what is being replaced."""
+    if Path.cwd().resolve().is_relative_to(path.resolve()):
+        raise SmalllmError(
+            f"{field}: '{path}' is or contains the current directory; run from elsewhere to replace it"
+        )
 
 
 def set_aside(path: Path, kind: DirKind, field: str) -> Path | None:
@@ -174,6 +297,7 @@ def set_aside(path: Path, kind: DirKind, field: str) -> Path | None:
     refuse_foreign(path, kind, field)
     if not path.exists():
         return None
+    refuse_working_dir(path, field)
     aside = path.with_name(f".{path.name}.replaced-{os.getpid()}-{int(time.time())}")
     os.rename(path, aside)
     return aside
@@ -197,6 +321,9 @@ class RunLocked(SmalllmError):
     """Another process holds the run's lock."""
 
 
+_CONTENDED = (errno.EAGAIN, errno.EACCES)  # what flock(LOCK_NB) reports for a lock held elsewhere
+
+
 # ---------------------------------------------------------------------------------------------- run dir
 
 
@@ -205,7 +332,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._lock: FileLock | None = None
+        self._lock_fd: int | None = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -240,6 +367,10 @@ class RunDir:
         return self.path / TRACKER_DIR
 
     @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
     def checkpoints_dir(self) -> Path:
         return self.path / CHECKPOINTS_DIR
 
@@ -251,21 +382,90 @@ class RunDir:
     def has_config(self) -> bool:
         return self.config_file.is_file()
 
+    def has_metrics(self) -> bool:
+        return self.metrics_file.is_file()
+
     def has_checkpoint(self) -> bool:
-        """True when a checkpoint was published (its manifest is written last), so ``--resume`` has a
-        place to start; whether its files are intact is the trainer's check when it loads one."""
+        """True when a checkpoint was published (renamed into place); whether it is intact is the
+        loader's question, so a damaged one is reported by name rather than ignored."""
         root = self.checkpoints_dir
-        return root.is_dir() and any(
-            is_checkpoint_name(p.name) and (p / CHECKPOINT_MANIFEST).is_file() for p in root.iterdir()
-        )
+        return root.is_dir() and any(is_checkpoint_name(p.name) and p.is_dir() for p in root.iterdir())
+
+    def restart_mode(self) -> Literal["resume", "overwrite"] | None:
+        """How a command that must finish this run restarts it: ``resume`` from its checkpoint,
+        ``overwrite`` when it has none yet (killed before its first), None when there is nothing here."""
+        if self.has_checkpoint():
+            return "resume"
+        if self.path.is_dir() and not is_empty_dir(self.path):
+            return "overwrite"
+        return None
+
+    def check_start(self, resume: bool = False, overwrite: bool = False) -> None:
+        """Refuse to train in this directory unless the flags allow it; reads only.
+
+        ``smalllm train --dry-run`` calls it too, so it refuses exactly what the run refuses.
+        """
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise SmalllmError(f"run_dir: '{path}' exists and is not a directory")
+        holder = self.lock_holder() if self._lock_fd is None else None
+        if holder is not None:
+            raise RunLocked(self._locked_message(holder))
+        if resume:
+            if not self.has_config():
+                raise SmalllmError(f"run_dir: '{path}' has no run to resume ({CONFIG_FILE} missing)")
+            if not self.has_checkpoint():
+                raise SmalllmError(
+                    f"run_dir: '{path}' has no checkpoint to resume from; start over with --overwrite"
+                )
+            return
+        if not path.exists() or is_empty_dir(path):
+            return
+        if overwrite:
+            refuse_foreign(path, "run", "run_dir")
+            refuse_working_dir(path, "run_dir")
+            return
+        if self.is_run():
+            raise SmalllmError(
+                f"run_dir: '{path}' already holds a run; pass --resume to continue it or --overwrite to replace it"
+            )
+        refuse_foreign(path, "run", "run_dir")
 
     def create(self) -> None:
-        """Create the directory (absent or empty) and write the marker first."""
+        """Make the directory a run: create it (absent or empty) and write the marker before anything else.
+
+        A run saved before runs carried the marker (a config and a checkpoint) is adopted as it is.
+        """
+        if self.is_run():
+            return
+        if not (self.has_config() and self.has_checkpoint()):
+            refuse_foreign(self.path, "run", "run_dir")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             write_marker(self.path, "run")
         except OSError as exc:
             raise SmalllmError(f"run_dir: cannot write to '{self.path}' ({exc.strerror})") from None
+
+    def set_aside(self) -> Path:
+        """Move this run (kept locked) to a hidden sibling so a new run can start in its place.
+
+        Returns the original path; :meth:`put_back` undoes the move, :meth:`remove` finishes it.
+        """
+        original = self.path
+        aside = set_aside(original, "run", "run_dir")
+        if aside is not None:
+            self.path = aside
+        return original
+
+    def put_back(self, original: Path) -> None:
+        if self.path != original:
+            os.rename(self.path, original)
+            self.path = original
+
+    def remove(self) -> None:
+        """Delete this run (it must carry the marker) and drop its lock."""
+        remove_owned(self.path, "run", "run_dir")
+        self.release()
 
     # status -----------------------------------------------------------------------------------
     def read_summary(self) -> dict:
@@ -308,25 +508,17 @@ class RunDir:
 
     # metrics ----------------------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
-        with open(self.metrics_file, "a") as fh:
-            fh.write(json.dumps(record, default=_json_default) + "\n")
+        append_jsonl(self.metrics_file, record)
 
     def read_metrics(self) -> list[dict]:
         """All complete records of ``metrics.jsonl`` in file order (a torn last line is skipped)."""
-        if not self.metrics_file.is_file():
-            return []
-        records = []
-        for line in self.metrics_file.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-        return records
+        return read_jsonl(self.metrics_file) if self.metrics_file.is_file() else []
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop records logged after ``step`` (and a torn last line) before a resumed run appends."""
+        """Drop records logged after ``step`` (and a torn last line) before a resumed run appends.
+
+        Without this, steps between the checkpoint and a crash would appear twice in the curves.
+        """
         if not self.metrics_file.is_file():
             return
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
@@ -345,53 +537,88 @@ class RunDir:
     def _holder_path(self) -> Path:
         return self.path / LOCK_HOLDER_FILE
 
+    @property
+    def holds_lock(self) -> bool:
+        """True when this object holds the run's lock."""
+        return self._lock_fd is not None
+
+    def _read_holder(self) -> LockHolder:
+        info = read_json(self._holder_path)
+        return LockHolder(
+            str(info.get("host", "?")), int(info.get("pid", -1)), float(info.get("started", 0.0))
+        )
+
+    def _locked_message(self, holder: LockHolder | None) -> str:
+        who = holder.describe() if holder else "another process"
+        return (
+            f"run_dir: '{self.path}' is in use by {who} (lock {self._lock_path}); "
+            "wait for it to finish or stop it first"
+        )
+
     def lock_holder(self) -> LockHolder | None:
         """Who holds the lock now (None when it is free: a killed holder's flock is released)."""
-        if not self._lock_path.exists():
-            return None
-        probe = FileLock(str(self._lock_path), timeout=0)
+        if self._lock_fd is not None:
+            return self._read_holder()
         try:
-            probe.acquire()
-        except Timeout:
-            info = read_json(self._holder_path)
-            return LockHolder(
-                str(info.get("host", "?")), int(info.get("pid", -1)), float(info.get("started", 0.0))
-            )
+            fd = os.open(self._lock_path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
-        probe.release()
-        return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError as exc:
+                return self._read_holder() if exc.errno in _CONTENDED else None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
 
     def acquire(self) -> None:
         """Take the one-writer lock or refuse at once, naming its holder.
 
         The lock is an ``flock`` on ``.lock``: the kernel drops it when its process dies, so a lock
-        left by a killed run is free, and taking it over needs no guessing about stale pids.
+        left by a killed run is free, and taking it over needs no guessing about stale pids. The
+        descriptor is close-on-exec, so processes the trainer starts do not inherit the lock.
         """
-        if self._lock is not None:
+        if self._lock_fd is not None:
             return
-        lock = FileLock(str(self._lock_path), timeout=0)
         try:
-            lock.acquire()
-        except Timeout:
-            holder = self.lock_holder()
-            who = holder.describe() if holder else "another process"
-            raise RunLocked(
-                f"run_dir: '{self.path}' is in use by {who} (lock {self._lock_path}); "
-                "wait for it to finish or stop it first"
-            ) from None
-        self._lock = lock
-        atomic_write_json(
-            self._holder_path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        )
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise SmalllmError(f"run_dir: cannot write to '{self.path}' ({exc.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in _CONTENDED:
+                raise RunLocked(self._locked_message(self.lock_holder())) from None
+            raise SmalllmError(f"run_dir: cannot lock '{self._lock_path}' ({exc.strerror})") from None
+        try:
+            # An --overwrite elsewhere may have moved the directory between open and flock: then this
+            # lock guards the old run, not the one now at this path.
+            same = os.path.samestat(os.fstat(fd), os.stat(self._lock_path))
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)
+            raise RunLocked(f"run_dir: '{self.path}' was replaced while it was being locked; try again")
+        self._lock_fd = fd
+        try:
+            atomic_write_json(
+                self._holder_path, {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+            )
+        except OSError as exc:
+            self.release()
+            raise SmalllmError(f"run_dir: cannot write to '{self.path}' ({exc.strerror})") from None
 
     def release(self) -> None:
-        if self._lock is None:
+        if self._lock_fd is None:
             return
         with contextlib.suppress(OSError):
             self._holder_path.unlink()
-        self._lock.release()
-        self._lock = None
+        # Closing the descriptor drops the flock.
+        os.close(self._lock_fd)
+        self._lock_fd = None
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[RunDir]:
@@ -400,6 +627,21 @@ class RunDir:
             yield self
         finally:
             self.release()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON-object lines of ``path`` in file order; a torn or foreign line is skipped, so one bad
+    line (a run killed mid-write) does not hide the rest. A missing file is an OSError naming it."""
+    records = []
+    with open(path) as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def checkpoint_name(step: int) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from smalllm.config import RunConfig, load_config
+from smalllm.train.callbacks.base import Callback
 
 TINY_OVERRIDES = [
     "model.preset=micro-w32",
@@ -54,3 +55,14 @@ def tiny_config(run_dir: Path | str, *overrides: str) -> RunConfig:
 @pytest.fixture
 def tiny_cfg(tmp_path) -> RunConfig:
     return tiny_config(tmp_path / "run")
+
+
+class StopAt(Callback):
+    """Request a stop after step ``step``, as SIGTERM would (the checkpointer then saves)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if trainer.step == self.step:
+            trainer.stop_requested = "test"

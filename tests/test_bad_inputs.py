@@ -23,11 +23,11 @@ import pytest
 import torch
 from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
 
+from smalllm import checkpoints as ckpt
 from smalllm.cli import main
 from smalllm.data.shards import corpus_dir
 from smalllm.tasks import _REGISTRY as TASK_REGISTRY
 from smalllm.tasks import Instance, Task, register, registered_tasks
-from smalllm.train import checkpoint as ckpt
 from smalllm.train.trainer import train
 
 BASE = (*TINY_OVERRIDES, *TINY_TASKS, "train.device=cpu")

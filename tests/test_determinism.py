@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, StopAt, quiet, tiny_config
 from safetensors.torch import load_file
 
+from smalllm import checkpoints as ckpt
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
-from smalllm.train import checkpoint as ckpt
-from smalllm.train.callbacks.base import Callback
-from smalllm.train.trainer import Trainer, prepare_run_dir, train
+from smalllm.run_record import RunDir, without_wall_clock
+from smalllm.train.trainer import Trainer, train
 
 # Micro-batches of 4 rows: one process accumulates two of them, two processes take one each, so the
 # 1-process and 2-process runs see the same global batch of 8 split the same way.
@@ -51,10 +51,6 @@ def weights_file(run_dir: Path) -> Path:
     latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
     assert latest is not None and latest.name == ckpt.checkpoint_name(STEPS)
     return latest / WEIGHTS
-
-
-def without_time(record: dict) -> dict:
-    return {k: v for k, v in record.items() if k not in ("time", "tokens_per_s", "mfu")}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,8 +97,8 @@ def test_same_seed_gives_identical_loss_curve(tmp_path: Path, reference: Path) -
     assert got == want, "loss curves of two runs with the same seed differ"
     grad_norms = [[r["grad_norm"] for r in records(d, "train")] for d in (reference, run_dir)]
     assert grad_norms[0] == grad_norms[1]
-    assert [without_time(r) for r in records(run_dir, "eval")] == [
-        without_time(r) for r in records(reference, "eval")
+    assert [without_wall_clock(r) for r in records(run_dir, "eval")] == [
+        without_wall_clock(r) for r in records(reference, "eval")
     ]
     assert weights_file(run_dir).read_bytes() == weights_file(reference).read_bytes()
 
@@ -114,20 +110,8 @@ def test_other_model_seed_changes_the_curve(tmp_path: Path, reference: Path) -> 
     assert losses(run_dir)[1] != losses(reference)[1]
 
 
-class StopAt(Callback):
-    """Request a stop after step ``step``, as SIGTERM would (the checkpointer then saves)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.step == self.step:
-            trainer.stop_requested = "test"
-
-
 def test_resume_is_bit_identical(tmp_path: Path, reference: Path) -> None:
     cfg = tiny_config(tmp_path / "run", *DET_OVERRIDES)
-    prepare_run_dir(cfg)
     trainer = Trainer(cfg, log=quiet)
     trainer.callbacks.insert(0, StopAt(13))
     assert trainer.fit()["status"] == "interrupted"
@@ -136,6 +120,27 @@ def test_resume_is_bit_identical(tmp_path: Path, reference: Path) -> None:
     summary = train(cfg, resume=True, log=quiet)
     assert summary["status"] == "completed" and summary["steps"] == STEPS
     assert losses(tmp_path / "run") == losses(reference)
+    assert weights_file(tmp_path / "run").read_bytes() == weights_file(reference).read_bytes()
+    # Every metrics line (train and eval records, in order) as the uninterrupted run wrote it.
+    assert [without_wall_clock(r) for r in RunDir(tmp_path / "run").read_metrics()] == [
+        without_wall_clock(r) for r in RunDir(reference).read_metrics()
+    ]
+
+
+def test_resume_inside_a_logging_window_is_bit_identical(tmp_path: Path) -> None:
+    """train.log_every=3 does not divide the stop step 13: the resumed run must finish the window
+    (loss mean, per-label sums) that the stopped one opened, and log what an uninterrupted run logs."""
+    overrides = (*DET_OVERRIDES, "train.log_every=3", "train.checkpoint_every=4")
+    reference = tmp_path / "reference"
+    train(tiny_config(reference, *overrides), log=quiet)
+    cfg = tiny_config(tmp_path / "run", *overrides)
+    trainer = Trainer(cfg, log=quiet)
+    trainer.callbacks.insert(0, StopAt(13))
+    assert trainer.fit()["status"] == "interrupted"
+    assert train(cfg, resume=True, log=quiet)["status"] == "completed"
+    assert [without_wall_clock(r) for r in RunDir(tmp_path / "run").read_metrics()] == [
+        without_wall_clock(r) for r in RunDir(reference).read_metrics()
+    ]
     assert weights_file(tmp_path / "run").read_bytes() == weights_file(reference).read_bytes()
 
 

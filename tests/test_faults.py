@@ -2,7 +2,11 @@
 checkpoint validation (``latest_checkpoint`` never picks a partial or corrupt checkpoint).
 
 The kill/resume and signal tests run ``smalllm train`` as real subprocesses on a CPU config of 96 steps
-with a checkpoint every 4 steps, and compare the final weights with one uninterrupted in-process run.
+(more when more kill trials are asked for) with a checkpoint every 4 steps and a metrics record every 3
+(so a resume usually lands inside a logging window), and compare the final weights, trainer state and
+metrics (less wall-clock fields) with one uninterrupted in-process run.
+
+``SMALLLM_KILL_TRIALS`` sets the number of kill -9 trials (default 5; the acceptance run uses 20).
 """
 
 from __future__ import annotations
@@ -23,24 +27,27 @@ import torch
 from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 from safetensors.torch import load_file
 
+from smalllm import checkpoints as ckpt
 from smalllm.cli import main
 from smalllm.config import ModelConfig
 from smalllm.model.build import build_model
-from smalllm.train import checkpoint as ckpt
+from smalllm.run_record import RunDir, without_wall_clock
 from smalllm.train import trainer as trainer_mod
 from smalllm.train.callbacks.base import Callback
-from smalllm.train.trainer import Trainer, prepare_run_dir, train
+from smalllm.train.trainer import Trainer, train
 
-# 96 steps of 256 tokens, a checkpoint every 4 steps, no evaluation (it cannot change the weights).
+KILL_TRIALS = int(os.environ.get("SMALLLM_KILL_TRIALS", "5"))
+# Each trial moves the run on by a few steps; more trials need a longer run to still be running.
+TOTAL_STEPS = 96 * max(1, math.ceil(KILL_TRIALS / 5))
+# Steps of 256 tokens, a checkpoint every 4 steps, a metrics record every 3 (not a divisor of 4), no
+# evaluation (it cannot change the weights).
 FAULT_OVERRIDES = (
     "train.device=cpu",
-    "train.max_tokens=24576",
+    f"train.max_tokens={256 * TOTAL_STEPS}",
     "train.checkpoint_every=4",
-    "train.log_every=4",
+    "train.log_every=3",
     "eval.enabled=false",
 )
-TOTAL_STEPS = 96
-KILL_TRIALS = 5
 WEIGHTS = "model.safetensors"
 
 
@@ -68,6 +75,41 @@ def assert_same_weights(run_dir: Path, reference: Path) -> None:
         pytest.fail(f"final weights differ from the uninterrupted run in {len(differ)} tensors: {differ[:5]}")
 
 
+def assert_same_state(run_dir: Path, reference: Path) -> None:
+    """The final trainer states (optimizer, schedule, RNG, stream position, ...) are equal."""
+    got, want = (
+        torch.load(final_weights(d).parent / ckpt.STATE, weights_only=True) for d in (run_dir, reference)
+    )
+    assert_equal_nested(got, want, "trainer_state")
+
+
+def assert_equal_nested(got, want, where: str) -> None:
+    if isinstance(want, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, want), f"{where} differs"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got, key=str) == sorted(want, key=str), (
+            f"{where}: keys differ"
+        )
+        for key in want:
+            assert_equal_nested(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, list | tuple):
+        assert isinstance(got, list | tuple) and len(got) == len(want), f"{where}: lengths differ"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_equal_nested(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+def assert_same_metrics(run_dir: Path, reference: Path) -> None:
+    """metrics.jsonl equals the uninterrupted run's line for line, except wall-clock fields."""
+    got, want = ([without_wall_clock(r) for r in RunDir(d).read_metrics()] for d in (run_dir, reference))
+    assert [r["step"] for r in got] == [r["step"] for r in want], "logged steps differ"
+    for g, w in zip(got, want):
+        assert g == w, f"metrics record of step {w['step']} differs: {g} != {w}"
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len(want), "metrics.jsonl holds torn or extra lines"
+
+
 def cli(run_dir: Path, *flags: str) -> list[str]:
     """Command line of a real ``smalllm train`` process on the fault config."""
     return [
@@ -77,8 +119,10 @@ def cli(run_dir: Path, *flags: str) -> list[str]:
 
 
 def start(run_dir: Path, logs: Path, tag: str) -> subprocess.Popen:
-    """Start (or, once the run has a config, resume) training; output goes to files under ``logs``."""
-    flags = ["--resume"] if (run_dir / "config.yaml").is_file() else []
+    """Start training, resume it once it has a checkpoint, or start over (``--overwrite``) a run killed
+    before its first checkpoint; output goes to files under ``logs``."""
+    mode = RunDir(run_dir).restart_mode()
+    flags = [f"--{mode}"] if mode else []
     logs.mkdir(exist_ok=True)
     with open(logs / f"{tag}.out", "w") as out, open(logs / f"{tag}.err", "w") as err:
         return subprocess.Popen(cli(run_dir, *flags), stdout=out, stderr=err)
@@ -144,7 +188,8 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, reference_run: Path
     rng = random.Random(20240607)
     modes = ["checkpoint-write", "random", "checkpoint-write", "after-publish", "random"]
     trials: list[dict] = []
-    for i, mode in enumerate(modes[:KILL_TRIALS]):
+    schedule = [modes[k % len(modes)] for k in range(KILL_TRIALS)]
+    for i, mode in enumerate(schedule):
         condition = kill_condition(mode, run_dir)
         proc = start(run_dir, logs, f"trial{i}")
         hit = wait_for(proc, condition)
@@ -170,12 +215,15 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path: Path, reference_run: Path
     assert any(t["latest"] is not None for t in trials), "no trial got past the first checkpoint"
 
     final = start(run_dir, logs, "final")
-    assert final.wait(timeout=300) == 0, (logs / "final.err").read_text()
+    assert final.wait(timeout=300 + TOTAL_STEPS) == 0, (logs / "final.err").read_text()
     assert "Traceback" not in (logs / "final.err").read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == TOTAL_STEPS
     assert tmp_dirs(root) == [], "stale temporary checkpoints are pruned"
     assert_same_weights(run_dir, reference_run)
+    assert_same_state(run_dir, reference_run)
+    assert_same_metrics(run_dir, reference_run)
+    print(f"{KILL_TRIALS}/{KILL_TRIALS} kill -9 trials: final weights, trainer state and metrics identical")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -206,6 +254,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path: Path, reference_ru
     assert final.wait(timeout=300) == 0, (logs / "final.err").read_text()
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
     assert_same_weights(run_dir, reference_run)
+    assert_same_metrics(run_dir, reference_run)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,7 +323,6 @@ class ParameterTrace(Callback):
 def test_nan_skip_drops_the_batch_and_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     poison_loss_at(monkeypatch, {6})
     cfg = tiny_config(tmp_path / "run", "train.device=cpu", "train.nan_policy=skip", "eval.enabled=false")
-    prepare_run_dir(cfg)
     logged: list[str] = []
     trainer = Trainer(cfg, log=logged.append)
     trace = ParameterTrace()

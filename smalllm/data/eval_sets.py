@@ -1,7 +1,7 @@
 """Held-out evaluation sets: what the stream holds out of training and the evaluator scores.
 
 They sit in the data layer, below both: the stream builds them, the evaluator reads them, and a run
-saves them (``eval_sets.json``) so that a checkpoint can be scored later on exactly the instances the
+saves them with its record so that a checkpoint can be scored later on exactly the instances the
 run was tracked on, without rebuilding its stream.
 """
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from smalllm.errors import SmalllmError
+from smalllm.run_record import atomic_write_text
 from smalllm.tasks.base import Instance
 
 
@@ -43,7 +44,7 @@ def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.nda
         for s in sets
     ]
     rows = [] if background is None else np.asarray(background).tolist()
-    Path(path).write_text(json.dumps({"tasks": tasks, "background": rows}))
+    atomic_write_text(Path(path), json.dumps({"tasks": tasks, "background": rows}))
 
 
 def load_eval_sets(path: str | Path) -> tuple[list[TaskEvalSet], np.ndarray | None]:

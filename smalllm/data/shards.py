@@ -6,6 +6,7 @@ Layout of a built corpus directory::
     tokenizer/        # the PreTrainedTokenizerFast used (every run copies it into its checkpoints)
     train_00000.bin   # raw uint16/uint32 token ids; every document is followed by <eod>
     holdout.bin       # held-out background documents (never trained on)
+    .smalllm          # the ownership marker (kind "corpus"): only such a directory is ever replaced
 
 Tokenization runs through ``datasets.map`` (``num_proc`` workers) in chunks, so corpora larger than
 memory stream through. The directory is written under a temporary name and renamed when complete,
@@ -14,12 +15,14 @@ so a crash never leaves a half-built corpus that looks finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,8 +33,11 @@ from smalllm.data.background import load_texts
 from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
+from smalllm.run_record import MARKER, DirKind, error_line, refuse_foreign, remove_owned, write_marker
 
 INDEX = "index.json"
+HOLDOUT = "holdout.bin"
+TOKENIZER_DIR = "tokenizer"
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
 TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
 
@@ -104,6 +110,10 @@ def corpus_dir(cfg: DataConfig) -> Path:
     return root / f"corpus-{corpus_key(cfg.background, cfg.tokenizer)}"
 
 
+def _cache_field(cfg: DataConfig) -> str:
+    return "data.cache_dir" if cfg.cache_dir else "cache directory ($SMALLLM_CACHE)"
+
+
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
     path = corpus_dir(cfg)
@@ -113,28 +123,84 @@ def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     return open_corpus(path)
 
 
-def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
-    """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically)."""
+def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc: int = 1):
+    """Save the tokenizer of ``cfg`` (building its corpus if needed) as a directory ``out``.
+
+    ``out`` may be absent, empty, or a tokenizer directory smalllm wrote before (it is replaced);
+    anything else is refused before any work. Returns the tokenizer.
+    """
     out = Path(out)
-    bg = cfg.background
+    refuse_foreign(out, "tokenizer", field)
+    tokenizer = ensure_corpus(cfg, num_proc=num_proc, log=lambda _m: None).tokenizer
+    with _staged(out, "tokenizer", field) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+    return tokenizer
+
+
+def _corpus_owns(name: str) -> bool:
+    """The names a corpus build writes: a corpus directory holding anything else is not replaced."""
+    return name in (MARKER, INDEX, HOLDOUT, TOKENIZER_DIR) or bool(re.fullmatch(r"train_\d{5}\.bin", name))
+
+
+_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": None}
+
+
+@contextlib.contextmanager
+def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
+    """Build a directory under a temporary sibling name (marker first), then put it in place of
+    ``out``, which is replaced only if smalllm made it as the same ``kind``."""
+    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    try:
+        if tmp.exists():  # left by a crashed build of a process with the same pid
+            remove_owned(tmp, kind, field, _OWNS[kind])
+        tmp.mkdir(parents=True)
+        write_marker(tmp, kind)
+    except OSError as exc:
+        raise SmalllmError(f"{field}: cannot write to '{tmp.parent}' ({exc.strerror})") from None
+    try:
+        yield tmp
+        try:
+            remove_owned(out, kind, field, _OWNS[kind])
+            tmp.rename(out)
+        except OSError as exc:
+            raise SmalllmError(f"{field}: cannot replace '{out}' ({exc.strerror})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | None = None) -> Path:
+    """Tokenize the background corpus of ``cfg`` into shards under ``out`` (atomically).
+
+    An existing ``out`` is replaced only if it is a corpus smalllm built (or empty); anything else is
+    refused before any work, naming ``field`` (by default the cache directory's setting).
+    """
+    out = Path(out)
+    field = field or _cache_field(cfg)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
+    refuse_foreign(out, "corpus", field, _corpus_owns)
     # Opened (and its files checked) first: a bad source leaves no directory behind.
-    texts = load_texts(bg)
-    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    texts = load_texts(cfg.background)
+    with _staged(out, "corpus", field) as tmp:
+        _write_corpus(cfg, texts, tmp, num_proc, field)
+    return out
+
+
+def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: int, field: str) -> None:
+    bg = cfg.background
     try:
         holdout_docs = list(itertools.islice(texts, bg.holdout_documents))
         # The BPE trains on training documents only; tee keeps the generator single-pass.
         head, texts = itertools.tee(texts)
         tokenizer = build_tokenizer(cfg.tokenizer, itertools.islice(head, TOKENIZER_TRAIN_DOCS))
         del head
-        tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
         eod = tokenizer.eos_token_id
 
         holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
-        with _naming(tmp / "holdout.bin"):
-            holdout.tofile(tmp / "holdout.bin")
+        with _naming(tmp / HOLDOUT):
+            holdout.tofile(tmp / HOLDOUT)
         shards, total, docs = [], 0, 0
         writer = _ShardWriter(tmp, dtype)
         for chunk in _chunks(texts, 20_000):
@@ -161,12 +227,10 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1) -> Path:
         }
         with _naming(tmp / INDEX):
             (tmp / INDEX).write_text(json.dumps(index, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    except OSError as exc:
+        # A full disk or a file-size limit: say which file, in one line.
+        where = exc.filename or tmp
+        raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
 
 
 @contextmanager
@@ -267,11 +331,11 @@ def open_corpus(path: str | Path) -> TokenShards:
             )
         parts.append(np.memmap(f, dtype=dtype, mode="r"))
     train = ShardedTokens(parts)
-    holdout_file = path / "holdout.bin"
+    holdout_file = path / HOLDOUT
     holdout = np.fromfile(holdout_file, dtype=dtype) if holdout_file.is_file() else np.zeros(0, dtype)
     if holdout_file.is_file() and len(holdout) != index.get("holdout_tokens", len(holdout)):
         raise SmalllmError(f"{holdout_file}: corrupt held-out shard; rebuild the corpus")
-    tokenizer = load_tokenizer(path / "tokenizer", field=str(path / "tokenizer"))
+    tokenizer = load_tokenizer(path / TOKENIZER_DIR, field=str(path / TOKENIZER_DIR))
     vmax = int(train.max()) if len(train) < 50_000_000 else None
     if vmax is not None and vmax >= len(tokenizer):
         raise SmalllmError(f"{path}: token id {vmax} outside the tokenizer's vocabulary of {len(tokenizer)}")

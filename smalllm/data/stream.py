@@ -138,7 +138,7 @@ class TaskStream:
         self, cfg: DataConfig, corpus: TokenShards, global_batch: int, families: list[Family] | None = None
     ) -> None:
         """``families``: the result of :func:`build_families` for this tokenizer, when the caller has
-        already built them (the trainer checks them before it touches the run directory)."""
+        already built them (the trainer builds them in its checks, before the run directory exists)."""
         self.cfg = cfg
         self.corpus = corpus
         self.seq_len = cfg.seq_len

@@ -3,6 +3,7 @@ on the held-out sets a run was tracked on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -10,30 +11,37 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from smalllm.checkpoints import MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 from smalllm.data.eval_sets import load_eval_sets
 from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
 from smalllm.eval.evaluator import evaluate
-from smalllm.train.checkpoint import MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
-
-EVAL_SETS_FILE = "eval_sets.json"
+from smalllm.run_record import (
+    CHECKPOINTS_DIR,
+    RunDir,
+    append_jsonl,
+    check_appendable_jsonl,
+    is_checkpoint_name,
+    owns_run_name,
+)
 
 
 def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
     """(model directory, run directory) for a checkpoint, a run directory, or a plain model directory."""
-    if (path / "checkpoints").is_dir():
-        latest = latest_checkpoint(path / "checkpoints")
+    run = RunDir(path)
+    if run.checkpoints_dir.is_dir():
+        latest = latest_checkpoint(run.checkpoints_dir)
         if latest is None:
             raise SmalllmError(f"{path}: the run has no complete checkpoint")
         return latest, path
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").is_file():  # a Hugging Face model directory, not a run file
         raise SmalllmError(f"{path}: not a model directory (no config.json) nor a run directory")
-    if (path / MANIFEST).is_file() or path.name.startswith("step_"):
+    if (path / MANIFEST).is_file() or is_checkpoint_name(path.name):
         problem = verify_checkpoint(path, checksums=True)
         if problem is not None:
             raise SmalllmError(f"{path}: incomplete or corrupt checkpoint ({problem})")
-    run = path.parent.parent if path.parent.name == "checkpoints" else None
-    return path, run
+    owner = path.parent.parent if path.parent.name == CHECKPOINTS_DIR else None
+    return path, owner
 
 
 def evaluate_checkpoint(
@@ -44,12 +52,32 @@ def evaluate_checkpoint(
     batch_size: int = 128,
     log=print,
 ) -> dict:
-    """Evaluate a model on a run's saved eval sets, append a JSONL record and return the metrics."""
+    """Evaluate a model on a run's saved eval sets, append a JSONL record and return the metrics.
+
+    The output is checked before any work (a directory or a file that is not JSONL is refused); when
+    it lies in a run directory, that run's lock is held until the record is written, so a training
+    run and an evaluation never write one run at once.
+    """
     model_dir, inferred_run = resolve_checkpoint(Path(path))
-    run = Path(run_dir) if run_dir else inferred_run
-    if run is None:
+    run_path = Path(run_dir) if run_dir else inferred_run
+    if run_path is None:
         raise SmalllmError(f"{path}: pass --run RUN_DIR to say whose held-out sets to evaluate on")
-    sets_file = run / EVAL_SETS_FILE
+    run = RunDir(run_path)
+    out_file = Path(out) if out else run.eval_results_file
+    check_appendable_jsonl(out_file, "--out")
+    target = RunDir(out_file.parent)
+    if target.is_run() and owns_run_name(out_file.name) and out_file != target.eval_results_file:
+        raise SmalllmError(
+            f"--out: '{out_file}' is one of the run's own files; results go to '{target.eval_results_file}'"
+        )
+    with target.locked() if target.is_run() else contextlib.nullcontext():
+        return _evaluate(model_dir, run, tasks, out_file, batch_size, log)
+
+
+def _evaluate(
+    model_dir: Path, run: RunDir, tasks: list[str] | None, out_file: Path, batch_size: int, log
+) -> dict:
+    sets_file = run.eval_sets_file
     if not sets_file.is_file():
         raise SmalllmError(f"{sets_file}: not found (the run saves it when evaluation is enabled)")
     sets, background = load_eval_sets(sets_file)
@@ -57,7 +85,7 @@ def evaluate_checkpoint(
         names = [s.task for s in sets]
         for t in tasks:
             if t not in names:
-                raise SmalllmError(f"--tasks: '{t}' is not evaluated in {run}{did_you_mean(t, names)}")
+                raise SmalllmError(f"--tasks: '{t}' is not evaluated in {run.path}{did_you_mean(t, names)}")
         sets = [s for s in sets if s.task in tasks]
 
     tokenizer = load_tokenizer(model_dir, field=str(model_dir))
@@ -78,20 +106,18 @@ def evaluate_checkpoint(
     model.to(device)
     results = evaluate(model, sets, background, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
     record = {"checkpoint": str(model_dir), "time": time.time(), **_step_info(model_dir), **results}
-    out_file = Path(out) if out else run / "eval_results.jsonl"
-    with open(out_file, "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_jsonl(out_file, record)
     for key, value in sorted(results.items()):
         log(f"{key:<40} {value:.4f}")
     log(f"appended to {out_file}")
     return record
 
 
-def _run_tokenizer(run: Path, model_dir: Path):
+def _run_tokenizer(run: RunDir, model_dir: Path):
     """The run's tokenizer, when the model being scored comes from elsewhere (else None)."""
-    if model_dir.parent == run / "checkpoints":
+    if model_dir.parent == run.checkpoints_dir:
         return None  # the run's own checkpoint carries the run's tokenizer
-    own = list_checkpoints(run / "checkpoints")
+    own = list_checkpoints(run.checkpoints_dir)
     return load_tokenizer(own[-1], field=str(own[-1])) if own else None
 
 

@@ -139,7 +139,7 @@ def emergence_criterion(cfg: EvalConfig) -> tuple[str, float, bool]:
 def emergence_table(records: list[dict], cfg: EvalConfig) -> list[dict]:
     """One row per task and per task/sub-skill summarising final metrics and emergence.
 
-    ``records`` are the lines of a run's ``metrics.jsonl`` (non-eval lines are ignored). Emergence uses
+    ``records`` are the lines of a run's metrics file (non-eval lines are ignored). Emergence uses
     ``cfg.loss_ratio_threshold`` on ``loss_ratio`` (lower is better) when set, else
     ``cfg.accuracy_threshold`` on ``acc``, with ``cfg.patience`` (see :func:`detect_emergence`).
     Row keys: task, skill (None for the whole task), final_acc, final_loss, final_loss_ratio, best_acc,

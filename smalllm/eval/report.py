@@ -8,7 +8,6 @@ training process or a notebook alike.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from pathlib import Path
@@ -30,40 +29,28 @@ from smalllm.eval.emergence import (
     table_cells,
 )
 from smalllm.labels import BACKGROUND, TRAIN, Label
+from smalllm.run_record import RunDir, read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
 DPI = 100
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """All records of ``run_dir/metrics.jsonl`` (or of that file itself), in file order.
+    """All records of the run's metrics file (or of that file itself, given its path), in file order.
 
     Lines that are not JSON objects are skipped: the last line of a run that was killed mid-write is
     usually truncated, and one bad line should not hide the rest of the run.
     """
     path = Path(run_dir)
     if path.is_dir():
-        path = path / METRICS_FILE
+        path = RunDir(path).metrics_file
     if not path.is_file():
         raise SmalllmError(f"{path}: metrics file not found (is this a run directory?)")
-    records = []
-    with path.open() as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                records.append(rec)
-    return records
+    return read_jsonl(path)
 
 
 def load_eval_config(run_dir: str | Path) -> EvalConfig:
-    """The ``eval`` section of the run's saved ``config.yaml``, or the defaults when there is none."""
-    path = Path(run_dir) / "config.yaml"
+    """The ``eval`` section of the run's saved config, or the defaults when there is none."""
+    path = RunDir(run_dir).config_file
     try:
         section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
     except (OSError, yaml.YAMLError, AttributeError):
@@ -230,7 +217,7 @@ def summary_markdown(
 def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Path]:
     """Write ``run_dir/report/{task}.png``, ``background.png`` and ``summary.md``; return their paths.
 
-    ``cfg`` gives the emergence criterion; by default it is read from the run's ``config.yaml``.
+    ``cfg`` gives the emergence criterion; by default it is read from the run's saved config.
     """
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
@@ -238,7 +225,7 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
     evals = eval_records(records)
     trains = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r.get("step", 0))
     rows = emergence_table(records, cfg)
-    out_dir = run_dir / "report"
+    out_dir = RunDir(run_dir).report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
     used: set[str] = set()

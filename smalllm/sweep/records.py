@@ -205,12 +205,7 @@ def failure_reason(sweep_dir: Path, name: str) -> str:
 
 def launch_mode(sweep_dir: Path, name: str) -> LaunchMode | None:
     """How to start the cell's training: continue its checkpoint, replace what a crash left, or start."""
-    run = cell_run(sweep_dir, name)
-    if run.has_checkpoint():
-        return "resume"
-    if run.path.is_dir() and any(run.path.iterdir()):
-        return "overwrite"  # started but never checkpointed: nothing there to continue
-    return None
+    return cell_run(sweep_dir, name).restart_mode()
 
 
 def begin_attempt(sweep_dir: Path, name: str, mode: LaunchMode | None, how: str) -> int:

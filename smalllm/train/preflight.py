@@ -1,9 +1,11 @@
-"""Every check a run makes before it writes anything, in one place for the run and the dry run.
+"""Every check a run makes before it writes anything, shared by the run and the dry run.
 
-:func:`check_config` is what ``smalllm train --dry-run`` runs, and what :func:`smalllm.train.trainer.train`
-runs before it touches the run directory; :func:`check_run` is its tokenizer-dependent core, which
-the trainer repeats with the real world size once the processes exist. So a dry run refuses exactly
-the configs that a run refuses, with the same one-line message, and cannot drift from it:
+:func:`check_run` holds the checks that need the tokenizer (every task, the placement feasibility of
+the mixture, the plan and its memory estimate). :meth:`smalllm.train.trainer.Trainer.setup` calls it
+(with the real world size) while :func:`smalllm.train.trainer.train` sets the trainer up, before it
+touches the run directory; :func:`check_config`, which ``smalllm train --dry-run`` runs, makes the
+same steps in the same order without building anything. So a dry run refuses exactly the configs
+that a run refuses, with the same one-line message, and cannot drift from it:
 
 1. device and precision (``fp16`` on a CPU, ``cuda`` without a GPU unless dry-running);
 2. the tokenizer: the cached corpus's when it exists, else the one the run would build (byte,
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from smalllm.config import RunConfig
@@ -34,17 +35,6 @@ from smalllm.tasks import TaskVocab
 from smalllm.train.plan import Plan, make_plan, resolve_target
 
 
-@dataclass
-class Checked:
-    """What :func:`check_config` built on the way: the plan, and the tasks for the run's tokenizer
-    (the trainer reuses them rather than drawing every instance pool a second time)."""
-
-    plan: Plan
-    families: list[Family]
-    vocab_size: int
-    """Size of the tokenizer the families were built for."""
-
-
 def check_run(
     cfg: RunConfig,
     tokenizer: Any,
@@ -52,15 +42,13 @@ def check_run(
     sharded: bool = False,
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
-    families: list[Family] | None = None,
 ) -> tuple[list[Family], Plan]:
     """Check the tasks and the plan of ``cfg`` against ``tokenizer``; return both for the trainer.
 
     ``show`` sees the plan before the memory check refuses it, so a dry run can print what does
-    not fit. ``families`` built by an earlier check for the same tokenizer are taken as they are.
+    not fit.
     """
-    if families is None:
-        families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
+    families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
     plan = make_plan(cfg, vocab_size=len(tokenizer), world=world, sharded=sharded, strict=strict)
     if show is not None:
         show(plan)
@@ -74,8 +62,8 @@ def check_config(
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
     log: Callable[[str], None] = print,
-) -> Checked:
-    """Everything a run checks before training (see the module docstring).
+) -> Plan:
+    """Everything a run checks before training (see the module docstring); returns the plan.
 
     ``build_corpus=False`` (a dry run) never writes: without a cached corpus the tokenizer is
     built or stood in for. ``strict=False`` plans ``train.device=cuda`` without a GPU.
@@ -90,7 +78,7 @@ def check_config(
     families, plan = check_run(cfg, tokenizer, strict=strict, show=show)
     if corpus is not None:
         TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
-    return Checked(plan, families, len(tokenizer))
+    return plan
 
 
 def cached_corpus(cfg: DataConfig) -> TokenShards | None:

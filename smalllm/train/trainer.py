@@ -1,23 +1,24 @@
-"""The training loop, on accelerate: ``prepare_run_dir`` -> ``Trainer(cfg).fit()``.
+"""The training loop, on accelerate: ``train(cfg)`` = ``Trainer(cfg)`` (set up) -> ``open_run`` -> ``fit()``.
 
 The same code runs on one CPU process, several CPU processes (gloo) and GPUs (DDP, FSDP,
 DeepSpeed): accelerate owns devices, precision and process groups; the stream hands each process
 its own rows; the model is a stock transformers model. Read it top to bottom:
 
-1. ``setup``: accelerator, corpus and stream, model, optimizer, schedule, resume;
-2. ``fit``: ``train_step`` until the token budget is spent, callbacks after each step;
-3. ``save`` / ``state_dict``: the whole resumable state is one dict.
+1. ``setup``: accelerator, corpus and stream, model, optimizer, schedule, resume. Everything a run
+   can refuse is refused here, before the run directory is written to;
+2. ``open_run``: the run directory (marker, one-writer lock, status ``running``, config);
+3. ``fit``: ``train_step`` until the token budget is spent, callbacks after each step; whatever ends
+   it is recorded in the run's status record (completed, interrupted, diverged, or failed with its error);
+4. ``save`` / ``state_dict``: the whole resumable state is one dict, the callbacks' included.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import math
 import os
-import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -28,58 +29,33 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from transformers.utils import logging as hf_logging
 
+from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.model.build import build_model, count_params
-from smalllm.train import checkpoint as ckpt
+from smalllm.run_record import (
+    CHECKPOINT_SHARDED_STATE,
+    TRACKER_DIR,
+    RunDir,
+    atomic_write,
+    error_line,
+    is_empty_dir,
+    remove_owned,
+)
 from smalllm.train.callbacks.base import Callback
 from smalllm.train.plan import resolve_device, resolve_precision
-from smalllm.train.preflight import Checked, check_config, check_run
+from smalllm.train.preflight import check_run
 from smalllm.train.schedule import lr_factor
-
-CONFIG_FILE = "config.yaml"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-SHARDED_STATE = "sharded_state"
 
 
 class TrainingDiverged(SmalllmError):
     """The loss became NaN or infinite and ``train.nan_policy=stop``."""
 
 
-def check_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
-    """Refuse, reading only, a run directory that :func:`prepare_run_dir` would refuse (a dry run
-    and the pre-flight of a run call this before anything slow or anything that writes)."""
-    run_dir = Path(cfg.run_dir)
-    exists = run_dir.is_dir() and any(run_dir.iterdir())
-    if exists and not resume and not overwrite:
-        raise SmalllmError(
-            f"run_dir: '{run_dir}' already holds a run; pass --resume to continue it or --overwrite to replace it"
-        )
-    if resume and not (run_dir / CONFIG_FILE).is_file():
-        raise SmalllmError(f"run_dir: '{run_dir}' has no run to resume ({CONFIG_FILE} missing)")
-    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
-        raise SmalllmError(f"run_dir: cannot write to '{run_dir}' ({os.strerror(errno.ENOTDIR)})")
-
-
-def prepare_run_dir(cfg: RunConfig, resume: bool = False, overwrite: bool = False) -> Path:
-    """Create (or reopen, with ``resume``) the run directory; never silently overwrite one."""
-    check_run_dir(cfg, resume=resume, overwrite=overwrite)
-    run_dir = Path(cfg.run_dir)
-    exists = run_dir.exists() and any(run_dir.iterdir())
-    if exists and overwrite and not resume:
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SmalllmError(f"run_dir: cannot write to '{run_dir}' ({exc.strerror})") from None
-    return run_dir
+class TrainingFailed(SmalllmError):
+    """An exception ended the run; the message is the one line recorded in the run's status record."""
 
 
 class Trainer:
@@ -91,14 +67,16 @@ class Trainer:
         resume: bool = False,
         callbacks: list[Callback] | None = None,
         log=print,
-        checked: Checked | None = None,
+        run: RunDir | None = None,
     ) -> None:
-        """``checked``: the result of :func:`~smalllm.train.preflight.check_config` for ``cfg``."""
-        self.checked = checked
         self.cfg = cfg
         self.resume = resume
-        self.run_dir = Path(cfg.run_dir)
+        self.run = run if run is not None else RunDir(cfg.run_dir)
         self.log_line = log
+        self.status = "running"
+        self.error: BaseException | None = None
+        self._opened = False
+        self._callback_state: dict = {}
         self.step = 0
         self.tokens = 0
         self.stop_requested: str | None = None
@@ -123,6 +101,7 @@ class Trainer:
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb else []
         )
+        self.trackers = trackers
         self.accelerator = Accelerator(
             cpu=device == "cpu",
             mixed_precision=mixed,
@@ -137,13 +116,9 @@ class Trainer:
             corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
         self.tokenizer = corpus.tokenizer
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-        # The same checks as the pre-flight in `train` and the dry run, now with the real world size.
-        prebuilt = (
-            self.checked.families if self.checked and self.checked.vocab_size == len(self.tokenizer) else None
-        )
-        families, self.plan = check_run(
-            cfg, self.tokenizer, world=self.world, sharded=self.sharded, families=prebuilt
-        )
+        # The dry run's checks (preflight.check_config runs this same check_run), with the real world
+        # size; `train` sets the trainer up before it touches the run directory.
+        families, self.plan = check_run(cfg, self.tokenizer, world=self.world, sharded=self.sharded)
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
 
@@ -175,41 +150,67 @@ class Trainer:
         )
         if resume_from is not None:
             self.load_state_dict(ckpt.load_trainer_state(resume_from))
-            if self.is_main:
-                _truncate_metrics(self.run_dir / METRICS_FILE, self.step)
             if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
-                acc.load_state(str(resume_from / SHARDED_STATE))
+                acc.load_state(str(resume_from / CHECKPOINT_SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.run_dir / CONFIG_FILE)
-        if trackers:
-            acc.init_trackers("tb", config=_flat_hparams(config_to_dict(cfg)))
+
+    @property
+    def run_dir(self) -> Path:
+        return self.run.path
 
     def _resume_point(self) -> Path | None:
         if not self.resume:
             return None
-        root = self.run_dir / "checkpoints"
+        if self.is_main:
+            self.run.check_start(resume=True)  # no config or no checkpoint: a one-line refusal
+        root = self.run.checkpoints_dir
         latest = ckpt.latest_checkpoint(root)
-        broken = sorted(root.glob(f"{ckpt.PREFIX}*")) if latest is None and root.is_dir() else []
-        if broken:
+        if latest is None:
             # Restarting from step 0 would silently throw the run away: make the user decide.
-            problem = ckpt.verify_checkpoint(broken[-1], checksums=True)
+            broken = sorted(root.glob(f"{ckpt.PREFIX}*"))
+            problem = ckpt.verify_checkpoint(broken[-1], checksums=True) if broken else "none published"
+            where = broken[-1] if broken else root
             raise SmalllmError(
-                f"{broken[-1]}: no usable checkpoint to resume from ({problem}); "
+                f"{where}: no usable checkpoint to resume from ({problem}); "
                 "restore it, or start over with --overwrite"
             )
-        if latest is None:
-            self.info("no complete checkpoint found; starting from step 0")
-            return latest
         self._check_resumable(latest)
         return latest
+
+    def open_run(self) -> None:
+        """Make the run directory this trainer's: refusals, marker (first), lock, ``running``, config.
+
+        Called once setup has validated everything, so a refused run writes nothing. Only the main
+        process owns the directory; the others write checkpoint shards into it through ``save``.
+        """
+        if self._opened:
+            return
+        if self.is_main:
+            run = self.run
+            if not run.holds_lock:
+                run.check_start(resume=self.resume)
+            run.create()
+            run.acquire()
+            try:
+                run.mark_running(self.step)
+                if self.resumed:
+                    run.truncate_metrics(self.step)
+                atomic_write(run.config_file, lambda tmp: save_config(self.cfg, tmp))
+            except BaseException as exc:
+                self._record_failure(exc)
+                run.release()
+                if isinstance(exc, OSError):
+                    raise SmalllmError(f"run_dir: cannot write to '{run.path}' ({error_line(exc)})") from exc
+                raise
+        if self.trackers:
+            self.accelerator.init_trackers(TRACKER_DIR, config=_flat_hparams(config_to_dict(self.cfg)))
+        self._opened = True
 
     def _check_resumable(self, checkpoint: Path) -> None:
         """Refuse overrides that would make the resumed stream differ from the one trained on."""
         from smalllm.config import load_config
 
-        saved_file = self.run_dir / CONFIG_FILE
+        saved_file = self.run.config_file
         if not saved_file.is_file():
             return
         saved = load_config(saved_file)
@@ -246,15 +247,22 @@ class Trainer:
     # --------------------------------------------------------------------------------------- fit
 
     def fit(self) -> dict:
-        """Train until the token budget is spent or a stop is requested; return the run summary."""
+        """Train until the token budget is spent or a stop is requested; return the run summary.
+
+        Whatever ends the run is recorded in its status record before this returns or raises: completed,
+        interrupted (SIGTERM/SIGINT), diverged, or failed with its one-line error and step. A failure
+        is raised again as a one-line :class:`SmalllmError`, so the command exits non-zero.
+        """
+        self.open_run()
         start = time.perf_counter()
         previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        for s in previous:
-            signal.signal(s, self._request_stop)
-        status = "completed"
+        error: BaseException | None = None
         try:
+            for s in previous:
+                signal.signal(s, self._request_stop)
             # Set once, not per step (a walk over every module); evaluation restores it when done.
             self.model.train()
+            self._restore_callbacks()
             for cb in self.callbacks:
                 cb.on_fit_start(self)
             while self.step < self.total_steps and self.stop_requested is None:
@@ -264,21 +272,68 @@ class Trainer:
                 self._agree_on_stop()
                 for cb in self.callbacks:
                     cb.on_step_end(self, metrics)
-            if self.stop_requested is not None:
-                status = "interrupted"
-        except TrainingDiverged:
-            status = "diverged"
-            raise
+        except BaseException as exc:  # recorded below, then raised again
+            error = exc
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-            self.wall_seconds = time.perf_counter() - start
-            self.status = status
-            for cb in self.callbacks:
+        self.wall_seconds = time.perf_counter() - start
+        if error is None and self.stop_requested is None and 0 < self.step <= self.skipped_steps:
+            error = TrainingFailed(
+                f"train.nan_policy=skip: all {self.step} steps had a non-finite loss or gradient and were "
+                "skipped, so nothing was trained (lower train.lr)"
+            )
+        self.status = _status_of(error, self.stop_requested)
+        try:
+            error = self._end(error)
+        finally:
+            if self.is_main:
+                self.run.release()
+        if error is not None:
+            if isinstance(error, SmalllmError | KeyboardInterrupt):
+                raise error
+            raise TrainingFailed(f"training failed at step {self.step}: {error_line(error)}") from error
+        return self.last_summary
+
+    def _end(self, error: BaseException | None) -> BaseException | None:
+        """Run the callbacks' ends and write the summary, whatever failed before; return the error
+        that ends the run (the first one: later ones are usually its consequences)."""
+        self.error = error  # callbacks see it: nothing is checkpointed after an exception
+        for cb in self.callbacks:
+            try:
                 cb.on_fit_end(self)
+            except Exception as exc:
+                if self.error is None:
+                    self.error, self.status = exc, "failed"
+        try:
             self.accelerator.end_training()
-            summary = self.summary()  # written for every outcome, divergence included
-        return summary
+        except Exception as exc:
+            if self.error is None:
+                self.error, self.status = exc, "failed"
+        error = self.error
+        try:
+            self.last_summary = self.summary()
+        except Exception as exc:
+            if error is None:
+                error, self.status, self.error = exc, "failed", exc
+            self.last_summary = {"status": self.status, "steps": self.step, "tokens": self.tokens}
+            self._record_failure(error)
+        return error
+
+    def _record_failure(self, exc: BaseException) -> None:
+        """Best effort: mark the run failed when the full summary could not be written (its small
+        record may still fit where the big write did not)."""
+        if not self.is_main:
+            return
+        with contextlib.suppress(Exception):
+            self.run.mark_failed(error_line(exc), self.step)
+
+    def _restore_callbacks(self) -> None:
+        """Give each callback the state it had at the checkpoint (e.g. the open logging window)."""
+        for cb in self.callbacks:
+            state = self._callback_state.get(type(cb).__name__)
+            if state is not None:
+                cb.load_state_dict(self, state)
 
     def _request_stop(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -370,12 +425,24 @@ class Trainer:
             "data": {"next_row": self.step * self.cfg.train.global_batch_size, "seed": self.cfg.data.seed},
             "world": self.world,
             "skipped_steps": self.skipped_steps,
+            # What the callbacks accumulated since their last output: without it, a run resumed from a
+            # step that is not a multiple of train.log_every would log a shorter window.
+            "callbacks": self._callback_states(),
         }
         if self.accelerator.scaler is not None:
             state["grad_scaler"] = self.accelerator.scaler.state_dict()
         if torch.cuda.is_available():
             state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
         return state
+
+    def _callback_states(self) -> dict:
+        # Called on every process: a callback may gather its per-process state (a collective).
+        states = {}
+        for cb in self.callbacks:
+            state = cb.state_dict(self)
+            if state is not None:
+                states[type(cb).__name__] = state
+        return states
 
     def load_state_dict(self, state: dict) -> None:
         if state["world"] != self.world:
@@ -388,6 +455,7 @@ class Trainer:
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self._callback_state = dict(state.get("callbacks") or {})
         if "grad_scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if state["data"]["next_row"] != self.step * self.cfg.train.global_batch_size:
@@ -399,20 +467,19 @@ class Trainer:
         """Write a checkpoint of the current step. The main process writes; under FSDP/DeepSpeed
         every process takes part in gathering the weights and writing its optimizer shard."""
         acc = self.accelerator
-        root = self.run_dir / "checkpoints"
+        root = self.run.checkpoints_dir
         tmp = ckpt.stage_checkpoint(root, self.step) if self.is_main else ckpt.staging_dir(root, self.step)
         acc.wait_for_everyone()
         weights = None
         if self.sharded:
             weights = acc.get_state_dict(self.model)  # collective: gathers the full weights on rank 0
-            acc.save_state(str(tmp / SHARDED_STATE))
+            acc.save_state(str(tmp / CHECKPOINT_SHARDED_STATE))
+        state = self.state_dict()  # on every process: the callbacks' states are gathered
         path = None
         if self.is_main:
             meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
             model = acc.unwrap_model(self.model)
-            path = ckpt.publish_checkpoint(
-                tmp, self.step, model, self.tokenizer, self.state_dict(), meta, weights
-            )
+            path = ckpt.publish_checkpoint(tmp, self.step, model, self.tokenizer, state, meta, weights)
             ckpt.prune_checkpoints(root, self.cfg.train.keep_last)
         acc.wait_for_everyone()
         return path
@@ -427,16 +494,16 @@ class Trainer:
         """Append one metrics record (JSONL) and forward its numbers to the trackers."""
         if not self.is_main:
             return
-        with open(self.run_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
         numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("step",)}
         if self.accelerator.trackers:
             self.accelerator.log(numbers, step=record["step"])
 
     def summary(self) -> dict:
+        """The run's status record (written by the main process) and its return value."""
         total_rows = self.step * self.cfg.train.global_batch_size
         summary = {
-            "status": getattr(self, "status", "running"),
+            "status": self.status,
             "steps": self.step,
             "tokens": self.tokens,
             "params": self.num_params,
@@ -449,29 +516,25 @@ class Trainer:
             "frequencies": self.stream.frequency_table(total_rows),
         }
         summary.update(getattr(self, "extra_summary", {}))
+        if self.error is not None:  # diverged, failed, or interrupted by an exception
+            summary["error"] = error_line(self.error)
+        if self.status == "failed":
+            summary["failed_at_step"] = self.step
         if self.is_main:
-            (self.run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=float))
+            previous = self.run.read_summary()
+            summary.update({k: previous[k] for k in ("attempt", "started") if k in previous})
+            self.run.write_summary(summary)
         return summary
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after ``step`` (and a torn last line) before a resumed run appends.
-
-    Without this, steps between the checkpoint and a crash would appear twice in the curves.
-    """
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if record.get("step", 0) <= step:
-            kept.append(line)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(f"{line}\n" for line in kept))
-    os.replace(tmp, path)
+def _status_of(error: BaseException | None, stop_requested: str | None) -> str:
+    if error is None:
+        return "interrupted" if stop_requested is not None else "completed"
+    if isinstance(error, TrainingDiverged):
+        return "diverged"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    return "failed"
 
 
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -538,14 +601,52 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
 
 
 def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=print) -> dict:
-    """Run (or resume) training for ``cfg``; returns the summary written to ``summary.json``."""
-    if os.environ.get("RANK", "0") == "0":  # one process checks and creates it; the others follow
-        # Everything that can refuse the config comes before the run directory is touched, so a
-        # bad config (or a typo next to --overwrite) writes nothing and deletes nothing.
-        check_run_dir(cfg, resume=resume, overwrite=overwrite)  # fast refusals first
-        checked = check_config(cfg, build_corpus=True, log=log)
-        prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
-    else:
-        checked = None
-    trainer = Trainer(cfg, resume=resume, log=log, checked=checked)
+    """Run (or resume) training for ``cfg``; returns the summary it records.
+
+    The order keeps a researcher's files safe: refuse what ``run_dir`` does not allow (a foreign
+    directory, a run in use, a resume without checkpoint), validate everything by setting the trainer
+    up, and only then touch the directory. ``overwrite`` moves the old run aside, starts the new one
+    in its place, and deletes the old one only once the new one is set up (else it is moved back).
+    """
+    if threading.current_thread() is threading.main_thread():
+        # Python already ignores SIGXFSZ; kept explicit because a write past `ulimit -f` must raise
+        # EFBIG (recorded as the run's failure), not kill the process without a word.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    if os.environ.get("RANK", "0") != "0":  # one process owns the run directory; the others follow
+        return Trainer(cfg, resume=resume, log=log).fit()
+    run = RunDir(cfg.run_dir)
+    run.check_start(resume=resume, overwrite=overwrite)
+    replace = overwrite and not resume and run.path.is_dir() and not is_empty_dir(run.path)
+    if resume or replace:
+        run.acquire()  # held from here on: nobody may resume or replace it meanwhile
+    try:
+        trainer = Trainer(cfg, resume=resume, log=log, run=run if resume else None)
+        if replace:
+            _replace_run(run, trainer)
+        else:
+            trainer.open_run()
+    except BaseException:
+        run.release()  # a resumed run's lock passes to the trainer; a replaced one's ends with it
+        raise
     return trainer.fit()
+
+
+def _replace_run(old: RunDir, trainer: Trainer) -> None:
+    """Start ``trainer``'s run where ``old`` is: move ``old`` aside, set the new run up, then delete
+    ``old``; if the new run cannot be set up, put ``old`` back as it was."""
+    original = old.set_aside()
+    try:
+        trainer.open_run()
+    except BaseException:
+        trainer.run.release()
+        try:
+            if trainer.run.path.exists():
+                remove_owned(trainer.run.path, "run", "run_dir")
+            old.put_back(original)
+        except (OSError, SmalllmError) as exc:
+            raise SmalllmError(
+                f"run_dir: the new run did not start and the old run could not be moved back "
+                f"({error_line(exc)}); it is kept in '{old.path}'"
+            ) from None
+        raise
+    old.remove()

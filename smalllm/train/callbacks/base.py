@@ -19,4 +19,15 @@ class Callback:
         """After optimizer step ``trainer.step`` (already incremented); ``metrics`` may be extended."""
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        """After the last step, or when training stops early (signal, divergence)."""
+        """After the last step, or when training stops early (signal, divergence, failure):
+        ``trainer.status`` says which."""
+
+    def state_dict(self, trainer: Trainer) -> dict | None:
+        """What a resumed run needs to continue exactly (saved in the checkpoint), or None.
+
+        Called on every process when a checkpoint is written, so it may gather across processes.
+        """
+        return None
+
+    def load_state_dict(self, trainer: Trainer, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned, before ``on_fit_start`` of the resumed run."""

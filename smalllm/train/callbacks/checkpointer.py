@@ -21,8 +21,10 @@ class Checkpointer(Callback):
             self._save(trainer)
 
     def on_fit_end(self, trainer) -> None:
-        if trainer.status == "diverged":
-            return  # never checkpoint a diverged state: the last good checkpoint stays the latest
+        if trainer.error is not None:
+            # Never checkpoint a diverged state, nor one an exception may have left half-updated
+            # (mid-step): the last good checkpoint stays the latest.
+            return
         self._save(trainer)
         if trainer.status == "interrupted":
             trainer.info(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from smalllm.labels import TRAIN
@@ -80,3 +81,40 @@ class MetricsLogger(Callback):
     def on_fit_end(self, trainer) -> None:
         if self.bar is not None:
             self.bar.close()
+
+    def state_dict(self, trainer) -> dict:
+        """The open window of every process (each saw other rows), so a run resumed mid-window logs
+        the same record as one that never stopped."""
+        mine = {
+            "loss_sum": self.loss_sum,
+            "steps": self.steps,
+            "label_loss": None if self.label_loss is None else self.label_loss.detach().cpu().clone(),
+            "label_count": None if self.label_count is None else self.label_count.detach().cpu().clone(),
+        }
+        windows = gather_object([mine]) if trainer.world > 1 else [mine]
+        return {"windows": windows}
+
+    def load_state_dict(self, trainer, state: dict) -> None:
+        windows = state["windows"]
+        if len(windows) == trainer.world:
+            mine = windows[trainer.rank]
+        elif trainer.rank == 0:
+            # Resumed with another number of processes: the window's sums go to one process (the
+            # logged record sums over processes), its loss mean becomes the pooled mean.
+            mine = _pooled(windows)
+        else:
+            mine = {"loss_sum": 0.0, "steps": 0, "label_loss": None, "label_count": None}
+        device = trainer.accelerator.device
+        self.loss_sum, self.steps = float(mine["loss_sum"]), int(mine["steps"])
+        self.label_loss = None if mine["label_loss"] is None else mine["label_loss"].to(device)
+        self.label_count = None if mine["label_count"] is None else mine["label_count"].to(device)
+
+
+def _pooled(windows: list[dict]) -> dict:
+    sums = [w for w in windows if w["label_loss"] is not None]
+    return {
+        "loss_sum": sum(float(w["loss_sum"]) for w in windows),
+        "steps": sum(int(w["steps"]) for w in windows),
+        "label_loss": sum(w["label_loss"] for w in sums) if sums else None,
+        "label_count": sum(w["label_count"] for w in sums) if sums else None,
+    }

@@ -1,35 +1,55 @@
 """Checkpoints: a ``save_pretrained`` directory plus the trainer state, published atomically.
 
-Layout of ``RUN/checkpoints/step_00000100/``::
+One checkpoint directory (its file names are defined in :mod:`smalllm.run_record`) holds:
 
-    config.json, model.safetensors, generation_config.json   # plain transformers
-    tokenizer.json, tokenizer_config.json, …                  # the run's tokenizer
-    trainer_state.pt   # one dict: step, tokens, optimizer, scheduler, RNG states, data position
-    sharded_state/     # FSDP/DeepSpeed only: optimizer shards written by accelerate.save_state
-    manifest.json      # written last: every file with its size and sha256
+* the plain transformers files (config, safetensors weights, generation config) and the run's tokenizer;
+* the trainer state (:data:`STATE`): one dict with step, tokens, optimizer, scheduler, RNG states,
+  data position and the callbacks' state (e.g. the open logging window);
+* under FSDP/DeepSpeed, the optimizer shards written by ``accelerate.save_state``;
+* the manifest (:data:`MANIFEST`), written last: every file with its size and sha256.
 
-A checkpoint is written into ``.tmp-step_…`` and renamed into place, so a crash mid-write leaves
+A checkpoint is written into a staging directory and renamed into place, so a crash mid-write leaves
 only a temporary directory (deleted later). A checkpoint counts as complete only if its manifest
 exists and every listed file matches its size (and, when loading, its checksum). Everything is
 read through safetensors or ``torch.load(weights_only=True)``: no pickled code is ever executed.
+This module sits below ``train`` and ``eval``: both read checkpoints, neither imports the other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from smalllm.errors import SmalllmError
+from smalllm.run_record import (
+    CHECKPOINT_MANIFEST,
+    CHECKPOINT_PREFIX,
+    CHECKPOINT_STAGING_PREFIX,
+    CHECKPOINT_STATE,
+    CHECKPOINT_WEIGHTS,
+    atomic_write_text,
+    checkpoint_name,
+    checkpoint_step,
+    error_line,
+    is_checkpoint_name,
+)
 
-MANIFEST = "manifest.json"
-STATE = "trainer_state.pt"
-PREFIX = "step_"
+MANIFEST = CHECKPOINT_MANIFEST
+STATE = CHECKPOINT_STATE
+WEIGHTS = CHECKPOINT_WEIGHTS
+PREFIX = CHECKPOINT_PREFIX
+
+
+class CheckpointWriteError(SmalllmError):
+    """Writing a checkpoint failed (disk full, file-size limit, ...); the message names the file."""
 
 
 def _sha256(path: Path) -> str:
@@ -51,13 +71,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def checkpoint_name(step: int) -> str:
-    return f"{PREFIX}{step:08d}"
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn any failure of the write inside into one line naming ``path``.
+
+    safetensors and torch report a full disk or a file-size limit without the file name (e.g.
+    ``unexpected pos 576 vs 534``); the run's error line must say which write failed.
+    """
+    try:
+        yield
+    except Exception as exc:
+        raise CheckpointWriteError(f"{path}: cannot write the checkpoint ({error_line(exc)})") from exc
 
 
 def staging_dir(root: Path, step: int) -> Path:
     """Where checkpoint ``step`` is written before it is renamed into place."""
-    return root / f".tmp-{checkpoint_name(step)}"
+    return root / f"{CHECKPOINT_STAGING_PREFIX}{checkpoint_name(step)}"
 
 
 def stage_checkpoint(root: Path, step: int) -> Path:
@@ -77,18 +106,27 @@ def publish_checkpoint(
     ``weights`` is a full state dict gathered from sharded processes (FSDP/DeepSpeed); by default
     the model's own parameters are saved.
     """
-    model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(tmp))
-    torch.save(state, tmp / STATE)
-    files = {}
-    for f in sorted(tmp.rglob("*")):
-        if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            files[str(f.relative_to(tmp))] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
-    manifest = {"step": step, "time": time.time(), "files": files, **meta}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    try:
+        with _writing(tmp / WEIGHTS):
+            model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
+        if tokenizer is not None:
+            with _writing(tmp):
+                tokenizer.save_pretrained(str(tmp))
+        with _writing(tmp / STATE):
+            torch.save(state, tmp / STATE)
+        files = {}
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+                files[str(f.relative_to(tmp))] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+        manifest = {"step": step, "time": time.time(), "files": files, **meta}
+        with _writing(tmp / MANIFEST):
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=2))
+    except BaseException:
+        # A partial checkpoint is never used; on a full disk, deleting it is what frees the space.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _fsync_dir(tmp)
     final = tmp.parent / checkpoint_name(step)
     if final.exists():  # a stale copy of the same step (e.g. from a crashed earlier attempt)
@@ -127,9 +165,11 @@ def list_checkpoints(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [
-        p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and verify_checkpoint(p) is None
+        p
+        for p in root.iterdir()
+        if p.is_dir() and is_checkpoint_name(p.name) and verify_checkpoint(p) is None
     ]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -144,7 +184,7 @@ def prune_checkpoints(root: Path, keep_last: int) -> None:
     """Delete all but the newest ``keep_last`` complete checkpoints, and stale temporary dirs."""
     for path in list_checkpoints(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
-    for tmp in root.glob(".tmp-*"):
+    for tmp in root.glob(f"{CHECKPOINT_STAGING_PREFIX}*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -157,10 +197,10 @@ def load_trainer_state(path: Path) -> dict:
 
 
 def load_model_weights(model, path: Path) -> None:
-    """Load ``model.safetensors`` of a checkpoint into ``model`` in place."""
+    """Load the safetensors weights of a checkpoint into ``model`` in place."""
     from safetensors.torch import load_file
 
-    weights = path / "model.safetensors"
+    weights = path / WEIGHTS
     try:
         state = load_file(str(weights))
     except Exception as exc:
