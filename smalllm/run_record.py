@@ -408,6 +408,10 @@ class RunDir:
         path = self.path
         if path.exists() and not path.is_dir():
             raise SmalllmError(f"run_dir: '{path}' exists and is not a directory")
+        # The nearest existing ancestor must be a directory, else creating the run fails (ENOTDIR).
+        existing = next((p for p in path.parents if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise SmalllmError(f"run_dir: cannot write to '{path}' ({os.strerror(errno.ENOTDIR)})")
         holder = self.lock_holder() if self._lock_fd is None else None
         if holder is not None:
             raise RunLocked(self._locked_message(holder))
