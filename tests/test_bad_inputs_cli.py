@@ -574,7 +574,8 @@ def test_closed_pipe_stops_quietly() -> None:
 
 
 def test_file_size_limit_during_build(tmp_path: Path) -> None:
-    """A write past the file-size limit: one line naming the file, exit 1, no half-built corpus."""
+    """A write past the file-size limit: one line naming the option and the file, exit 2, no half-built
+    corpus (the build reports write errors as a refusal of ``--out``)."""
     limit = 20 * 1024  # above the tokenizer files, below the first token shard
 
     def limit_file_size() -> None:
@@ -584,8 +585,9 @@ def test_file_size_limit_during_build(tmp_path: Path) -> None:
     proc = run_cli(
         "data", "build", *TINY_OVERRIDES, "--out", str(out), cwd=tmp_path, preexec_fn=limit_file_size
     )
-    assert proc.returncode == 1
-    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "train_00000.bin: File too large")
+    assert proc.returncode == 2
+    assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, "--out: cannot write")
+    assert "train_00000.bin" in proc.stderr and "File too large" in proc.stderr
     assert list(tmp_path.iterdir()) == []
 
 
