@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from smalllm.errors import SmalllmError
+from smalllm.run_record import EVAL_RESULTS_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -212,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("path", help="checkpoint directory (or a run directory: its latest checkpoint)")
     e.add_argument("--run", help="run directory whose eval sets to use (default: inferred from path)")
     e.add_argument("--tasks", nargs="*", help="only these tasks")
-    e.add_argument("--out", help="JSONL file to append results to (default: <run>/eval_results.jsonl)")
+    e.add_argument("--out", help=f"JSONL file to append results to (default: <run>/{EVAL_RESULTS_FILE})")
 
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
@@ -332,7 +333,7 @@ def cmd_tasks(args) -> None:
 def _task_params(items: list[str]) -> dict[str, object]:
     """``name=value`` words as a dict, values read as YAML like config overrides; the task itself
     then checks names, types and ranges as it does for a run."""
-    import yaml
+    from smalllm.safe_yaml import YamlSyntaxError, load_yaml_text
 
     params: dict[str, object] = {}
     for item in items:
@@ -342,8 +343,8 @@ def _task_params(items: list[str]) -> dict[str, object]:
         if key in params:
             raise SmalllmError(f"task parameter '{key}' is given twice")
         try:
-            params[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
+            params[key] = load_yaml_text(value, f"task parameter '{key}'")
+        except YamlSyntaxError:
             raise SmalllmError(f"task parameter '{key}': {value!r} is not a valid value") from None
     return params
 
@@ -385,10 +386,11 @@ def cmd_eval(args) -> None:
 
 def cmd_report(args) -> None:
     from smalllm.run_record import RunDir
+    from smalllm.sweep.records import is_sweep_dir
 
     path = Path(args.path)
     run = RunDir(path)
-    if (path / "sweep.json").is_file() or (path / "cells").is_dir():
+    if is_sweep_dir(path):
         from smalllm.sweep.report import write_sweep_report
 
         written = write_sweep_report(path)

@@ -9,23 +9,14 @@ continues a cell that was interrupted from its checkpoint), so the second run on
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from smalllm.errors import SmalllmError
-from smalllm.run_record import RunDir
 
 DEMO_SWEEP = Path(__file__).parent / "configs" / "demo_sweep.yaml"
 DEMO_DIR = Path("runs") / "demo-sweep"
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def run_demo(
@@ -39,14 +30,16 @@ def run_demo(
     micro models use one core well and several poorly, so on two cores two cells at a time finish
     the grid about twice as fast as one two-threaded cell at a time.
     """
+    from smalllm.sweep.estimates import available_cpus
     from smalllm.sweep.grid import expand, load_sweep
+    from smalllm.sweep.records import cell_run, cells_root
     from smalllm.sweep.report import heatmap_paths
     from smalllm.sweep.runner import SweepFailed, run_sweep
 
     spec = load_sweep(DEMO_SWEEP, sweep_dir=sweep_dir)
     cells = expand(spec)
     if workers is None:
-        workers = max(1, min(len(cells), _cpus()))
+        workers = max(1, min(len(cells), available_cpus()))
     sizes = list(dict.fromkeys(str(c.params.get(spec.size_key)) for c in cells))
     freqs = list(dict.fromkeys(c.params.get("data.tasks.0.frequency") for c in cells))
     log(
@@ -62,17 +55,20 @@ def run_demo(
     from smalllm.eval.report import write_report
 
     # Each run also gets its own report: per-task curves against tokens with the emergence marker.
-    runs = [r for r in sorted((Path(sweep_dir) / "cells").glob("*/run")) if RunDir(r).has_metrics()]
+    runs = [cell_run(Path(sweep_dir), cell.name) for cell in cells]
     for run in runs:
-        write_report(run)
+        if run.has_metrics():
+            write_report(run.path)
     heatmaps = heatmap_paths(sweep_dir)
     if not heatmaps:
         raise SmalllmError(
-            f"demo: no finished cells in {sweep_dir}; see the logs in {Path(sweep_dir) / 'cells'}"
+            f"demo: no finished cells in {sweep_dir}; see the logs in {cells_root(Path(sweep_dir))}"
         )
     log(
         f"\ndemo finished in {time.perf_counter() - t0:.0f} s; full report: {Path(sweep_dir) / 'report' / 'summary.md'}"
     )
-    log(f"per-run reports with emergence markers: {Path(sweep_dir) / 'cells' / '*' / 'run' / 'report'}/")
+    reports = sorted(run.report_dir for run in runs if run.report_dir.is_dir())
+    if reports:
+        log(f"per-run reports with emergence markers: {reports[0]}/ and {len(reports) - 1} more")
     log(f"heatmap: {heatmaps[0]}")
     return heatmaps[0]

@@ -10,6 +10,7 @@ This module sits at the bottom of the package (it imports only :mod:`smalllm.err
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,15 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self.depth -= 1
+
+
+# YAML 1.1 reads ``1e-3`` as a string (it wants ``1.0e-3``); frequencies are written that way, and a
+# value that silently stays a string would name a sweep cell, or reach a task parameter, by the wrong type.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
 
 
 def _check_duplicates(node: Node, source: str, path: str) -> None:

@@ -18,6 +18,7 @@ dependency); cycles are looked for among the imports that run when a module is i
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import smalllm
@@ -191,3 +192,54 @@ def test_the_checker_sees_what_it_should():
     # `from package import module` names the module, `from module import name` the module.
     assert {t for t, _, _ in imports_of("smalllm.tasks.lookup")} == {"smalllm.tasks", "smalllm.tasks.base"}
     assert layer_of("smalllm.eval.report") == "eval" and layer_of("smalllm.cli") == "top"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and functions (prose may name files)."""
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                found.add(id(first.value))
+    return found
+
+
+def test_only_the_run_record_spells_run_directory_names() -> None:
+    """Every file name inside a run directory is spelled once, in ``smalllm.run_record``."""
+    from smalllm import run_record as rr
+
+    names = [
+        rr.CONFIG_FILE,
+        rr.SUMMARY_FILE,
+        rr.METRICS_FILE,
+        rr.EVAL_SETS_FILE,
+        rr.EMERGENCE_FILE,
+        rr.EVAL_RESULTS_FILE,
+        rr.CHECKPOINTS_DIR,
+        rr.CHECKPOINT_MANIFEST,
+        rr.CHECKPOINT_STATE,
+        rr.LOCK_FILE,
+    ]
+    spelled = []
+    for module, path in MODULES.items():
+        if module == "smalllm.run_record":
+            continue
+        tree = ast.parse(path.read_text())
+        docs = _docstrings(tree)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)) or id(node) in docs:
+                continue
+            text = node.value
+            for name in names:
+                # A file name as a whole path component; a directory name ("checkpoints") only beside
+                # a slash, since prose may use the word.
+                if (
+                    text == name
+                    or f"/{name}" in text
+                    or f"{name}/" in text
+                    or "." in name
+                    and re.search(rf"(^|[/'\"\s]){re.escape(name)}($|[/'\"\s])", text)
+                ):
+                    spelled.append(f"{module}:{node.lineno}: {text!r}")
+    assert not spelled, "run-directory names spelled outside smalllm.run_record:\n" + "\n".join(spelled)

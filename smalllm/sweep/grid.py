@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
+from smalllm.safe_yaml import load_yaml_file, load_yaml_text
 from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
 
 SWEEP_KEYS = ("name", "description", "sweep_dir", "base", "overrides", "grids", "axes", "target", "slurm")
@@ -47,18 +46,6 @@ AXES_KEYS = ("size", "tasks")
 TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s")
 SLURM_KEYS = ("options", "max_parallel", "setup")
 TARGET_DEVICES = ("current", "cpu", "gpu")
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``): frequencies are
-    written that way and silently becoming strings would give cells named by the wrong type."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
 
 
 @dataclass
@@ -170,8 +157,8 @@ def format_value(value: Any) -> str:
         return str(value)
     if isinstance(value, str):
         try:
-            same = yaml.safe_load(value) == value
-        except yaml.YAMLError:
+            same = load_yaml_text(value, "value") == value
+        except ConfigError:
             same = False
         return value if same and value.strip() == value and value else json.dumps(value)
     # Lists and mappings: JSON is valid YAML flow syntax.
@@ -225,12 +212,7 @@ def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> SweepSp
     source = Path(path)
     if not source.is_file():
         raise ConfigError(f"{source}: sweep file not found")
-    try:
-        raw = yaml.load(source.read_text(), Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}:{line} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    raw = load_yaml_file(source)
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: top level must be a mapping (name, sweep_dir, grids, ...)")
     return parse_sweep(raw, source=source, sweep_dir=sweep_dir)

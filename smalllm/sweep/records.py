@@ -141,6 +141,11 @@ def corpus_build_log(sweep_dir: Path, corpus: str) -> Path:
 # ---------------------------------------------------------------------------------------------- one cell
 
 
+def cells_root(sweep_dir: Path) -> Path:
+    """The directory holding one sub-directory per cell."""
+    return Path(sweep_dir) / CELLS_DIR
+
+
 def cell_dir(sweep_dir: Path, name: str) -> Path:
     # Names also arrive from the command line of emitted scripts: never let one leave cells/.
     if not is_safe_name(name):
