@@ -243,3 +243,17 @@ def test_only_the_run_record_spells_run_directory_names() -> None:
                 ):
                     spelled.append(f"{module}:{node.lineno}: {text!r}")
     assert not spelled, "run-directory names spelled outside smalllm.run_record:\n" + "\n".join(spelled)
+
+
+def test_every_slow_test_name_is_a_test() -> None:
+    """The slow tier is a list of names in conftest.py; each must still name a test function."""
+    from conftest import SLOW_TESTS
+
+    defined = set()
+    for path in Path(__file__).parent.glob("test_*.py"):
+        defined |= {
+            node.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+        }
+    assert not set(SLOW_TESTS) - defined, f"stale names in SLOW_TESTS: {sorted(set(SLOW_TESTS) - defined)}"
