@@ -695,6 +695,48 @@ override_case(
     "data.background.paths=[/nonexistent/corpus.txt]",
 )
 
+
+def corpus_file_case(name: str, filename: str, content: bytes, expect: str) -> None:
+    """A run on one bad local corpus file: refused before any build, by the dry run too (it reads
+    the files through as the build would); ``{path}`` in ``expect`` is the file's path."""
+
+    def build(ctx: Ctx) -> tuple[list[str], str]:
+        path = ctx.tmp / filename
+        path.write_bytes(content)
+        argv = train_argv(ctx, "data.background.source=files", f"data.background.paths=['{path}']")
+        return argv, expect.format(path=path)
+
+    case(name, dry_run=True)(build)
+
+
+corpus_file_case(
+    "background-file-not-utf8", "corpus.txt", b"fine\n\xff\xfe\n", "{path}: line 2 is not UTF-8 text"
+)
+corpus_file_case("background-file-empty", "corpus.jsonl", b"", "{path}: empty file (no documents)")
+corpus_file_case(
+    "background-file-bad-json-line",
+    "corpus.jsonl",
+    b'{"text": "a"}\n{bad\n',
+    "{path}: line 2 is not valid JSON",
+)
+
+
+@case("cache-dir-is-a-file", dry_run=True)
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    blocker = ctx.write("a-file", "not a directory")
+    return train_argv(
+        ctx, f"data.cache_dir={blocker}"
+    ), f"data.cache_dir: '{blocker}' exists and is not a directory"
+
+
+@case("cache-dir-under-a-file", dry_run=True)
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    blocker = ctx.write("a-file", "not a directory")
+    return train_argv(
+        ctx, f"data.cache_dir={blocker}/cache"
+    ), f"data.cache_dir: cannot write to '{blocker}/cache'"
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory pre-flight and the run directory
 # ----------------------------------------------------------------------------------------------

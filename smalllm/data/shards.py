@@ -16,6 +16,7 @@ so a crash never leaves a half-built corpus that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -114,10 +115,25 @@ def _cache_field(cfg: DataConfig) -> str:
     return "data.cache_dir" if cfg.cache_dir else "cache directory ($SMALLLM_CACHE)"
 
 
+def check_corpus_target(cfg: DataConfig, out: Path | None = None, field: str | None = None) -> None:
+    """The checks :func:`build_corpus` makes on its output directory (by default the cache's) before
+    any work; they only read, so ``smalllm train --dry-run`` makes them too."""
+    out = Path(out) if out is not None else corpus_dir(cfg)
+    field = field or _cache_field(cfg)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
+    # The nearest existing ancestor must be a directory, else creating the output fails (ENOTDIR).
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SmalllmError(f"{field}: cannot write to '{out.parent}' ({os.strerror(errno.ENOTDIR)})")
+    refuse_foreign(out, "corpus", field, _corpus_owns)
+
+
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
     path = corpus_dir(cfg)
     if not (path / INDEX).is_file():
+        check_corpus_target(cfg, path)  # refused before saying that it is being built
         log(f"building background corpus in {path} (once; cached for later runs)")
         build_corpus(cfg, path, num_proc=num_proc)
     return open_corpus(path)
@@ -176,9 +192,7 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
     """
     out = Path(out)
     field = field or _cache_field(cfg)
-    if out.parent.exists() and not out.parent.is_dir():
-        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
-    refuse_foreign(out, "corpus", field, _corpus_owns)
+    check_corpus_target(cfg, out, field)
     # Opened (and its files checked) first: a bad source leaves no directory behind.
     texts = load_texts(cfg.background)
     with _staged(out, "corpus", field) as tmp:
