@@ -337,6 +337,24 @@ def test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced(
     )
 
 
+def test_tokenizer_output_holding_a_users_file_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenizer directory smalllm wrote, plus a file of the user's: it replaced the directory,
+    deleting the file (every name in a tokenizer directory counted as smalllm's)."""
+    tokenizer = tmp_path / "tokenizer"
+    assert main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]) == 0
+    (tokenizer / "notes.txt").write_text("mine")
+    before = tree(tokenizer)
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]),
+        f"--out: '{tokenizer}' also holds files smalllm did not write (notes.txt)",
+    )
+    assert tree(tokenizer) == before
+
+
 def test_eval_out_appends_to_a_jsonl_file(finished_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     out.write_text('{"earlier": 1}\n')

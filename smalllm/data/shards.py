@@ -146,7 +146,7 @@ def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc:
     anything else is refused before any work. Returns the tokenizer.
     """
     out = Path(out)
-    refuse_foreign(out, "tokenizer", field)
+    refuse_foreign(out, "tokenizer", field, _tokenizer_owns)
     tokenizer = ensure_corpus(cfg, num_proc=num_proc, log=lambda _m: None).tokenizer
     with _staged(out, "tokenizer", field) as tmp:
         tokenizer.save_pretrained(str(tmp))
@@ -158,7 +158,33 @@ def _corpus_owns(name: str) -> bool:
     return name in (MARKER, INDEX, HOLDOUT, TOKENIZER_DIR) or bool(re.fullmatch(r"train_\d{5}\.bin", name))
 
 
-_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": None}
+TOKENIZER_FILES = frozenset(
+    {
+        MARKER,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    }
+)
+"""The files a tokenizer's ``save_pretrained`` writes (fast, and the slow formats it may add)."""
+
+
+def _tokenizer_owns(name: str) -> bool:
+    """The names ``smalllm data tokenizer`` writes: a tokenizer directory holding anything else (a
+    file a user put there) is not replaced."""
+    return name in TOKENIZER_FILES
+
+
+_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": _tokenizer_owns}
 
 
 @contextlib.contextmanager
