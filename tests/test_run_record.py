@@ -355,6 +355,22 @@ def test_tokenizer_output_holding_a_users_file_is_not_replaced(
     assert tree(tokenizer) == before
 
 
+def test_corpus_output_holding_a_users_file_in_its_tokenizer_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build", *BASE, "--out", str(corpus)]) == 0
+    (corpus / "tokenizer" / "notes.txt").write_text("mine")
+    before = tree(corpus)
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        main(["data", "build", *BASE, "--out", str(corpus)]),
+        f"--out: '{corpus}' also holds files smalllm did not write (tokenizer/notes.txt)",
+    )
+    assert tree(corpus) == before
+
+
 def test_eval_out_appends_to_a_jsonl_file(finished_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "results.jsonl"
     out.write_text('{"earlier": 1}\n')

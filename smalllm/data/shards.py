@@ -34,7 +34,15 @@ from smalllm.data.background import load_texts
 from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
-from smalllm.run_record import MARKER, DirKind, error_line, refuse_foreign, remove_owned, write_marker
+from smalllm.run_record import (
+    MARKER,
+    DirKind,
+    error_line,
+    marker_kind,
+    refuse_foreign,
+    remove_owned,
+    write_marker,
+)
 
 INDEX = "index.json"
 HOLDOUT = "holdout.bin"
@@ -127,6 +135,14 @@ def check_corpus_target(cfg: DataConfig, out: Path | None = None, field: str | N
     if existing is not None and not existing.is_dir():
         raise SmalllmError(f"{field}: cannot write to '{out.parent}' ({os.strerror(errno.ENOTDIR)})")
     refuse_foreign(out, "corpus", field, _corpus_owns)
+    tokenizer_dir = out / TOKENIZER_DIR
+    if marker_kind(out) == "corpus" and tokenizer_dir.is_dir():
+        stray = sorted(p.name for p in tokenizer_dir.iterdir() if not _tokenizer_owns(p.name))
+        if stray:
+            raise SmalllmError(
+                f"{field}: '{out}' also holds files smalllm did not write ({TOKENIZER_DIR}/{stray[0]}"
+                f"{', ...' if len(stray) > 1 else ''}); refusing to replace it, move them out first"
+            )
 
 
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
