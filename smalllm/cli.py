@@ -147,10 +147,11 @@ def _parser() -> argparse.ArgumentParser:
     t = add("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
     t.add_argument("--dry-run", action="store_true", help="print the plan (sizes, steps, memory) and exit")
-    t.add_argument(
+    start = t.add_mutually_exclusive_group()  # continue the run, or replace it: not both
+    start.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
     )
-    t.add_argument("--overwrite", action="store_true", help="delete an existing run_dir and start over")
+    start.add_argument("--overwrite", action="store_true", help="delete an existing run_dir and start over")
 
     tk = add("tasks", help="list or show task generators")
     tadd = _with_parents(tk.add_subparsers(dest="tasks_command", required=True, metavar="ACTION"), common)

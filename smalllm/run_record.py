@@ -59,6 +59,7 @@ EMERGENCE_FILE = "emergence.json"
 EVAL_RESULTS_FILE = "eval_results.jsonl"
 TRACKER_DIR = "tb"
 REPORT_DIR = "report"
+REPORT_SUMMARY_FILE = "summary.md"
 CHECKPOINTS_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 LOCK_HOLDER_FILE = ".lock.holder"
@@ -236,10 +237,58 @@ def owns_run_name(name: str) -> bool:
 _OWNS: dict[str, Callable[[str], bool]] = {"run": owns_run_name}
 
 
+def _run_strays(path: Path) -> list[str]:
+    """What in the run directory ``path`` smalllm did not write, as paths relative to it.
+
+    The top level holds only :data:`RUN_NAMES`; below it, ``checkpoints/`` holds only checkpoint
+    directories (and staging ones), each holding only its manifest's files (and a sharded state);
+    ``report/`` only the plots and summary that ``smalllm report`` writes. ``tb/`` is TensorBoard's.
+    """
+    stray = [p.name for p in path.iterdir() if not owns_run_name(p.name)]
+    checkpoints = path / CHECKPOINTS_DIR
+    if checkpoints.is_dir() and not checkpoints.is_symlink():
+        for entry in checkpoints.iterdir():
+            rel = f"{CHECKPOINTS_DIR}/{entry.name}"
+            if not entry.is_dir() or entry.is_symlink():
+                stray.append(rel)
+            elif is_checkpoint_name(entry.name):
+                stray += [f"{rel}/{name}" for name in _checkpoint_strays(entry)]
+            elif not entry.name.startswith(CHECKPOINT_STAGING_PREFIX):
+                stray.append(rel)
+    report = path / REPORT_DIR
+    if report.is_dir() and not report.is_symlink():
+        stray += [
+            f"{REPORT_DIR}/{p.name}"
+            for p in report.iterdir()
+            if not (p.is_file() and (p.name == REPORT_SUMMARY_FILE or p.suffix == ".png"))
+        ]
+    return stray
+
+
+def _checkpoint_strays(path: Path) -> list[str]:
+    """Files in a published checkpoint that its manifest does not list (none when it has no
+    readable manifest: a damaged checkpoint, smalllm's by its name)."""
+    listed = read_json(path / CHECKPOINT_MANIFEST).get("files")
+    if not isinstance(listed, dict):
+        return []
+    found = []
+    for f in path.rglob("*"):
+        rel = f.relative_to(path)
+        if f.is_dir() and not f.is_symlink():
+            continue
+        if str(rel) in listed or str(rel) == CHECKPOINT_MANIFEST or rel.parts[0] == CHECKPOINT_SHARDED_STATE:
+            continue
+        found.append(str(rel))
+    return sorted(found)
+
+
 def refuse_foreign(path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None) -> None:
     """Raise unless ``path`` is absent, an empty directory, or a directory smalllm made as ``kind``
     that holds only names smalllm writes there (``owns``; by default every name, or for a run
     :func:`owns_run_name`): a file a user put into a run is never deleted with it.
+
+    A run is checked below its top level too (:func:`_run_strays`): a file put into one of its
+    checkpoints or its report is not deleted with it either.
 
     Called before anything that would replace ``path``: the message names the option and the
     directory, and says why nothing was touched.
@@ -261,7 +310,10 @@ def refuse_foreign(path: Path, kind: DirKind, field: str, owns: Callable[[str], 
             f"{field}: '{path}' is a smalllm {found} directory, not a {kind}; refusing to replace it"
         )
     owns = owns or _OWNS.get(kind)
-    stray = sorted(p.name for p in path.iterdir() if owns is not None and not owns(p.name))
+    if kind == "run" and owns is owns_run_name:
+        stray = sorted(_run_strays(path))
+    else:
+        stray = sorted(p.name for p in path.iterdir() if owns is not None and not owns(p.name))
     if stray:
         shown = ", ".join(stray[:3]) + (", ..." if len(stray) > 3 else "")
         raise SmalllmError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -26,6 +27,8 @@ from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
 from smalllm import checkpoints as ckpt
 from smalllm.cli import main
 from smalllm.data.shards import corpus_dir
+from smalllm.eval import checkpoint_eval
+from smalllm.run_record import RunDir
 from smalllm.tasks import _REGISTRY as TASK_REGISTRY
 from smalllm.tasks import Instance, Task, register, registered_tasks
 from smalllm.train.trainer import train
@@ -695,6 +698,48 @@ override_case(
     "data.background.paths=[/nonexistent/corpus.txt]",
 )
 
+
+def corpus_file_case(name: str, filename: str, content: bytes, expect: str) -> None:
+    """A run on one bad local corpus file: refused before any build, by the dry run too (it reads
+    the files through as the build would); ``{path}`` in ``expect`` is the file's path."""
+
+    def build(ctx: Ctx) -> tuple[list[str], str]:
+        path = ctx.tmp / filename
+        path.write_bytes(content)
+        argv = train_argv(ctx, "data.background.source=files", f"data.background.paths=['{path}']")
+        return argv, expect.format(path=path)
+
+    case(name, dry_run=True)(build)
+
+
+corpus_file_case(
+    "background-file-not-utf8", "corpus.txt", b"fine\n\xff\xfe\n", "{path}: line 2 is not UTF-8 text"
+)
+corpus_file_case("background-file-empty", "corpus.jsonl", b"", "{path}: empty file (no documents)")
+corpus_file_case(
+    "background-file-bad-json-line",
+    "corpus.jsonl",
+    b'{"text": "a"}\n{bad\n',
+    "{path}: line 2 is not valid JSON",
+)
+
+
+@case("cache-dir-is-a-file", dry_run=True)
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    blocker = ctx.write("a-file", "not a directory")
+    return train_argv(
+        ctx, f"data.cache_dir={blocker}"
+    ), f"data.cache_dir: '{blocker}' exists and is not a directory"
+
+
+@case("cache-dir-under-a-file", dry_run=True)
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    blocker = ctx.write("a-file", "not a directory")
+    return train_argv(
+        ctx, f"data.cache_dir={blocker}/cache"
+    ), f"data.cache_dir: cannot write to '{blocker}/cache'"
+
+
 # ----------------------------------------------------------------------------------------------
 # Memory pre-flight and the run directory
 # ----------------------------------------------------------------------------------------------
@@ -894,6 +939,83 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 @case("eval-missing-path")
 def _(ctx: Ctx) -> tuple[list[str], str]:
     return ["eval", str(ctx.tmp / "nowhere")], f"{ctx.tmp / 'nowhere'}: not a model directory"
+
+
+@case("eval-run-before-its-first-checkpoint")
+def _(ctx: Ctx) -> tuple[list[str], str]:
+    run = ctx.run_copy()
+    shutil.rmtree(run / "checkpoints")  # as a run is until its first checkpoint
+    return ["eval", str(run)], f"{run}: the run has no complete checkpoint"
+
+
+def test_eval_of_a_run_in_training_before_its_first_checkpoint(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "not a model directory (no config.json) nor a run directory" before."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    shutil.rmtree(run / "checkpoints")
+    trainer = RunDir(run)
+    trainer.acquire()  # what a training run holds
+    try:
+        before = snapshot(tmp_path)
+        capsys.readouterr()
+        rc = main(["eval", str(run)])
+        out, err = capsys.readouterr()
+        assert_unchanged(before, snapshot(tmp_path), tmp_path)
+    finally:
+        trainer.release()
+    expect = f"{run}: the run has no complete checkpoint yet (pid {os.getpid()} on "
+    assert_one_line_error(rc, out, err, expect)
+
+
+def _rotate_on_first_load(monkeypatch: pytest.MonkeyPatch, old: Path, new: Path | None) -> None:
+    """Make the first model load find ``old`` deleted, as when a training run replaces its latest
+    checkpoint (by ``new``, if given) while ``smalllm eval`` reads it."""
+    real = checkpoint_eval.AutoModelForCausalLM.from_pretrained
+    calls = []
+
+    def load(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            if new is not None:
+                shutil.copytree(old, new)
+            shutil.rmtree(old)
+            raise OSError(f"{path} does not appear to have a file named config.json")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_eval.AutoModelForCausalLM, "from_pretrained", load)
+
+
+def test_eval_of_a_run_follows_its_rotated_checkpoint(
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``smalllm eval RUN`` while the run trains: the latest checkpoint is deleted under the reader,
+    which then scores the new latest (it said "Repo id must be in the form ..." before)."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    old = ckpt.latest_checkpoint(run / "checkpoints")
+    assert old is not None
+    new = old.with_name(f"step_{ckpt.checkpoint_step(old) + 1:08d}")
+    _rotate_on_first_load(monkeypatch, old, new)
+    record = checkpoint_eval.evaluate_checkpoint(run, out=tmp_path / "out.jsonl", log=lambda _m: None)
+    assert record["checkpoint"] == str(new)
+
+
+def test_eval_of_a_named_checkpoint_that_is_deleted_says_so(
+    tmp_path: Path, finished_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    old = ckpt.latest_checkpoint(run / "checkpoints")
+    assert old is not None
+    _rotate_on_first_load(monkeypatch, old, None)
+    out_file = tmp_path / "out.jsonl"
+    capsys.readouterr()
+    rc = main(["eval", str(old), "--out", str(out_file)])
+    out, err = capsys.readouterr()
+    assert_one_line_error(rc, out, err, f"{old}: the checkpoint was deleted while it was being read")
+    assert not out_file.exists()
 
 
 # ----------------------------------------------------------------------------------------------

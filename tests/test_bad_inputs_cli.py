@@ -250,6 +250,14 @@ argv_case("no-action", "the following arguments are required: ACTION", "tasks")
 argv_case("tasks-show-no-name", "the following arguments are required: name", "tasks", "show")
 argv_case("flag-missing-value", "argument --vocab-size: expected one argument", "models", "--vocab-size")
 argv_case("bad-choice", "argument --emit: invalid choice: 'pbs'", "sweep", "sweep.yaml", "--emit", "pbs")
+argv_case(
+    "resume-and-overwrite",  # "no checkpoint to resume from; start over with --overwrite" before
+    "argument --overwrite: not allowed with argument --resume",
+    "train",
+    "--resume",
+    "run_dir=run",
+    "--overwrite",
+)
 
 # ----------------------------------------------------------------------------------------------
 # Corpus files (data.background.source=files), through `smalllm data build`

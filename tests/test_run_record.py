@@ -224,6 +224,39 @@ def test_overwrite_refuses_a_run_holding_a_users_file(
 
 
 @pytest.mark.parametrize(
+    "where",
+    ["checkpoints/notes.txt", "checkpoints/LATEST/notes.txt", "checkpoints/my-best", "report/analysis.md"],
+)
+def test_overwrite_refuses_a_run_holding_a_users_file_below_its_top_level(
+    where: str, finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file put into a checkpoint or the report was deleted with the run (only the top level was
+    checked); the run's own files there (the report's plots and summary) do not block a replacement."""
+    run = copy_run(finished_run, tmp_path / "run")
+    assert main(["report", str(run)]) == 0
+    latest = ckpt.latest_checkpoint(run / "checkpoints")
+    assert latest is not None
+    users = run / where.replace("LATEST", latest.name)
+    if users.suffix:
+        users.write_text("mine")
+    else:
+        users.mkdir()
+    before = tree(run)
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        main(["train", *BASE, f"run_dir={run}", "--overwrite"]),
+        f"run_dir: '{run}' also holds files smalllm did not write ({users.relative_to(run)})",
+    )
+    assert tree(run) == before
+    if users.is_dir():
+        users.rmdir()
+    else:
+        users.unlink()
+    assert main(["train", *BASE, f"run_dir={run}", "train.max_tokens=2048", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize(
     "overrides, expect",
     [
         (["train.lrr=1e-3"], "train.lrr: unknown key (did you mean 'lr'?)"),
@@ -302,6 +335,40 @@ def test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced(
         main(["train", *BASE, f"run_dir={corpus}", "--overwrite"]),
         f"run_dir: '{corpus}' is a smalllm corpus directory, not a run",
     )
+
+
+def test_tokenizer_output_holding_a_users_file_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tokenizer directory smalllm wrote, plus a file of the user's: it replaced the directory,
+    deleting the file (every name in a tokenizer directory counted as smalllm's)."""
+    tokenizer = tmp_path / "tokenizer"
+    assert main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]) == 0
+    (tokenizer / "notes.txt").write_text("mine")
+    before = tree(tokenizer)
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]),
+        f"--out: '{tokenizer}' also holds files smalllm did not write (notes.txt)",
+    )
+    assert tree(tokenizer) == before
+
+
+def test_corpus_output_holding_a_users_file_in_its_tokenizer_is_not_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build", *BASE, "--out", str(corpus)]) == 0
+    (corpus / "tokenizer" / "notes.txt").write_text("mine")
+    before = tree(corpus)
+    capsys.readouterr()
+    one_line_error(
+        capsys,
+        main(["data", "build", *BASE, "--out", str(corpus)]),
+        f"--out: '{corpus}' also holds files smalllm did not write (tokenizer/notes.txt)",
+    )
+    assert tree(corpus) == before
 
 
 def test_eval_out_appends_to_a_jsonl_file(finished_run: Path, tmp_path: Path) -> None:

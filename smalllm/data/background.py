@@ -193,14 +193,22 @@ def check_local_files(cfg: BackgroundConfig) -> tuple[list[Path], str]:
     return paths, fmt
 
 
+def check_source_files(cfg: BackgroundConfig) -> tuple[list[Path], str]:
+    """:func:`check_local_files`, then each file's content (:func:`check_corpus_file`): everything a
+    corpus build checks before it starts. Only reads, so ``smalllm train --dry-run`` calls it too."""
+    paths, fmt = check_local_files(cfg)
+    for p in paths:
+        check_corpus_file(p, fmt, cfg.text_field)
+    return paths, fmt
+
+
 def load_text_dataset(cfg: BackgroundConfig):  # -> datasets.Dataset | IterableDataset
     """Open a local-file or hub dataset with ``datasets`` (hub loading needs network access)."""
     import datasets
 
     if cfg.source == "files":
-        paths, fmt = check_local_files(cfg)
-        for p in paths:
-            check_corpus_file(p, fmt, cfg.text_field)
+        paths, fmt = check_source_files(cfg)
+        datasets.disable_progress_bars()  # local files: no "Generating train split" bars on stderr
         kwargs = {"sample_by": "paragraph"} if fmt == "text" else {}
         return datasets.load_dataset(
             fmt, data_files=[str(p) for p in paths], split=cfg.split, streaming=cfg.streaming, **kwargs

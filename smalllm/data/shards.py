@@ -16,6 +16,7 @@ so a crash never leaves a half-built corpus that looks finished.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import json
@@ -33,7 +34,15 @@ from smalllm.data.background import load_texts
 from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
 from smalllm.errors import SmalllmError
-from smalllm.run_record import MARKER, DirKind, error_line, refuse_foreign, remove_owned, write_marker
+from smalllm.run_record import (
+    MARKER,
+    DirKind,
+    error_line,
+    marker_kind,
+    refuse_foreign,
+    remove_owned,
+    write_marker,
+)
 
 INDEX = "index.json"
 HOLDOUT = "holdout.bin"
@@ -114,10 +123,33 @@ def _cache_field(cfg: DataConfig) -> str:
     return "data.cache_dir" if cfg.cache_dir else "cache directory ($SMALLLM_CACHE)"
 
 
+def check_corpus_target(cfg: DataConfig, out: Path | None = None, field: str | None = None) -> None:
+    """The checks :func:`build_corpus` makes on its output directory (by default the cache's) before
+    any work; they only read, so ``smalllm train --dry-run`` makes them too."""
+    out = Path(out) if out is not None else corpus_dir(cfg)
+    field = field or _cache_field(cfg)
+    if out.parent.exists() and not out.parent.is_dir():
+        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
+    # The nearest existing ancestor must be a directory, else creating the output fails (ENOTDIR).
+    existing = next((p for p in out.parents if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise SmalllmError(f"{field}: cannot write to '{out.parent}' ({os.strerror(errno.ENOTDIR)})")
+    refuse_foreign(out, "corpus", field, _corpus_owns)
+    tokenizer_dir = out / TOKENIZER_DIR
+    if marker_kind(out) == "corpus" and tokenizer_dir.is_dir():
+        stray = sorted(p.name for p in tokenizer_dir.iterdir() if not _tokenizer_owns(p.name))
+        if stray:
+            raise SmalllmError(
+                f"{field}: '{out}' also holds files smalllm did not write ({TOKENIZER_DIR}/{stray[0]}"
+                f"{', ...' if len(stray) > 1 else ''}); refusing to replace it, move them out first"
+            )
+
+
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
     path = corpus_dir(cfg)
     if not (path / INDEX).is_file():
+        check_corpus_target(cfg, path)  # refused before saying that it is being built
         log(f"building background corpus in {path} (once; cached for later runs)")
         build_corpus(cfg, path, num_proc=num_proc)
     return open_corpus(path)
@@ -130,7 +162,7 @@ def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc:
     anything else is refused before any work. Returns the tokenizer.
     """
     out = Path(out)
-    refuse_foreign(out, "tokenizer", field)
+    refuse_foreign(out, "tokenizer", field, _tokenizer_owns)
     tokenizer = ensure_corpus(cfg, num_proc=num_proc, log=lambda _m: None).tokenizer
     with _staged(out, "tokenizer", field) as tmp:
         tokenizer.save_pretrained(str(tmp))
@@ -142,7 +174,33 @@ def _corpus_owns(name: str) -> bool:
     return name in (MARKER, INDEX, HOLDOUT, TOKENIZER_DIR) or bool(re.fullmatch(r"train_\d{5}\.bin", name))
 
 
-_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": None}
+TOKENIZER_FILES = frozenset(
+    {
+        MARKER,
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "added_tokens.json",
+        "chat_template.jinja",
+        "chat_template.json",
+        "vocab.json",
+        "merges.txt",
+        "vocab.txt",
+        "tokenizer.model",
+        "spiece.model",
+        "sentencepiece.bpe.model",
+    }
+)
+"""The files a tokenizer's ``save_pretrained`` writes (fast, and the slow formats it may add)."""
+
+
+def _tokenizer_owns(name: str) -> bool:
+    """The names ``smalllm data tokenizer`` writes: a tokenizer directory holding anything else (a
+    file a user put there) is not replaced."""
+    return name in TOKENIZER_FILES
+
+
+_OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": _tokenizer_owns}
 
 
 @contextlib.contextmanager
@@ -176,9 +234,7 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
     """
     out = Path(out)
     field = field or _cache_field(cfg)
-    if out.parent.exists() and not out.parent.is_dir():
-        raise SmalllmError(f"{field}: '{out.parent}' exists and is not a directory")
-    refuse_foreign(out, "corpus", field, _corpus_owns)
+    check_corpus_target(cfg, out, field)
     # Opened (and its files checked) first: a bad source leaves no directory behind.
     texts = load_texts(cfg.background)
     with _staged(out, "corpus", field) as tmp:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
 from smalllm.checkpoints import MANIFEST, latest_checkpoint, list_checkpoints, verify_checkpoint
 from smalllm.data.eval_sets import load_eval_sets
@@ -26,13 +27,24 @@ from smalllm.run_record import (
 )
 
 
+class CheckpointGone(SmalllmError):
+    """The checkpoint directory disappeared while it was being read (a training run rotated it out)."""
+
+
+READ_ATTEMPTS = 3
+"""How often the latest checkpoint of a run that is still training is looked up again when the run
+deletes it (keeping only its newest checkpoints) while it is being loaded."""
+
+
 def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
     """(model directory, run directory) for a checkpoint, a run directory, or a plain model directory."""
     run = RunDir(path)
-    if run.checkpoints_dir.is_dir():
-        latest = latest_checkpoint(run.checkpoints_dir)
+    if run.checkpoints_dir.is_dir() or run.is_run():
+        latest = latest_checkpoint(run.checkpoints_dir) if run.checkpoints_dir.is_dir() else None
         if latest is None:
-            raise SmalllmError(f"{path}: the run has no complete checkpoint")
+            holder = run.lock_holder()
+            training = f" yet ({holder.describe()} is training it)" if holder is not None else ""
+            raise SmalllmError(f"{path}: the run has no complete checkpoint{training}")
         return latest, path
     if not (path / "config.json").is_file():  # a Hugging Face model directory, not a run file
         raise SmalllmError(f"{path}: not a model directory (no config.json) nor a run directory")
@@ -58,6 +70,7 @@ def evaluate_checkpoint(
     it lies in a run directory, that run's lock is held until the record is written, so a training
     run and an evaluation never write one run at once.
     """
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar: stdout has the results, stderr errors
     model_dir, inferred_run = resolve_checkpoint(Path(path))
     run_path = Path(run_dir) if run_dir else inferred_run
     if run_path is None:
@@ -71,7 +84,16 @@ def evaluate_checkpoint(
             f"--out: '{out_file}' is one of the run's own files; results go to '{target.eval_results_file}'"
         )
     with target.locked() if target.is_run() else contextlib.nullcontext():
-        return _evaluate(model_dir, run, tasks, out_file, batch_size, log)
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return _evaluate(model_dir, run, tasks, out_file, batch_size, log)
+            except CheckpointGone:
+                # A run directory names its latest checkpoint, which a training run replaces as it
+                # goes: take the new latest. A checkpoint named explicitly is not substituted.
+                if inferred_run is None or Path(path) != inferred_run or attempt == READ_ATTEMPTS - 1:
+                    raise
+                model_dir, _ = resolve_checkpoint(Path(path))
+    raise AssertionError("unreachable")
 
 
 def _evaluate(
@@ -88,24 +110,33 @@ def _evaluate(
                 raise SmalllmError(f"--tasks: '{t}' is not evaluated in {run.path}{did_you_mean(t, names)}")
         sets = [s for s in sets if s.task in tasks]
 
-    tokenizer = load_tokenizer(model_dir, field=str(model_dir))
-    run_tokenizer = _run_tokenizer(run, model_dir)
-    if run_tokenizer is not None and run_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise SmalllmError(
-            f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens"
-        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), local_files_only=True, use_safetensors=True
-        )
-    except (OSError, ValueError) as exc:
-        raise SmalllmError(f"{model_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
+        tokenizer = load_tokenizer(model_dir, field=str(model_dir))
+        run_tokenizer = _run_tokenizer(run, model_dir)
+        if run_tokenizer is not None and run_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise SmalllmError(
+                f"{model_dir}: tokenizer differs from the run's, so its ids would mean other tokens"
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), local_files_only=True, use_safetensors=True
+            )
+        except (OSError, ValueError) as exc:
+            raise SmalllmError(f"{model_dir}: cannot load the model ({str(exc).splitlines()[0]})") from None
+    except SmalllmError:
+        if not model_dir.is_dir():
+            raise CheckpointGone(
+                f"{model_dir}: the checkpoint was deleted while it was being read (its run is still "
+                "training and keeps only its newest checkpoints); evaluate again, or a checkpoint it keeps"
+            ) from None
+        raise
+    step_info = _step_info(model_dir)  # now: a running trainer may delete the checkpoint later
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         raise SmalllmError(f"{model_dir}: model vocabulary is smaller than its tokenizer's")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
     results = evaluate(model, sets, background, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
-    record = {"checkpoint": str(model_dir), "time": time.time(), **_step_info(model_dir), **results}
+    record = {"checkpoint": str(model_dir), "time": time.time(), **step_info, **results}
     append_jsonl(out_file, record)
     for key, value in sorted(results.items()):
         log(f"{key:<40} {value:.4f}")

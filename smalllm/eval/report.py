@@ -29,7 +29,7 @@ from smalllm.eval.emergence import (
     table_cells,
 )
 from smalllm.labels import BACKGROUND, TRAIN, Label
-from smalllm.run_record import RunDir, read_jsonl
+from smalllm.run_record import REPORT_SUMMARY_FILE, RunDir, read_jsonl
 
 DPI = 100
 
@@ -238,6 +238,6 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
     bg = plot_background(evals, trains, out_dir / "background.png")
     if bg is not None:
         images.append(bg)
-    summary = out_dir / "summary.md"
+    summary = out_dir / REPORT_SUMMARY_FILE
     summary.write_text(summary_markdown(run_dir, rows, evals, cfg, images))
     return [*images, summary]

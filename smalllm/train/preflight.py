@@ -10,7 +10,9 @@ that a run refuses, with the same one-line message, and cannot drift from it:
 1. device and precision (``fp16`` on a CPU, ``cuda`` without a GPU unless dry-running);
 2. the tokenizer: the cached corpus's when it exists, else the one the run would build (byte,
    char or pretrained), else for ``bpe`` a stand-in of the target size with the same byte ids
-   (:func:`smalllm.data.tokenizer.bpe_stand_in`), since training it needs the corpus;
+   (:func:`smalllm.data.tokenizer.bpe_stand_in`), since training it needs the corpus; a corpus
+   still to build gets the build's own checks first (its cache directory, and each local corpus
+   file read through);
 3. every task against that tokenizer, and the placement feasibility of the whole mixture
    (:func:`smalllm.data.stream.build_families`);
 4. the plan: batch divisibility and the memory estimate (a plan that does not fit is refused);
@@ -26,9 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 from smalllm.config import RunConfig
-from smalllm.data.background import check_local_files
+from smalllm.data.background import check_source_files
 from smalllm.data.config import DataConfig
-from smalllm.data.shards import INDEX, TokenShards, corpus_dir, ensure_corpus, open_corpus
+from smalllm.data.shards import (
+    INDEX,
+    TokenShards,
+    check_corpus_target,
+    corpus_dir,
+    ensure_corpus,
+    open_corpus,
+)
 from smalllm.data.stream import Family, TaskStream, build_families
 from smalllm.data.tokenizer import bpe_stand_in, build_tokenizer
 from smalllm.tasks import TaskVocab
@@ -88,9 +97,14 @@ def cached_corpus(cfg: DataConfig) -> TokenShards | None:
 
 
 def planned_tokenizer(cfg: DataConfig) -> Any:
-    """The tokenizer a run of ``cfg`` will use, as far as it is known without building the corpus."""
+    """The tokenizer a run of ``cfg`` will use, as far as it is known without building the corpus.
+
+    First the checks that the corpus build would make before it starts: its output directory in the
+    cache, and for ``source=files`` each file (read through, not tokenized).
+    """
+    check_corpus_target(cfg)
     if cfg.background.source == "files":
-        check_local_files(cfg.background)
+        check_source_files(cfg.background)
     if cfg.tokenizer.kind == "bpe":
         return bpe_stand_in(cfg.tokenizer.vocab_size)
     return build_tokenizer(cfg.tokenizer)
