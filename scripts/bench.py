@@ -3,8 +3,9 @@ and per-task generation throughput. Prints tables; ``--json PATH`` also writes t
 
 Trainer vs plain loop: both train the same transformers model from the same initial weights with
 the same AdamW, gradient clipping, batch and precision. The plain loop gets its batches
-pre-materialised as tensors and does nothing else; the trainer pays for everything it does per step
-(stream batch assembly, per-task loss bookkeeping, speed monitor, metrics logger). Measurements
+pre-materialised as tensors and does nothing else; the trainer pays for everything its public
+``Trainer.run_step`` does (stream batch assembly, per-task loss bookkeeping, the metrics logger with
+its throughput window). Measurements
 alternate between the two; throughput is the best repeat of each, and the ratio is the median of
 the back-to-back pairs, so background load hits both alike.
 """
@@ -30,8 +31,7 @@ from smalllm.model.build import build_model
 from smalllm.model.presets import PRESETS
 from smalllm.tasks import TaskVocab, build_task, registered_tasks
 from smalllm.train.callbacks.metrics_logger import MetricsLogger
-from smalllm.train.callbacks.speed_monitor import SpeedMonitor
-from smalllm.train.trainer import Trainer
+from smalllm.train.trainer import Trainer, build_optimizer
 
 BENCH_TASKS = (
     "data.tasks=[{name: t_cmp, frequency: 2.4e-3, unit: per_token},"
@@ -61,14 +61,10 @@ def bench_config(preset: str, seq_len: int, batch: int, run_dir: str, steps: int
 
 
 def time_trainer(trainer: Trainer, steps: int) -> float:
-    """Seconds for ``steps`` full trainer steps (step + per-step callbacks)."""
+    """Seconds for ``steps`` full trainer steps (step + per-step callbacks), as ``fit`` runs them."""
     start = time.perf_counter()
     for _ in range(steps):
-        metrics = trainer.train_step()
-        trainer.step += 1
-        trainer.tokens += trainer.plan.tokens_per_step
-        for cb in trainer.callbacks:
-            cb.on_step_end(trainer, metrics)
+        trainer.run_step()
     return time.perf_counter() - start
 
 
@@ -88,26 +84,28 @@ def time_plain(model, optimizer, batches: list[torch.Tensor], clip: float) -> fl
 def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(preset, seq_len, batch, str(Path(tmp) / "run"), steps * (repeats + 1) + 2)
-        trainer = Trainer(cfg, callbacks=[], log=lambda _m: None)
-        trainer.callbacks = [SpeedMonitor(), MetricsLogger()]
-        # The plain loop trains an identical copy on the same rows, with the same optimizer settings.
-        torch.manual_seed(cfg.train.seed)
-        plain = build_model(cfg.model, len(trainer.tokenizer), seq_len, trainer.tokenizer.pad_token_id)
-        plain.load_state_dict(trainer.accelerator.unwrap_model(trainer.model).state_dict())
-        opt = trainer._optimizer(plain)
-        batches = [torch.from_numpy(trainer.stream.batch(k).input_ids) for k in range(steps)]
-        trainer.model.train()  # as Trainer.fit does once before its loop
-        time_trainer(trainer, 2)  # warm-up both
-        time_plain(plain, opt, batches[:2], cfg.train.grad_clip)
-        t_trainer, t_plain = [], []
-        for i in range(repeats):
-            # Alternate which loop goes first, so a slow patch of the machine hits both alike.
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            for which in order:
-                if which == 0:
-                    t_trainer.append(time_trainer(trainer, steps))
-                else:
-                    t_plain.append(time_plain(plain, opt, batches, cfg.train.grad_clip))
+        trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
+        # The metrics logger writes into the run directory: open it (and its lock) as fit() would.
+        with trainer.run.locked():
+            trainer.open_run()
+            # The plain loop trains an identical copy on the same rows, with the same optimizer settings.
+            torch.manual_seed(cfg.train.seed)
+            plain = build_model(cfg.model, len(trainer.tokenizer), seq_len, trainer.tokenizer.pad_token_id)
+            plain.load_state_dict(trainer.unwrapped_model.state_dict())
+            opt = build_optimizer(plain, cfg.train, trainer.plan.device)
+            batches = [torch.from_numpy(trainer.stream.batch(k).input_ids) for k in range(steps)]
+            trainer.begin()  # training mode and the callbacks' start, as Trainer.fit does before its loop
+            time_trainer(trainer, 2)  # warm-up both
+            time_plain(plain, opt, batches[:2], cfg.train.grad_clip)
+            t_trainer, t_plain = [], []
+            for i in range(repeats):
+                # Alternate which loop goes first, so a slow patch of the machine hits both alike.
+                order = (0, 1) if i % 2 == 0 else (1, 0)
+                for which in order:
+                    if which == 0:
+                        t_trainer.append(time_trainer(trainer, steps))
+                    else:
+                        t_plain.append(time_plain(plain, opt, batches, cfg.train.grad_clip))
         tokens = steps * batch * seq_len
         tps_trainer, tps_plain = tokens / min(t_trainer), tokens / min(t_plain)
         # The ratio is the median over back-to-back pairs: robust to load that changes over minutes.
@@ -123,7 +121,7 @@ def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: in
             "plain_tok_s": tps_plain,
             "ratio": ratio,
             "overhead": 1 - ratio,
-            "mfu": plan.flops_per_token * tps_trainer / plan.peak_flops,
+            "mfu": plan.mfu(tps_trainer),
             "peak_flops": plan.peak_flops,
         }
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from smalllm.config import RunConfig, load_config
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, StepRecord
 
 TINY_OVERRIDES = [
     "model.preset=micro-w32",
@@ -63,9 +63,9 @@ class StopAt(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if trainer.step == self.step:
-            trainer.stop_requested = "test"
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        if record.step == self.step:
+            control.request_stop("test")
 
 
 # Test tiers: ``make test-fast`` runs ``-m "not slow"`` (<= 90 s on 2 cores), ``make test`` everything.

@@ -33,7 +33,7 @@ from smalllm.config import ModelConfig
 from smalllm.model.build import build_model
 from smalllm.run_record import RunDir, without_wall_clock
 from smalllm.train import trainer as trainer_mod
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, StepRecord
 from smalllm.train.trainer import Trainer, train
 
 KILL_TRIALS = int(os.environ.get("SMALLLM_KILL_TRIALS", "5"))
@@ -310,14 +310,14 @@ def test_nan_from_huge_learning_rate_is_detected(tmp_path: Path, capsys: pytest.
 
 
 class ParameterTrace(Callback):
-    """Copies of the first weight matrix after every step."""
+    """Copies of the first weight matrix of ``model`` after every step."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.weight = next(p for p in model.parameters() if p.ndim == 2)
         self.after: dict[int, torch.Tensor] = {}
 
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        weight = next(p for p in trainer.accelerator.unwrap_model(trainer.model).parameters() if p.ndim == 2)
-        self.after[trainer.step] = weight.detach().clone()
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        self.after[record.step] = self.weight.detach().clone()
 
 
 def test_nan_skip_drops_the_batch_and_continues(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -325,7 +325,7 @@ def test_nan_skip_drops_the_batch_and_continues(tmp_path: Path, monkeypatch: pyt
     cfg = tiny_config(tmp_path / "run", "train.device=cpu", "train.nan_policy=skip", "eval.enabled=false")
     logged: list[str] = []
     trainer = Trainer(cfg, log=logged.append)
-    trace = ParameterTrace()
+    trace = ParameterTrace(trainer.unwrapped_model)
     trainer.callbacks.append(trace)
     summary = trainer.fit()
     assert summary["status"] == "completed" and summary["skipped_steps"] == 1

@@ -31,7 +31,7 @@ from smalllm.data.stream import TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.run_record import MARKER, RunDir, marker_kind, without_wall_clock
 from smalllm.train import trainer as trainer_mod
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, StepRecord
 from smalllm.train.trainer import Trainer, train
 
 BASE = (*TINY_OVERRIDES, *TINY_TASKS, "train.device=cpu")
@@ -574,8 +574,8 @@ class Crash(Callback):
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        if trainer.step == self.step:
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        if record.step == self.step:
             raise RuntimeError("simulated crash")
 
 

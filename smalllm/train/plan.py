@@ -107,6 +107,10 @@ class Plan:
     def flops_per_token(self) -> int:
         return self.preset.flops_per_token(self.vocab_size, self.seq_len)
 
+    def mfu(self, tokens_per_s: float) -> float:
+        """Model FLOPs utilisation of a global throughput of ``tokens_per_s`` (all processes)."""
+        return self.flops_per_token * tokens_per_s / (self.peak_flops * self.world)
+
     @property
     def fits(self) -> bool:
         return self.memory.total <= self.memory_fraction * self.available

@@ -7,9 +7,14 @@ its own rows; the model is a stock transformers model. Read it top to bottom:
 1. ``setup``: accelerator, corpus and stream, model, optimizer, schedule, resume. Everything a run
    can refuse is refused here, before the run directory is written to;
 2. ``open_run``: the run directory (marker, one-writer lock, status ``running``, config);
-3. ``fit``: ``train_step`` until the token budget is spent, callbacks after each step; whatever ends
-   it is recorded in the run's status record (completed, interrupted, diverged, or failed with its error);
+3. ``fit``: ``begin``, then ``run_step`` (one optimizer step, then the callbacks) until the token
+   budget is spent or a stop is requested; whatever ends it is recorded in the run's status record
+   (completed, interrupted, diverged, or failed with its error);
 4. ``save`` / ``state_dict``: the whole resumable state is one dict, the callbacks' included.
+
+Callbacks see the run only through the contract in :mod:`smalllm.train.callbacks.base`: a
+:class:`RunContext`, a :class:`StepRecord` per step, a :class:`FitEnd`, and the :class:`Control`
+surface this module implements (``_TrainerControl``).
 """
 
 from __future__ import annotations
@@ -21,19 +26,22 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedType, gather_object, set_seed
 from transformers.utils import logging as hf_logging
 
 from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
+from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import SmalllmError
+from smalllm.eval.evaluator import evaluate
 from smalllm.model.build import build_model, count_params
 from smalllm.run_record import (
     CHECKPOINT_SHARDED_STATE,
@@ -44,7 +52,8 @@ from smalllm.run_record import (
     is_empty_dir,
     remove_owned,
 )
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, FitEnd, Reduction, RunContext, StepRecord
+from smalllm.train.config import TrainConfig
 from smalllm.train.plan import resolve_device, resolve_precision
 from smalllm.train.preflight import check_run
 from smalllm.train.schedule import lr_factor
@@ -80,11 +89,15 @@ class Trainer:
         self.step = 0
         self.tokens = 0
         self.stop_requested: str | None = None
-        self.eval_seconds = 0.0
         self.train_seconds = 0.0
+        self.wall_seconds = 0.0
         self.skipped_steps = 0
+        self._begun = False
+        self._summary_fields: dict = {}
+        self.control: Control = _TrainerControl(self)
         self.setup()
-        self.callbacks = callbacks if callbacks is not None else default_callbacks(self)
+        self.callbacks = callbacks if callbacks is not None else default_callbacks(cfg)
+        """Run in this order after every step; the list may be changed until ``fit``/``run_step`` begins."""
 
     # ------------------------------------------------------------------------------------- setup
 
@@ -139,7 +152,7 @@ class Trainer:
         self.resumed = resume_from is not None
         if resume_from is not None:
             ckpt.load_model_weights(model, resume_from)
-        optimizer = self._optimizer(model)
+        optimizer = build_optimizer(model, t, self.plan.device)
         if t.compile:
             model = torch.compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
@@ -153,10 +166,35 @@ class Trainer:
             if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
                 acc.load_state(str(resume_from / CHECKPOINT_SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
+        self.context = RunContext(
+            plan=self.plan,
+            train=t,
+            eval=cfg.eval,
+            logging=cfg.logging,
+            labels=list(self.stream.labels),
+            total_steps=self.total_steps,
+            start_step=self.step,
+            start_tokens=self.tokens,
+            resumed=self.resumed,
+            is_main=self.is_main,
+            rank=self.rank,
+            world=self.world,
+            device=acc.device,
+            run_dir=self.run,
+            reduce=self._reduce,
+            gather=self._gather,
+            eval_sets=self.stream.eval_sets,
+            background_holdout=self.stream.background_holdout,
+        )
 
     @property
     def run_dir(self) -> Path:
         return self.run.path
+
+    @property
+    def unwrapped_model(self) -> torch.nn.Module:
+        """The model being trained, without accelerate's wrappers (DDP, compile, mixed precision)."""
+        return self.accelerator.unwrap_model(self.model)
 
     def _resume_point(self) -> Path | None:
         if not self.resume:
@@ -229,29 +267,15 @@ class Trainer:
                 f"recomputed for the new length from {checkpoint.name} on"
             )
 
-    def _optimizer(self, model: torch.nn.Module) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        embeddings = {id(model.get_input_embeddings().weight)}
-        decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
-        no_decay = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
-        fused = self.plan.device == "cuda"
-        return torch.optim.AdamW(
-            [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=t.lr,
-            betas=(t.beta1, t.beta2),
-            eps=t.eps,
-            fused=fused,
-            foreach=None if fused else True,
-        )
-
     # --------------------------------------------------------------------------------------- fit
 
     def fit(self) -> dict:
         """Train until the token budget is spent or a stop is requested; return the run summary.
 
         Whatever ends the run is recorded in its status record before this returns or raises: completed,
-        interrupted (SIGTERM/SIGINT), diverged, or failed with its one-line error and step. A failure
-        is raised again as a one-line :class:`SmalllmError`, so the command exits non-zero.
+        interrupted (SIGTERM/SIGINT or a callback's stop request), diverged, or failed with its one-line
+        error and step. A failure is raised again as a one-line :class:`SmalllmError`, so the command
+        exits non-zero.
         """
         self.open_run()
         start = time.perf_counter()
@@ -260,18 +284,9 @@ class Trainer:
         try:
             for s in previous:
                 signal.signal(s, self._request_stop)
-            # Set once, not per step (a walk over every module); evaluation restores it when done.
-            self.model.train()
-            self._restore_callbacks()
-            for cb in self.callbacks:
-                cb.on_fit_start(self)
+            self.begin()
             while self.step < self.total_steps and self.stop_requested is None:
-                metrics = self.train_step()
-                self.step += 1
-                self.tokens += self.plan.tokens_per_step
-                self._agree_on_stop()
-                for cb in self.callbacks:
-                    cb.on_step_end(self, metrics)
+                self.run_step()
         except BaseException as exc:  # recorded below, then raised again
             error = exc
         finally:
@@ -300,8 +315,16 @@ class Trainer:
         that ends the run (the first one: later ones are usually its consequences)."""
         self.error = error  # callbacks see it: nothing is checkpointed after an exception
         for cb in self.callbacks:
+            end = FitEnd(
+                status=self.status,
+                step=self.step,
+                tokens=self.tokens,
+                error=None if self.error is None else error_line(self.error),
+                stop_reason=self.stop_requested,
+                wall_seconds=self.wall_seconds,
+            )
             try:
-                cb.on_fit_end(self)
+                cb.on_fit_end(end, self.control)
             except Exception as exc:
                 if self.error is None:
                     self.error, self.status = exc, "failed"
@@ -328,12 +351,35 @@ class Trainer:
         with contextlib.suppress(Exception):
             self.run.mark_failed(error_line(exc), self.step)
 
-    def _restore_callbacks(self) -> None:
-        """Give each callback the state it had at the checkpoint (e.g. the open logging window)."""
+    def begin(self) -> None:
+        """Ready the loop, once: training mode, and the callbacks started with the state they had at
+        the checkpoint (e.g. the open logging window). ``fit`` and ``run_step`` call it."""
+        if self._begun:
+            return
+        self._begun = True
+        # Set once, not per step (a walk over every module); evaluation restores it when done.
+        self.model.train()
         for cb in self.callbacks:
             state = self._callback_state.get(type(cb).__name__)
             if state is not None:
-                cb.load_state_dict(self, state)
+                cb.load_state_dict(state, self.context)
+        for cb in self.callbacks:
+            cb.on_fit_start(self.context, self.control)
+
+    def run_step(self) -> StepRecord:
+        """One step of the loop: an optimizer step over global batch ``self.step``, the stop agreed
+        across processes, then every callback's ``on_step_end``; returns the step's record.
+
+        ``fit`` is this in a loop, plus the run's start and end; a benchmark may call it directly
+        (it begins the loop first if ``fit`` has not).
+        """
+        if not self._begun:
+            self.begin()
+        record = self._train_step()
+        self._agree_on_stop()
+        for cb in self.callbacks:
+            cb.on_step_end(record, self.control)
+        return record
 
     def _request_stop(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -347,8 +393,9 @@ class Trainer:
         if float(self.accelerator.reduce(flag, reduction="sum")) > 0 and self.stop_requested is None:
             self.stop_requested = "signal on another process"
 
-    def train_step(self) -> dict:
-        """One optimizer step over this process's share of global batch ``self.step``."""
+    def _train_step(self) -> StepRecord:
+        """One optimizer step over this process's share of global batch ``self.step``; advances
+        ``step`` and ``tokens``."""
         t0 = time.perf_counter()
         model, acc = self.model, self.accelerator
         batch = self.stream.batch(self.step, self.rank, self.world)
@@ -385,15 +432,19 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - t0
         self.train_seconds += elapsed
-        return {
-            "loss": total_loss,
-            "grad_norm": grad_norm,
-            "lr": lr,
-            "step_time": elapsed,
-            "label_loss": label_loss,
-            "label_count": label_count,
-            "skipped": not finite,
-        }
+        self.step += 1
+        self.tokens += self.plan.tokens_per_step
+        return StepRecord(
+            step=self.step,
+            tokens=self.tokens,
+            loss=total_loss,
+            grad_norm=grad_norm,
+            lr=lr,
+            step_time=elapsed,
+            skipped=not finite,
+            label_loss=label_loss,
+            label_count=label_count,
+        )
 
     def _clip(self) -> float:
         clip = self.cfg.train.grad_clip
@@ -439,7 +490,7 @@ class Trainer:
         # Called on every process: a callback may gather its per-process state (a collective).
         states = {}
         for cb in self.callbacks:
-            state = cb.state_dict(self)
+            state = cb.state_dict(self.context)
             if state is not None:
                 states[type(cb).__name__] = state
         return states
@@ -478,7 +529,7 @@ class Trainer:
         path = None
         if self.is_main:
             meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
-            model = acc.unwrap_model(self.model)
+            model = self.unwrapped_model
             path = ckpt.publish_checkpoint(tmp, self.step, model, self.tokenizer, state, meta, weights)
             ckpt.prune_checkpoints(root, self.cfg.train.keep_last)
         acc.wait_for_everyone()
@@ -490,8 +541,14 @@ class Trainer:
         if getattr(self, "accelerator", None) is None or self.accelerator.is_main_process:
             self.log_line(message)
 
-    def write_record(self, record: dict) -> None:
-        """Append one metrics record (JSONL) and forward its numbers to the trackers."""
+    def _reduce(self, tensor: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction=reduction)
+
+    def _gather(self, obj: object) -> list:
+        return gather_object([obj]) if self.world > 1 else [obj]
+
+    def _write_metrics(self, record: dict) -> None:
+        """Append one metrics record (JSONL) and forward its numbers to the trackers (main process)."""
         if not self.is_main:
             return
         self.run.append_metrics(record)
@@ -500,7 +557,8 @@ class Trainer:
             self.accelerator.log(numbers, step=record["step"])
 
     def summary(self) -> dict:
-        """The run's status record (written by the main process) and its return value."""
+        """The run's status record (written by the main process) and its return value: the fields
+        of :data:`TRAINER_SUMMARY_FIELDS`, then what the callbacks contributed."""
         total_rows = self.step * self.cfg.train.global_batch_size
         summary = {
             "status": self.status,
@@ -508,14 +566,12 @@ class Trainer:
             "tokens": self.tokens,
             "params": self.num_params,
             "non_embedding_params": self.num_non_embedding,
-            "wall_seconds": getattr(self, "wall_seconds", 0.0),
+            "wall_seconds": self.wall_seconds,
             "train_seconds": self.train_seconds,
-            "eval_seconds": self.eval_seconds,
-            "eval_share": self.eval_seconds / max(1e-9, getattr(self, "wall_seconds", 0.0)),
             "skipped_steps": self.skipped_steps,
             "frequencies": self.stream.frequency_table(total_rows),
         }
-        summary.update(getattr(self, "extra_summary", {}))
+        summary.update(self._summary_fields)  # what the callbacks contributed (eval time, emergence)
         if self.error is not None:  # diverged, failed, or interrupted by an exception
             summary["error"] = error_line(self.error)
         if self.status == "failed":
@@ -525,6 +581,85 @@ class Trainer:
             summary.update({k: previous[k] for k in ("attempt", "started") if k in previous})
             self.run.write_summary(summary)
         return summary
+
+
+TRAINER_SUMMARY_FIELDS = frozenset(
+    {
+        "status",
+        "steps",
+        "tokens",
+        "params",
+        "non_embedding_params",
+        "wall_seconds",
+        "train_seconds",
+        "skipped_steps",
+        "frequencies",
+        "error",
+        "failed_at_step",
+        "attempt",
+        "started",
+    }
+)
+"""The summary fields the trainer owns; a callback's contribution may not replace them."""
+
+
+class _TrainerControl(Control):
+    """The callbacks' control surface (see :class:`~smalllm.train.callbacks.base.Control`)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self._trainer = trainer
+
+    def request_stop(self, reason: str) -> None:
+        if self._trainer.stop_requested is None:
+            self._trainer.stop_requested = reason
+
+    @property
+    def stop_reason(self) -> str | None:
+        return self._trainer.stop_requested
+
+    def save_checkpoint(self) -> Path | None:
+        return self._trainer.save()
+
+    def evaluate(
+        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, batch_size: int
+    ) -> dict[str, float]:
+        trainer = self._trainer
+        with trainer.accelerator.autocast():
+            return evaluate(
+                trainer.unwrapped_model,
+                eval_sets,
+                background,
+                batch_size=batch_size,
+                pad_id=trainer.tokenizer.pad_token_id,
+            )
+
+    def write_metrics(self, record: dict) -> None:
+        self._trainer._write_metrics(record)
+
+    def add_summary(self, **fields: Any) -> None:
+        owned = sorted(TRAINER_SUMMARY_FIELDS & fields.keys())
+        if owned:
+            raise ValueError(f"summary field(s) {', '.join(owned)} are written by the trainer itself")
+        self._trainer._summary_fields.update(fields)
+
+    def log(self, message: str) -> None:
+        self._trainer.info(message)
+
+
+def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torch.optim.Optimizer:
+    """AdamW over ``model``; no weight decay on biases, norms and the input embeddings."""
+    embeddings = {id(model.get_input_embeddings().weight)}
+    decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
+    fused = device == "cuda"
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+        eps=t.eps,
+        fused=fused,
+        foreach=None if fused else True,
+    )
 
 
 def _status_of(error: BaseException | None, stop_requested: str | None) -> str:
@@ -586,13 +721,17 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def default_callbacks(trainer: Trainer) -> list[Callback]:
+def default_callbacks(cfg: RunConfig) -> list[Callback]:
+    """The callbacks of a ``smalllm train`` run: evaluation (when enabled), metrics, checkpoints.
+
+    Each works alone; the order only decides what a step's hooks see first (an evaluation record is
+    written before the training record of the same step, a checkpoint after both).
+    """
     from smalllm.train.callbacks.checkpointer import Checkpointer
     from smalllm.train.callbacks.metrics_logger import MetricsLogger
-    from smalllm.train.callbacks.speed_monitor import SpeedMonitor
 
-    callbacks: list[Callback] = [SpeedMonitor()]
-    if trainer.cfg.eval.enabled:
+    callbacks: list[Callback] = []
+    if cfg.eval.enabled:
         from smalllm.train.callbacks.evaluator import EvaluatorCallback
 
         callbacks.append(EvaluatorCallback())

@@ -1,33 +1,187 @@
-"""Callback protocol: each concern of the training loop (speed, evaluation, checkpoints, logging)
-lives in its own callback file and sees the trainer only through these hooks."""
+"""The callback contract: what a callback is told, and the few things it may do.
+
+A callback never sees the trainer. It gets:
+
+- :class:`RunContext` once, at fit start (and with its checkpointed state): the plan, the config
+  sections, the labels, the process group's reductions and the run directory;
+- a :class:`StepRecord` after every optimizer step: everything the step measured, as the trainer
+  measured it, so no callback needs another one's output (throughput: ``step_time`` and the plan;
+  see :meth:`~smalllm.train.plan.Plan.mfu`);
+- a :class:`FitEnd` when training stops, whatever stopped it;
+- with each hook, the :class:`Control` surface: the only way to act on the run (stop it, checkpoint
+  it, evaluate the model, write a metrics record, contribute to the summary, log a line).
+
+Hooks run on every process, in the order of the trainer's callback list. Whatever a callback decides
+from the records it gets is the same on every process (the records' scalars are, and the trainer
+agrees on signals before the hooks run), so collective actions (``save_checkpoint``, ``evaluate``,
+``reduce``, ``gather``) line up across processes.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from smalllm.train.trainer import Trainer
+import numpy as np
+import torch
+
+from smalllm.data.eval_sets import TaskEvalSet
+from smalllm.eval.config import EvalConfig
+from smalllm.labels import Label
+from smalllm.run_record import RunDir
+from smalllm.train.config import LoggingConfig, TrainConfig
+from smalllm.train.plan import Plan
+
+Reduction = Literal["sum", "mean"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """One optimizer step on this process.
+
+    Tensors stay on the device: reading them (``float(record.loss)``) waits for the device, so that
+    cost is paid only by a callback that needs the value, and only when it needs it.
+    """
+
+    step: int
+    """Optimizer steps done, this one included."""
+    tokens: int
+    """Tokens trained on so far, over all processes."""
+    loss: torch.Tensor
+    """This process's mean next-token loss of the step (0-dim, on the device)."""
+    grad_norm: float
+    """Gradient norm before clipping, over all processes."""
+    lr: float
+    """Learning rate the step was taken with."""
+    step_time: float
+    """Seconds the step took on this process (training only: no callbacks, evaluation or saves)."""
+    skipped: bool
+    """The loss or gradient was not finite, so the batch was skipped (``train.nan_policy=skip``)."""
+    label_loss: torch.Tensor
+    """Per-label sums of token loss on this process, indexed like :attr:`RunContext.labels` (zero
+    when skipped): task answer tokens, and every background token for label 0."""
+    label_count: torch.Tensor
+    """How many tokens each ``label_loss`` sum holds."""
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a callback may know about the run; the same object for every hook of one trainer."""
+
+    plan: Plan
+    """Every derived number: steps, tokens per step, FLOPs per token, peak FLOP/s, world size."""
+    train: TrainConfig
+    eval: EvalConfig
+    logging: LoggingConfig
+    labels: list[Label]
+    """The stream's labels; index ``i`` is entry ``i`` of the step records' per-label tensors."""
+    total_steps: int
+    start_step: int
+    """The step fit starts from: 0, or the step of the checkpoint a resumed run continues."""
+    start_tokens: int
+    resumed: bool
+    is_main: bool
+    """This process writes the run directory; the others only take part in collectives."""
+    rank: int
+    world: int
+    device: torch.device
+    run_dir: RunDir
+    reduce: Callable[[torch.Tensor, Reduction], torch.Tensor]
+    """Reduce a tensor over all processes (a collective: every process must call it)."""
+    gather: Callable[[Any], list[Any]]
+    """Every process's object, in rank order (a collective; ``[obj]`` in a one-process run)."""
+    eval_sets: Callable[[], list[TaskEvalSet]]
+    """The run's held-out task instances, built on call (the same on every call)."""
+    background_holdout: Callable[[int], np.ndarray]
+    """Up to ``n`` held-out background rows of the run's corpus, ``[n, seq_len]``."""
+
+
+@dataclass(frozen=True)
+class FitEnd:
+    """How training ended, as far as it is known when a callback's ``on_fit_end`` runs (a failing
+    ``on_fit_end`` of an earlier callback turns the status into ``failed``)."""
+
+    status: Literal["completed", "interrupted", "diverged", "failed"]
+    step: int
+    tokens: int
+    error: str | None
+    """The one-line error that ends the run; None when no exception ended it."""
+    stop_reason: str | None
+    """Why a stop was requested (a signal's name, or a callback's reason); None when none was."""
+    wall_seconds: float
+    """Seconds ``fit`` ran until the last step (before the callbacks' ends)."""
+
+
+class Control(ABC):
+    """Everything a callback may do to the run. The trainer implements it; a test may fake it."""
+
+    @abstractmethod
+    def request_stop(self, reason: str) -> None:
+        """Stop after this step, as a signal would: the run ends ``interrupted`` with a checkpoint
+        (when a :class:`~smalllm.train.callbacks.checkpointer.Checkpointer` is present). The first
+        reason is kept. Request it on every process alike: the trainer agrees on signals, not on this."""
+
+    @property
+    @abstractmethod
+    def stop_reason(self) -> str | None:
+        """The reason of the stop requested so far (signal or callback), None while training goes on."""
+
+    @abstractmethod
+    def save_checkpoint(self) -> Path | None:
+        """Checkpoint the current step now, callbacks' states included; returns its path on the main
+        process. A collective: every process must call it at the same step."""
+
+    @abstractmethod
+    def evaluate(
+        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, batch_size: int
+    ) -> dict[str, float]:
+        """Evaluate the model being trained (flat ``eval/…`` metrics, see
+        :func:`smalllm.eval.evaluator.evaluate`); training mode is restored after. A collective under
+        FSDP/DeepSpeed: every process must call it."""
+
+    @abstractmethod
+    def write_metrics(self, record: dict[str, Any]) -> None:
+        """Append one record to the run's ``metrics.jsonl`` and send its numbers to the trackers
+        (TensorBoard, W&B) at ``record["step"]``. Only the main process writes; elsewhere a no-op."""
+
+    @abstractmethod
+    def add_summary(self, **fields: Any) -> None:
+        """Add fields to the run's summary (``summary.json`` and ``fit()``'s return value). A later
+        contribution of a field replaces an earlier one; a field the trainer writes itself (``status``,
+        ``steps``, ``error``, …) is refused with a ValueError, so the status record stays honest."""
+
+    @abstractmethod
+    def log(self, message: str) -> None:
+        """Print a line through the trainer's log (main process only)."""
 
 
 class Callback:
-    """No-op hooks; override the ones you need."""
+    """No-op hooks; override the ones you need.
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    ``state_dict``/``load_state_dict`` make a callback resumable: what it returns is saved in every
+    checkpoint under the callback's class name, and handed back before ``on_fit_start`` of the
+    resumed run, so a resumed run logs and evaluates exactly what an uninterrupted one does.
+    """
+
+    def on_fit_start(self, run: RunContext, control: Control) -> None:
         """Before the first step (after a resume: before the first new step)."""
 
-    def on_step_end(self, trainer: Trainer, metrics: dict) -> None:
-        """After optimizer step ``trainer.step`` (already incremented); ``metrics`` may be extended."""
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        """After every optimizer step."""
 
-    def on_fit_end(self, trainer: Trainer) -> None:
-        """After the last step, or when training stops early (signal, divergence, failure):
-        ``trainer.status`` says which."""
+    def on_fit_end(self, end: FitEnd, control: Control) -> None:
+        """After the last step, or when training stops early (signal, stop request, divergence,
+        failure): ``end.status`` says which. Runs even when an earlier callback's end failed."""
 
-    def state_dict(self, trainer: Trainer) -> dict | None:
-        """What a resumed run needs to continue exactly (saved in the checkpoint), or None.
+    def state_dict(self, run: RunContext) -> dict | None:
+        """What a resumed run needs to continue exactly, or None.
 
         Called on every process when a checkpoint is written, so it may gather across processes.
         """
         return None
 
-    def load_state_dict(self, trainer: Trainer, state: dict) -> None:
+    def load_state_dict(self, state: dict, run: RunContext) -> None:
         """Restore what :meth:`state_dict` returned, before ``on_fit_start`` of the resumed run."""

@@ -5,74 +5,80 @@ from __future__ import annotations
 
 import time
 
-from smalllm.data.eval_sets import save_eval_sets
+import numpy as np
+
+from smalllm.data.eval_sets import TaskEvalSet, save_eval_sets
 from smalllm.eval.emergence import emergence_table, format_emergence_table
-from smalllm.eval.evaluator import evaluate
 from smalllm.eval.schedule import eval_steps
 from smalllm.run_record import atomic_write_json
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, FitEnd, RunContext, StepRecord
 
 
 class EvaluatorCallback(Callback):
+    """Contributes ``eval_seconds``, ``eval_share`` and (main process) ``emergence`` to the summary."""
+
     def __init__(self) -> None:
         self.steps: set[int] = set()
         self.evaluated_step: int | None = None
         """The last step evaluated; saved in checkpoints so a resumed run neither repeats nor skips one."""
         self.restored = False
+        self.seconds = 0.0
+        self.batch_size = 0
+        self.sets: list[TaskEvalSet] = []
+        self.background: np.ndarray | None = None
+        self.run: RunContext | None = None
 
-    def state_dict(self, trainer) -> dict:
+    def state_dict(self, run: RunContext) -> dict:
         return {"evaluated_step": -1 if self.evaluated_step is None else self.evaluated_step}
 
-    def load_state_dict(self, trainer, state: dict) -> None:
+    def load_state_dict(self, state: dict, run: RunContext) -> None:
         self.evaluated_step = int(state["evaluated_step"])
         self.restored = True
 
-    def on_fit_start(self, trainer) -> None:
-        cfg = trainer.cfg.eval
-        self.steps = set(eval_steps(trainer.total_steps, cfg, trainer.plan.tokens_per_step))
-        self.sets = trainer.stream.eval_sets()
-        self.background = trainer.stream.background_holdout(cfg.background_sequences)
-        if trainer.is_main and not trainer.run.eval_sets_file.exists():
-            save_eval_sets(self.sets, trainer.run.eval_sets_file, self.background)
+    def on_fit_start(self, run: RunContext, control: Control) -> None:
+        cfg = run.eval
+        self.run = run
+        self.batch_size = cfg.batch_size
+        self.steps = set(eval_steps(run.total_steps, cfg, run.plan.tokens_per_step))
+        self.sets = run.eval_sets()
+        self.background = run.background_holdout(cfg.background_sequences)
+        if run.is_main and not run.run_dir.eval_sets_file.exists():
+            save_eval_sets(self.sets, run.run_dir.eval_sets_file, self.background)
         # A checkpoint without this callback's state (older runs): a resumed step was evaluated before.
-        done = self.evaluated_step == trainer.step if self.restored else trainer.resumed
-        if trainer.step in self.steps and not done:
-            self._run(trainer)
+        done = self.evaluated_step == run.start_step if self.restored else run.resumed
+        if run.start_step in self.steps and not done:
+            self._run(run.start_step, run.start_tokens, control)
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if trainer.step in self.steps:
-            self._run(trainer)
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        if record.step in self.steps:
+            self._run(record.step, record.tokens, control)
 
-    def _run(self, trainer) -> None:
+    def _run(self, step: int, tokens: int, control: Control) -> None:
         t0 = time.perf_counter()
-        acc = trainer.accelerator
-        model = acc.unwrap_model(trainer.model)
-        with acc.autocast():
-            results = evaluate(
-                model,
-                self.sets,
-                self.background,
-                batch_size=trainer.cfg.eval.batch_size,
-                pad_id=trainer.tokenizer.pad_token_id,
-            )
-        trainer.eval_seconds += time.perf_counter() - t0
-        self.evaluated_step = trainer.step
-        trainer.write_record(
-            {"kind": "eval", "step": trainer.step, "tokens": trainer.tokens, "time": time.time(), **results}
+        results = control.evaluate(self.sets, self.background, self.batch_size)
+        self.seconds += time.perf_counter() - t0
+        self.evaluated_step = step
+        control.write_metrics(
+            {"kind": "eval", "step": step, "tokens": tokens, "time": time.time(), **results}
         )
 
-    def on_fit_end(self, trainer) -> None:
-        final = trainer.step not in self.steps and self.evaluated_step != trainer.step
-        if trainer.status == "completed" and final:
-            self._run(trainer)  # on every process: under FSDP the forward pass is collective
-        if not trainer.is_main:
+    def on_fit_end(self, end: FitEnd, control: Control) -> None:
+        if self.run is None:  # an earlier callback's start failed before this one started
             return
-        records = [r for r in trainer.run.read_metrics() if r.get("kind") == "eval"]
-        rows = emergence_table(records, trainer.cfg.eval)
-        share = trainer.eval_seconds / max(1e-9, trainer.wall_seconds)
-        trainer.extra_summary = {"emergence": rows}
-        trainer.info("\n" + format_emergence_table(rows))
-        trainer.info(
-            f"evaluation took {trainer.eval_seconds:.1f} s of {trainer.wall_seconds:.1f} s wall time ({share:.1%})"
+        final = end.step not in self.steps and self.evaluated_step != end.step
+        if end.status == "completed" and final:
+            self._run(
+                end.step, end.tokens, control
+            )  # on every process: under FSDP the forward pass is collective
+        share = self.seconds / max(1e-9, end.wall_seconds)
+        control.add_summary(eval_seconds=self.seconds, eval_share=share)
+        if not self.run.is_main:
+            return
+        records = [r for r in self.run.run_dir.read_metrics() if r.get("kind") == "eval"]
+        rows = emergence_table(records, self.run.eval)
+        control.add_summary(emergence=rows)
+        control.log("\n" + format_emergence_table(rows))
+        control.log(
+            f"evaluation took {self.seconds:.1f} s of {end.wall_seconds:.1f} s wall time ({share:.1%})"
         )
-        atomic_write_json(trainer.run.emergence_file, rows)
+        atomic_write_json(self.run.run_dir.emergence_file, rows)

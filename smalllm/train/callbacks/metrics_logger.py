@@ -5,18 +5,22 @@ from __future__ import annotations
 import time
 
 import torch
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from smalllm.labels import TRAIN
-from smalllm.train.callbacks.base import Callback
+from smalllm.train.callbacks.base import Callback, Control, FitEnd, RunContext, StepRecord
 
 
 class MetricsLogger(Callback):
-    """Averages loss over the logging window; per-task training loss comes from the batch task ids."""
+    """Averages loss over the logging window; per-task training loss comes from the batch task ids.
+
+    Throughput (``tokens_per_s``, ``mfu``) is measured over the same window, from the steps' own
+    times: evaluation and checkpoints between steps do not count.
+    """
 
     def __init__(self) -> None:
         self.bar = None
+        self.run: RunContext | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -24,65 +28,70 @@ class MetricsLogger(Callback):
         self.steps = 0
         self.label_loss = None
         self.label_count = None
+        # Not checkpointed: wall-clock time, so a resumed run's window times only its own steps.
+        self.window_time = 0.0
+        self.window_steps = 0
 
-    def on_fit_start(self, trainer) -> None:
-        if trainer.cfg.logging.progress and trainer.is_main:
+    def on_fit_start(self, run: RunContext, control: Control) -> None:
+        self.run = run
+        if run.logging.progress and run.is_main:
             self.bar = tqdm(
-                total=trainer.total_steps,
-                initial=trainer.step,
+                total=run.total_steps,
+                initial=run.start_step,
                 desc="train",
                 dynamic_ncols=True,
                 disable=None,
             )
 
-    def on_step_end(self, trainer, metrics: dict) -> None:
-        if not metrics["skipped"]:  # a skipped (non-finite) batch must not poison the window mean
-            self.loss_sum += float(metrics["loss"])
+    def on_step_end(self, record: StepRecord, control: Control) -> None:
+        if not record.skipped:  # a skipped (non-finite) batch must not poison the window mean
+            self.loss_sum += float(record.loss)
             self.steps += 1
         if self.label_loss is None:
-            self.label_loss, self.label_count = metrics["label_loss"].clone(), metrics["label_count"].clone()
+            self.label_loss, self.label_count = record.label_loss.clone(), record.label_count.clone()
         else:
-            self.label_loss += metrics["label_loss"]
-            self.label_count += metrics["label_count"]
+            self.label_loss += record.label_loss
+            self.label_count += record.label_count
+        self.window_time += record.step_time
+        self.window_steps += 1
         if self.bar is not None:
             self.bar.update(1)
-        if trainer.step % trainer.cfg.train.log_every and trainer.step != trainer.total_steps:
+        run = self.run
+        if record.step % run.train.log_every and record.step != run.total_steps:
             return
-        acc = trainer.accelerator
         # Sums over processes: every rank saw different rows.
-        label_loss = acc.reduce(self.label_loss, reduction="sum")
-        label_count = acc.reduce(self.label_count, reduction="sum")
+        label_loss = run.reduce(self.label_loss, "sum")
+        label_count = run.reduce(self.label_count, "sum")
         mean = self.loss_sum / self.steps if self.steps else float("nan")
-        loss = float(acc.reduce(torch.tensor(mean, device=acc.device), reduction="mean"))
-        record = {
+        loss = float(run.reduce(torch.tensor(mean, device=run.device), "mean"))
+        tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
+        mfu = run.plan.mfu(tokens_per_s)
+        line = {
             "kind": "train",
-            "step": trainer.step,
-            "tokens": trainer.tokens,
+            "step": record.step,
+            "tokens": record.tokens,
             "time": time.time(),
             "loss": loss,
-            "lr": metrics["lr"],
-            "grad_norm": metrics["grad_norm"],
-            "tokens_per_s": metrics["tokens_per_s"],
-            "mfu": metrics["mfu"],
+            "lr": record.lr,
+            "grad_norm": record.grad_norm,
+            "tokens_per_s": tokens_per_s,
+            "mfu": mfu,
         }
-        for i, label in enumerate(trainer.stream.labels):
+        for i, label in enumerate(run.labels):
             if float(label_count[i]) > 0:
-                record[label.key("loss", TRAIN)] = float(label_loss[i] / label_count[i])
-        trainer.write_record(record)
+                line[label.key("loss", TRAIN)] = float(label_loss[i] / label_count[i])
+        control.write_metrics(line)
         if self.bar is not None:
             self.bar.set_postfix(
-                loss=f"{loss:.3f}",
-                tok_s=f"{metrics['tokens_per_s']:,.0f}",
-                mfu=f"{metrics['mfu']:.1%}",
-                refresh=False,
+                loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}", refresh=False
             )
         self._reset()
 
-    def on_fit_end(self, trainer) -> None:
+    def on_fit_end(self, end: FitEnd, control: Control) -> None:
         if self.bar is not None:
             self.bar.close()
 
-    def state_dict(self, trainer) -> dict:
+    def state_dict(self, run: RunContext) -> dict:
         """The open window of every process (each saw other rows), so a run resumed mid-window logs
         the same record as one that never stopped."""
         mine = {
@@ -91,20 +100,20 @@ class MetricsLogger(Callback):
             "label_loss": None if self.label_loss is None else self.label_loss.detach().cpu().clone(),
             "label_count": None if self.label_count is None else self.label_count.detach().cpu().clone(),
         }
-        windows = gather_object([mine]) if trainer.world > 1 else [mine]
+        windows = run.gather(mine)
         return {"windows": windows}
 
-    def load_state_dict(self, trainer, state: dict) -> None:
+    def load_state_dict(self, state: dict, run: RunContext) -> None:
         windows = state["windows"]
-        if len(windows) == trainer.world:
-            mine = windows[trainer.rank]
-        elif trainer.rank == 0:
+        if len(windows) == run.world:
+            mine = windows[run.rank]
+        elif run.rank == 0:
             # Resumed with another number of processes: the window's sums go to one process (the
             # logged record sums over processes), its loss mean becomes the pooled mean.
             mine = _pooled(windows)
         else:
             mine = {"loss_sum": 0.0, "steps": 0, "label_loss": None, "label_count": None}
-        device = trainer.accelerator.device
+        device = run.device
         self.loss_sum, self.steps = float(mine["loss_sum"]), int(mine["steps"])
         self.label_loss = None if mine["label_loss"] is None else mine["label_loss"].to(device)
         self.label_count = None if mine["label_count"] is None else mine["label_count"].to(device)
