@@ -86,8 +86,8 @@ def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: in
         cfg = bench_config(preset, seq_len, batch, str(Path(tmp) / "run"), steps * (repeats + 1) + 2)
         trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
         # The metrics logger writes into the run directory: open it (and its lock) as fit() would.
-        with trainer.run.locked():
-            trainer.open_run()
+        trainer.open_run()
+        try:
             # The plain loop trains an identical copy on the same rows, with the same optimizer settings.
             torch.manual_seed(cfg.train.seed)
             plain = build_model(cfg.model, len(trainer.tokenizer), seq_len, trainer.tokenizer.pad_token_id)
@@ -106,6 +106,8 @@ def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: in
                         t_trainer.append(time_trainer(trainer, steps))
                     else:
                         t_plain.append(time_plain(plain, opt, batches, cfg.train.grad_clip))
+        finally:
+            trainer.run.release()
         tokens = steps * batch * seq_len
         tps_trainer, tps_plain = tokens / min(t_trainer), tokens / min(t_plain)
         # The ratio is the median over back-to-back pairs: robust to load that changes over minutes.

@@ -11,10 +11,11 @@ A callback never sees the trainer. It gets:
 - with each hook, the :class:`Control` surface: the only way to act on the run (stop it, checkpoint
   it, evaluate the model, write a metrics record, contribute to the summary, log a line).
 
-Hooks run on every process, in the order of the trainer's callback list. Whatever a callback decides
-from the records it gets is the same on every process (the records' scalars are, and the trainer
-agrees on signals before the hooks run), so collective actions (``save_checkpoint``, ``evaluate``,
-``reduce``, ``gather``) line up across processes.
+Hooks run on every process, in the order of the trainer's callback list. A record's ``step``,
+``tokens``, ``grad_norm``, ``lr`` and ``skipped`` are the same on every process (its loss and
+per-label sums are this process's until reduced), and the trainer agrees on signals before the hooks
+run: a decision made from them is taken alike everywhere, as collective actions (``save_checkpoint``,
+``evaluate``, ``reduce``, ``gather``) need.
 """
 
 from __future__ import annotations
@@ -38,12 +39,13 @@ from smalllm.train.plan import Plan
 Reduction = Literal["sum", "mean"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class StepRecord:
     """One optimizer step on this process.
 
     Tensors stay on the device: reading them (``float(record.loss)``) waits for the device, so that
-    cost is paid only by a callback that needs the value, and only when it needs it.
+    cost is paid only by a callback that needs the value, and only when it needs it. Records compare
+    by identity (each is one event; tensors have no single truth value to compare by).
     """
 
     step: int
