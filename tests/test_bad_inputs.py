@@ -965,7 +965,7 @@ def test_eval_of_a_run_in_training_before_its_first_checkpoint(
         assert_unchanged(before, snapshot(tmp_path), tmp_path)
     finally:
         trainer.release()
-    expect = f"{run}: the run has no complete checkpoint yet (pid {os.getpid()} on "
+    expect = f"{run}: the run has no complete checkpoint yet (being trained by pid {os.getpid()} on "
     assert_one_line_error(rc, out, err, expect)
 
 

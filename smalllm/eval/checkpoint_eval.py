@@ -43,7 +43,7 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path | None]:
         latest = latest_checkpoint(run.checkpoints_dir) if run.checkpoints_dir.is_dir() else None
         if latest is None:
             holder = run.lock_holder()
-            training = f" yet ({holder.describe()} is training it)" if holder is not None else ""
+            training = f" yet (being trained by {holder.describe()})" if holder is not None else ""
             raise SmalllmError(f"{path}: the run has no complete checkpoint{training}")
         return latest, path
     if not (path / "config.json").is_file():  # a Hugging Face model directory, not a run file
