@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -107,3 +108,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if getattr(item, "originalname", item.name) in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+def tree_snapshot(root: Path) -> dict[str, str]:
+    """Every entry under ``root`` by relative path: files by mode and sha256, directories (so one
+    created empty counts as a write) and symbolic links by target. Compare two to prove that a
+    refused command wrote, changed and lost nothing."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            found[rel] = f"link:{os.readlink(path)}"
+        elif path.is_dir():
+            found[rel] = "dir"
+        elif not path.is_file():  # a FIFO or socket: opening it to hash could block
+            found[rel] = f"special:{oct(path.stat().st_mode)}"
+        else:
+            found[rel] = f"{oct(path.stat().st_mode)}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
+    return found
+
+
+def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
+    """A refusal as the CLI promises it: non-zero exit, one ``smalllm: error:`` line holding
+    ``expect``, no traceback."""
+    lines = err.strip().splitlines()
+    assert rc != 0, f"exit code 0; stdout: {out[-500:]}"
+    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
+    assert lines[0].startswith("smalllm: error: "), lines[0]
+    assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
+    assert "Traceback" not in out + err

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, assert_one_line_error, tiny_config, tree_snapshot
 
 from smalllm import checkpoints as ckpt
 from smalllm.cli import main
@@ -958,11 +958,11 @@ def test_eval_of_a_run_in_training_before_its_first_checkpoint(
     trainer = RunDir(run)
     trainer.acquire()  # what a training run holds
     try:
-        before = snapshot(tmp_path)
+        before = tree_snapshot(tmp_path)
         capsys.readouterr()
         rc = main(["eval", str(run)])
         out, err = capsys.readouterr()
-        assert_unchanged(before, snapshot(tmp_path), tmp_path)
+        assert_unchanged(before, tree_snapshot(tmp_path), tmp_path)
     finally:
         trainer.release()
     expect = f"{run}: the run has no complete checkpoint yet (being trained by pid {os.getpid()} on "
@@ -1023,36 +1023,12 @@ def test_eval_of_a_named_checkpoint_that_is_deleted_says_so(
 # ----------------------------------------------------------------------------------------------
 
 
-def snapshot(root: Path) -> dict[str, str]:
-    """Everything under ``root`` by relative path: sha256 of each file, ``<dir>`` for each directory
-    (so a directory created empty counts as a write) and the target of each symbolic link."""
-    entries = {}
-    for p in sorted(root.rglob("*")):
-        key = str(p.relative_to(root))
-        if p.is_symlink():
-            entries[key] = f"-> {p.readlink()}"
-        elif p.is_dir():
-            entries[key] = "<dir>"
-        else:
-            entries[key] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return entries
-
-
 def assert_unchanged(before: dict[str, str], after: dict[str, str], where: Path) -> None:
     """Nothing written or lost: name what differs, so a failure says which file."""
     added = sorted(set(after) - set(before))
     lost = sorted(set(before) - set(after))
     changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
     assert not (added or lost or changed), f"{where}: written {added}, lost {lost}, changed {changed}"
-
-
-def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc != 0, f"exit code 0; stdout: {out[-500:]}"
-    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
-    assert lines[0].startswith("smalllm: error: "), lines[0]
-    assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
-    assert "Traceback" not in out + err
 
 
 def test_case_count() -> None:
@@ -1065,8 +1041,8 @@ def test_bad_input(name: str, tmp_path: Path, finished_run: Path, capsys: pytest
     ctx = Ctx(tmp_path, finished_run)
     try:
         argv, expect = CASES[name](ctx)
-        before = [snapshot(run) for run in ctx.guarded]
-        scratch = snapshot(ctx.tmp)
+        before = [tree_snapshot(run) for run in ctx.guarded]
+        scratch = tree_snapshot(ctx.tmp)
         capsys.readouterr()
         rc = main(argv)
         out, err = capsys.readouterr()
@@ -1074,8 +1050,8 @@ def test_bad_input(name: str, tmp_path: Path, finished_run: Path, capsys: pytest
         for cleanup in ctx.cleanups:
             cleanup()
     assert_one_line_error(rc, out, err, expect)
-    assert [snapshot(run) for run in ctx.guarded] == before, "files of the existing run changed"
-    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
+    assert [tree_snapshot(run) for run in ctx.guarded] == before, "files of the existing run changed"
+    assert_unchanged(scratch, tree_snapshot(ctx.tmp), ctx.tmp)
     for marker in ctx.markers:
         assert not marker.exists(), f"untrusted code ran: {marker} exists"
     if name == "task-from-module-path-is-not-imported":
@@ -1102,13 +1078,13 @@ def test_bad_input_subprocess(name: str, tmp_path: Path, finished_run: Path) -> 
     """End to end: the real process exits 2 with one stderr line and no traceback."""
     ctx = Ctx(tmp_path, finished_run)
     argv, expect = CASES[name](ctx)
-    before = [snapshot(run) for run in ctx.guarded]
-    scratch = snapshot(ctx.tmp)
+    before = [tree_snapshot(run) for run in ctx.guarded]
+    scratch = tree_snapshot(ctx.tmp)
     proc = run_cli(*argv)
     assert proc.returncode == 2
     assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, expect)
-    assert [snapshot(run) for run in ctx.guarded] == before
-    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
+    assert [tree_snapshot(run) for run in ctx.guarded] == before
+    assert_unchanged(scratch, tree_snapshot(ctx.tmp), ctx.tmp)
     for marker in ctx.markers:
         assert not marker.exists()
 
@@ -1133,7 +1109,7 @@ def test_dry_run_refuses_like_the_run(
     try:
         argv, expect = CASES[name](ctx)
         assert argv[0] == "train" and "--resume" not in argv
-        scratch = snapshot(ctx.tmp)
+        scratch = tree_snapshot(ctx.tmp)
         capsys.readouterr()
         rc = main([*argv, "--dry-run"])
         out, err = capsys.readouterr()
@@ -1141,7 +1117,7 @@ def test_dry_run_refuses_like_the_run(
         for cleanup in ctx.cleanups:
             cleanup()
     assert_one_line_error(rc, out, err, expect)
-    assert_unchanged(scratch, snapshot(ctx.tmp), ctx.tmp)
+    assert_unchanged(scratch, tree_snapshot(ctx.tmp), ctx.tmp)
     for marker in ctx.markers:
         assert not marker.exists(), f"untrusted code ran: {marker} exists"
 
@@ -1170,7 +1146,7 @@ def test_bad_task_spec_same_message_dry_run_and_run(
     empty_cache = tmp_path / "empty-cache"
     empty_cache.mkdir()
     argv = ["train", *BASE, f"run_dir={tmp_path / 'run'}", *BAD_TASK_SPECS[spec]]
-    scratch = snapshot(tmp_path)
+    scratch = tree_snapshot(tmp_path)
     lines = []
     for variant in (
         [*argv, "--dry-run"],
@@ -1184,7 +1160,7 @@ def test_bad_task_spec_same_message_dry_run_and_run(
         # The memory refusal quotes the memory free at that moment; everything else is fixed.
         lines.append(re.sub(r"[0-9.]+ GiB is usable", "<free> GiB is usable", err.strip()))
     assert lines[0] == lines[1] == lines[2], "\n".join(lines)
-    assert_unchanged(scratch, snapshot(tmp_path), tmp_path)
+    assert_unchanged(scratch, tree_snapshot(tmp_path), tmp_path)
 
 
 def test_alias_bomb_is_refused_at_once() -> None:

@@ -9,7 +9,6 @@ other exception into one line (exit 1) unless ``--debug`` asks for the traceback
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -20,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, tiny_config
+from conftest import TINY_OVERRIDES, assert_one_line_error, tiny_config, tree_snapshot
 
 from smalllm import cli
 from smalllm.cli import main
@@ -44,24 +43,6 @@ def case(name: str) -> Callable[[Builder], Builder]:
 def argv_case(name: str, expect: str, *argv: str) -> None:
     """A case that needs no files: the command line alone is wrong."""
     CASES[name] = lambda _tmp, _mp: (list(argv), expect)
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every file (by content) and directory under ``root``, by relative path."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        rel = str(p.relative_to(root))
-        out[rel] = hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "<dir>"
-    return out
-
-
-def assert_one_line_error(rc: int, out: str, err: str, expect: str) -> None:
-    lines = err.strip().splitlines()
-    assert rc != 0, f"exit code 0; stdout: {out[-500:]}"
-    assert len(lines) == 1, f"expected one stderr line, got:\n{err}"
-    assert lines[0].startswith("smalllm: error: "), lines[0]
-    assert expect in lines[0], f"{expect!r} not in {lines[0]!r}"
-    assert "Traceback" not in out + err
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,13 +406,13 @@ def test_bad_input(
     scratch.mkdir()
     monkeypatch.chdir(scratch)  # a relative write would land here and show in the comparison
     argv, expect = CASES[name](scratch, monkeypatch)
-    before = tree(scratch), tree(corpus_cache)
+    before = tree_snapshot(scratch), tree_snapshot(corpus_cache)
     capsys.readouterr()
     rc = main(argv)
     out, err = capsys.readouterr()
     assert_one_line_error(rc, out, err, expect)
     assert rc == 2
-    assert (tree(scratch), tree(corpus_cache)) == before, "files or directories changed"
+    assert (tree_snapshot(scratch), tree_snapshot(corpus_cache)) == before, "files or directories changed"
 
 
 def run_cli(*argv: str, **kwargs) -> subprocess.CompletedProcess:
@@ -447,11 +428,11 @@ def test_bad_input_subprocess(name: str, tmp_path: Path) -> None:
     """End to end: the real process exits 2 with one stderr line and no traceback."""
     with pytest.MonkeyPatch.context() as mp:
         argv, expect = CASES[name](tmp_path, mp)
-    before = tree(tmp_path)
+    before = tree_snapshot(tmp_path)
     proc = run_cli(*argv, cwd=tmp_path)
     assert proc.returncode == 2
     assert_one_line_error(proc.returncode, proc.stdout, proc.stderr, expect)
-    assert tree(tmp_path) == before
+    assert tree_snapshot(tmp_path) == before
 
 
 # ----------------------------------------------------------------------------------------------

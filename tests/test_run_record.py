@@ -9,7 +9,6 @@ file-size limit, the lock holder and kill -9 need real processes.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import resource
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, TINY_TASKS, StopAt, quiet, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, StopAt, quiet, tiny_config, tree_snapshot
 
 from smalllm import checkpoints as ckpt
 from smalllm.cli import main
@@ -40,20 +39,6 @@ BASE = (*TINY_OVERRIDES, *TINY_TASKS, "train.device=cpu")
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every entry under ``root`` (files by content and mode, directories, links), by relative path."""
-    found = {}
-    for path in sorted(root.rglob("*")):
-        rel = str(path.relative_to(root))
-        if path.is_symlink():
-            found[rel] = f"link:{os.readlink(path)}"
-        elif path.is_dir():
-            found[rel] = "dir"
-        else:
-            found[rel] = f"{oct(path.stat().st_mode)}:{hashlib.sha256(path.read_bytes()).hexdigest()}"
-    return found
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str], rc: int, expect: str) -> str:
@@ -161,29 +146,29 @@ def test_foreign_directory_survives(
 ) -> None:
     run = copy_run(finished_run, tmp_path / "existing")
     argv, expect = NOTES_CASES[name](notes, run, tmp_path)
-    before, run_before = tree(notes), tree(run)
+    before, run_before = tree_snapshot(notes), tree_snapshot(run)
     capsys.readouterr()
     one_line_error(capsys, main(argv), expect)
-    assert tree(notes) == before, "the foreign directory changed"
-    assert tree(run) == run_before, "the run changed"
+    assert tree_snapshot(notes) == before, "the foreign directory changed"
+    assert tree_snapshot(run) == run_before, "the run changed"
     assert not (tmp_path / "run").exists(), "a refused command created its run directory"
 
 
 def test_foreign_directory_survives_a_real_process(notes: Path) -> None:
-    before = tree(notes)
+    before = tree_snapshot(notes)
     proc = subprocess.run(
         cli("train", *BASE, f"run_dir={notes}", "--overwrite"), capture_output=True, text=True, timeout=300
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"run_dir: '{notes}' is not empty and was not created by smalllm" in proc.stderr
-    assert tree(notes) == before
+    assert tree_snapshot(notes) == before
 
 
 def test_run_dir_dot_is_refused_inside_a_foreign_directory(
     notes: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(notes)
-    before = tree(notes)
+    before = tree_snapshot(notes)
     for flags in ([], ["--overwrite"]):
         capsys.readouterr()
         one_line_error(
@@ -191,7 +176,7 @@ def test_run_dir_dot_is_refused_inside_a_foreign_directory(
             main(["train", *BASE, "run_dir=.", *flags]),
             "run_dir: '.' is not empty and was not created by smalllm",
         )
-    assert tree(notes) == before
+    assert tree_snapshot(notes) == before
 
 
 def test_run_dir_dot_is_not_replaced_from_inside_itself(
@@ -199,14 +184,14 @@ def test_run_dir_dot_is_not_replaced_from_inside_itself(
 ) -> None:
     """Even a smalllm run is not moved away under the feet of a process working inside it."""
     run = copy_run(finished_run, tmp_path / "run")
-    before = tree(run)
+    before = tree_snapshot(run)
     monkeypatch.chdir(run)
     one_line_error(
         capsys,
         main(["train", *BASE, "run_dir=.", "--overwrite"]),
         "run_dir: '.' is or contains the current directory; run from elsewhere to replace it",
     )
-    assert tree(run) == before
+    assert tree_snapshot(run) == before
 
 
 def test_overwrite_refuses_a_run_holding_a_users_file(
@@ -214,13 +199,13 @@ def test_overwrite_refuses_a_run_holding_a_users_file(
 ) -> None:
     run = copy_run(finished_run, tmp_path / "run")
     (run / "analysis.ipynb").write_text("{}")
-    before = tree(run)
+    before = tree_snapshot(run)
     one_line_error(
         capsys,
         main(["train", *BASE, f"run_dir={run}", "--overwrite"]),
         f"run_dir: '{run}' also holds files smalllm did not write (analysis.ipynb)",
     )
-    assert tree(run) == before
+    assert tree_snapshot(run) == before
 
 
 @pytest.mark.parametrize(
@@ -241,14 +226,14 @@ def test_overwrite_refuses_a_run_holding_a_users_file_below_its_top_level(
         users.write_text("mine")
     else:
         users.mkdir()
-    before = tree(run)
+    before = tree_snapshot(run)
     capsys.readouterr()
     one_line_error(
         capsys,
         main(["train", *BASE, f"run_dir={run}", "--overwrite"]),
         f"run_dir: '{run}' also holds files smalllm did not write ({users.relative_to(run)})",
     )
-    assert tree(run) == before
+    assert tree_snapshot(run) == before
     if users.is_dir():
         users.rmdir()
     else:
@@ -272,9 +257,9 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     run = copy_run(finished_run, tmp_path / "run")
-    before = tree(run)
+    before = tree_snapshot(run)
     one_line_error(capsys, main(["train", *BASE, f"run_dir={run}", *overrides, "--overwrite"]), expect)
-    assert tree(run) == before
+    assert tree_snapshot(run) == before
     assert asides(tmp_path) == []
 
 
@@ -282,7 +267,7 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_cannot_start(
     finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run = copy_run(finished_run, tmp_path / "run")
-    before = tree(run)
+    before = tree_snapshot(run)
 
     def disk_full(_cfg, path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -293,7 +278,7 @@ def test_overwrite_puts_the_old_run_back_when_the_new_one_cannot_start(
         main(["train", *BASE, f"run_dir={run}", "--overwrite"]),
         f"run_dir: cannot write to '{run}' (OSError: [Errno 28] No space left on device",
     )
-    assert tree(run) == before, "the old run was not restored as it was"
+    assert tree_snapshot(run) == before, "the old run was not restored as it was"
     assert asides(tmp_path) == []
 
 
@@ -345,14 +330,14 @@ def test_tokenizer_output_holding_a_users_file_is_not_replaced(
     tokenizer = tmp_path / "tokenizer"
     assert main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]) == 0
     (tokenizer / "notes.txt").write_text("mine")
-    before = tree(tokenizer)
+    before = tree_snapshot(tokenizer)
     capsys.readouterr()
     one_line_error(
         capsys,
         main(["data", "tokenizer", *BASE, "--out", str(tokenizer)]),
         f"--out: '{tokenizer}' also holds files smalllm did not write (notes.txt)",
     )
-    assert tree(tokenizer) == before
+    assert tree_snapshot(tokenizer) == before
 
 
 def test_corpus_output_holding_a_users_file_in_its_tokenizer_is_not_replaced(
@@ -361,14 +346,14 @@ def test_corpus_output_holding_a_users_file_in_its_tokenizer_is_not_replaced(
     corpus = tmp_path / "corpus"
     assert main(["data", "build", *BASE, "--out", str(corpus)]) == 0
     (corpus / "tokenizer" / "notes.txt").write_text("mine")
-    before = tree(corpus)
+    before = tree_snapshot(corpus)
     capsys.readouterr()
     one_line_error(
         capsys,
         main(["data", "build", *BASE, "--out", str(corpus)]),
         f"--out: '{corpus}' also holds files smalllm did not write (tokenizer/notes.txt)",
     )
-    assert tree(corpus) == before
+    assert tree_snapshot(corpus) == before
 
 
 def test_eval_out_appends_to_a_jsonl_file(finished_run: Path, tmp_path: Path) -> None:
@@ -477,14 +462,14 @@ def test_resume_without_a_checkpoint_is_an_error(
         _fail_in_stream(patch)
         assert main(["train", *BASE, f"run_dir={run}", "train.checkpoint_every=0"]) == 2
     assert not RunDir(run).has_checkpoint()
-    before = tree(run)
+    before = tree_snapshot(run)
     capsys.readouterr()
     one_line_error(
         capsys,
         main(["train", *BASE, f"run_dir={run}", "--resume"]),
         f"run_dir: '{run}' has no checkpoint to resume from; start over with --overwrite",
     )
-    assert tree(run) == before, "a refused resume touched the run"
+    assert tree_snapshot(run) == before, "a refused resume touched the run"
     assert main(["train", *BASE, f"run_dir={run}", "--overwrite"]) == 0
     assert RunDir(run).is_done()
 
