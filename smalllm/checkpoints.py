@@ -38,6 +38,7 @@ from smalllm.run_record import (
     atomic_write_text,
     checkpoint_name,
     checkpoint_step,
+    checkpoint_strays,
     error_line,
     is_checkpoint_name,
 )
@@ -130,6 +131,12 @@ def publish_checkpoint(
     _fsync_dir(tmp)
     final = tmp.parent / checkpoint_name(step)
     if final.exists():  # a stale copy of the same step (e.g. from a crashed earlier attempt)
+        if stray := checkpoint_strays(final):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointWriteError(
+                f"{final}: holds files smalllm did not write ({', '.join(stray[:3])}); "
+                "refusing to replace it, move them out first"
+            )
         shutil.rmtree(final)
     os.rename(tmp, final)
     _fsync_dir(tmp.parent)
@@ -180,12 +187,19 @@ def latest_checkpoint(root: Path) -> Path | None:
     return None
 
 
-def prune_checkpoints(root: Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temporary dirs."""
-    for path in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
-    for tmp in root.glob(f"{CHECKPOINT_STAGING_PREFIX}*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+def prune_checkpoints(root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints, and stale temporary dirs.
+
+    A checkpoint holding a file smalllm did not write is kept (never deleted with it); the kept
+    ones are returned so the caller can say so.
+    """
+    kept = []
+    for path in [*list_checkpoints(root)[:-keep_last], *root.glob(f"{CHECKPOINT_STAGING_PREFIX}*")]:
+        if checkpoint_strays(path):
+            kept.append(path)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return kept
 
 
 def load_trainer_state(path: Path) -> dict:

@@ -269,14 +269,11 @@ def _load(args) -> object:
 
 def cmd_models(args) -> None:
     from smalllm.config import ARCHS, ModelConfig
-    from smalllm.errors import did_you_mean
     from smalllm.model.build import build_model, count_params
     from smalllm.model.presets import PRESETS
+    from smalllm.validation import one_of
 
-    if args.arch not in ARCHS:
-        raise SmalllmError(
-            f"--arch: '{args.arch}' is not one of {', '.join(ARCHS)}{did_you_mean(args.arch, ARCHS)}"
-        )
+    one_of(args.arch, ARCHS, "--arch")
     V, T = args.vocab_size, args.seq_len
     print(f"presets at vocabulary {V:,}, context {T} (arch {args.arch}, untied embeddings)")
     header = f"{'preset':<11} {'params':>15} {'non-embedding':>15} {'layers':>6} {'width':>6} {'heads':>5} {'MLP':>7} {'FLOPs/token':>15}"
@@ -370,8 +367,6 @@ def cmd_data(args) -> None:
     else:
         from smalllm.data.inspect import inspect_stream
 
-        if args.rows < 0 or (args.steps is not None and args.steps < 0):
-            raise SmalllmError("--rows and --steps must be >= 0")
         print(
             inspect_stream(
                 cfg.data, cfg.train.global_batch_size, cfg.train.max_tokens, rows=args.rows, steps=args.steps

@@ -48,7 +48,6 @@ MARKER = ".smalllm"
 
 DirKind = Literal["run", "sweep", "corpus", "tokenizer"]
 Status = Literal["running", "completed", "interrupted", "diverged", "failed"]
-FINAL_STATUSES: tuple[str, ...] = ("completed", "interrupted", "diverged", "failed")
 
 # Names inside a run directory (relative to it). Nothing outside this module spells them.
 CONFIG_FILE = "config.yaml"
@@ -340,13 +339,29 @@ def refuse_working_dir(path: Path, field: str) -> None:
         )
 
 
-def set_aside(path: Path, kind: DirKind, field: str) -> Path | None:
+def checkpoint_strays(path: Path) -> list[str]:
+    """Why the checkpoint directory ``path`` may not be deleted: files in it that smalllm did not
+    write (empty when it is smalllm's to delete). A directory not named like a checkpoint or a
+    checkpoint's staging directory is not smalllm's at all."""
+    name = path.name
+    staging = name.startswith(CHECKPOINT_STAGING_PREFIX)
+    if not is_checkpoint_name(name[len(CHECKPOINT_STAGING_PREFIX) :] if staging else name):
+        return [name]
+    if path.is_symlink() or not path.is_dir():
+        return [name]
+    # A staging directory has no manifest yet: only the trainer writes into it, between stage and rename.
+    return [] if staging else _checkpoint_strays(path)
+
+
+def set_aside(
+    path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None
+) -> Path | None:
     """Rename an owned ``path`` to a hidden sibling so it can be restored if what replaces it fails.
 
     Returns the new location (None when there was nothing to move). The caller removes it with
     :func:`remove_owned` once the replacement has started, or renames it back.
     """
-    refuse_foreign(path, kind, field)
+    refuse_foreign(path, kind, field, owns)
     if not path.exists():
         return None
     refuse_working_dir(path, field)

@@ -65,7 +65,8 @@ class _Loader(yaml.SafeLoader):
 # value that silently stays a string would name a sweep cell, or reach a task parameter, by the wrong type.
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$"),
+    # A digit is required before the exponent: ".e5" or "-e5" stay strings (float() refuses them).
+    re.compile(r"^[-+]?(?:\d[\d_]*(?:\.[\d_]*)?|\.\d[\d_]*)[eE][-+]?\d+$"),
     list("-+0123456789."),
 )
 
@@ -111,6 +112,8 @@ def load_yaml_text(text: str, source: str, root: str = "") -> Any:
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise YamlSyntaxError(f"{source}:{where} is not valid YAML ({problem})") from None
+    except ValueError as exc:  # a scalar a resolver claimed but its constructor refused
+        raise YamlSyntaxError(f"{source}: is not valid YAML ({exc})") from None
     except RecursionError:
         raise ConfigError(f"{source}: nested too deeply") from None
     finally:

@@ -322,6 +322,66 @@ def test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced(
     )
 
 
+def test_a_failed_swap_puts_the_old_corpus_back(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Replacing a corpus moves the old one aside first: when the new one cannot be put in place,
+    the old one comes back, byte for byte."""
+    corpus = tmp_path / "corpus"
+    assert main(["data", "build", *BASE, "--out", str(corpus)]) == 0
+    before = tree_snapshot(corpus)
+    real_rename = Path.rename
+
+    def failing_rename(self: Path, target):  # only the staged build going into place fails
+        if Path(target) == corpus and ".tmp-" in self.name:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", failing_rename)
+    capsys.readouterr()
+    one_line_error(
+        capsys, main(["data", "build", *BASE, "--out", str(corpus)]), f"--out: cannot replace '{corpus}'"
+    )
+    assert tree_snapshot(corpus) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"], "aside or staging dirs left over"
+
+
+def _fake_checkpoint(root: Path, step: int, *extra: str) -> Path:
+    """A published checkpoint whose manifest lists one file; ``extra`` files are not listed."""
+    path = root / ckpt.checkpoint_name(step)
+    path.mkdir(parents=True)
+    (path / "weights.bin").write_bytes(b"w" * step)
+    manifest = {
+        "step": step,
+        "files": {"weights.bin": {"bytes": step, "sha256": ckpt._sha256(path / "weights.bin")}},
+    }
+    (path / ckpt.MANIFEST).write_text(json.dumps(manifest))
+    for name in extra:
+        (path / name).write_text("a researcher's note")
+    return path
+
+
+def test_pruning_keeps_a_checkpoint_holding_a_users_file(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    noted = _fake_checkpoint(root, 1, "notes.txt")
+    _fake_checkpoint(root, 2)
+    _fake_checkpoint(root, 3)
+    assert ckpt.prune_checkpoints(root, keep_last=1) == [noted]
+    assert sorted(p.name for p in root.iterdir()) == [noted.name, ckpt.checkpoint_name(3)]
+    assert (noted / "notes.txt").read_text() == "a researcher's note"
+
+
+def test_republishing_a_step_keeps_a_stale_copy_holding_a_users_file(tmp_path: Path) -> None:
+    root = tmp_path / "checkpoints"
+    stale = _fake_checkpoint(root, 4, "notes.txt")
+    tmp = ckpt.stage_checkpoint(root, 4)
+    model = torch.nn.Linear(2, 2)
+    model.save_pretrained = lambda *a, **k: None  # only the publish step is under test
+    with pytest.raises(ckpt.CheckpointWriteError, match="holds files smalllm did not write"):
+        ckpt.publish_checkpoint(tmp, 4, model, None, {"step": 4}, {})
+    assert (stale / "notes.txt").is_file() and not tmp.exists()
+
+
 def test_tokenizer_output_holding_a_users_file_is_not_replaced(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -328,7 +328,7 @@ def test_a_second_live_sweep_on_the_same_dir_is_refused(tmp_path):
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(Exception, match="used by a running sweep"), sweep_lock(sweep_dir):
+        with pytest.raises(SmalllmError, match="used by a running sweep"), sweep_lock(sweep_dir):
             pass
     finally:
         holder.kill()
@@ -656,8 +656,6 @@ def test_a_cell_failing_inside_training_is_failed_until_retried(tmp_path, monkey
         raised = str(exc)
     assert (tmp_path / "failed-once").is_file()  # the failure happened, inside training
     run = RunDir(run_dir_of(sweep_dir, bad))
-    if run.recorded_status() == "completed":
-        pytest.xfail("the trainer records a run that raised as completed (issue 10, trainer side)")
     assert run.recorded_status() == "failed"
     assert "1 of 2 cells failed" in raised and "injected failure inside training" in raised
     assert cell_state(sweep_dir, bad) == "failed" and cell_state(sweep_dir, "seed-0") == "done"

@@ -41,6 +41,7 @@ from smalllm.run_record import (
     marker_kind,
     refuse_foreign,
     remove_owned,
+    set_aside,
     write_marker,
 )
 
@@ -217,11 +218,16 @@ def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
         raise SmalllmError(f"{field}: cannot write to '{tmp.parent}' ({exc.strerror})") from None
     try:
         yield tmp
+        # The old directory is moved aside, not deleted, until the new one is in place.
+        aside = set_aside(out, kind, field, _OWNS[kind])
         try:
-            remove_owned(out, kind, field, _OWNS[kind])
             tmp.rename(out)
         except OSError as exc:
+            if aside is not None:
+                os.rename(aside, out)
             raise SmalllmError(f"{field}: cannot replace '{out}' ({exc.strerror})") from None
+        if aside is not None:
+            shutil.rmtree(aside)  # proven smalllm's own by set_aside
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -4,7 +4,6 @@ on the held-out sets a run was tracked on."""
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from smalllm.run_record import (
     check_appendable_jsonl,
     is_checkpoint_name,
     owns_run_name,
+    read_json,
 )
 
 
@@ -153,8 +153,5 @@ def _run_tokenizer(run: RunDir, model_dir: Path):
 
 
 def _step_info(model_dir: Path) -> dict:
-    try:
-        manifest = json.loads((model_dir / MANIFEST).read_text())
-        return {"step": manifest.get("step"), "tokens": manifest.get("tokens")}
-    except (OSError, ValueError):
-        return {}
+    manifest = read_json(model_dir / MANIFEST)
+    return {"step": manifest.get("step"), "tokens": manifest.get("tokens")} if manifest else {}

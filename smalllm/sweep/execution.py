@@ -260,12 +260,12 @@ def execute(
         f"{skipped_failed} failed before (skipped{'' if skipped_failed == 0 else ', use --retry-failed'}), "
         f"{len(todo)} to run" + (f" with {workers} workers" if workers > 1 else "")
     )
-    # The report reads the cell list from here; rewrite it so it follows the sweep file's current grid.
-    records.write_sweep_file(sweep_dir, sweep_manifest(spec, cells))
-    if not todo:
-        return results
-
     with sweep_lock(sweep_dir, log=log) as lock_fd:
+        # The report reads the cell list from here; rewrite it so it follows the sweep file's current
+        # grid, under the lock, so a refused second sweep cannot replace a running sweep's cells.
+        records.write_sweep_file(sweep_dir, sweep_manifest(spec, cells))
+        if not todo:
+            return results
         # Cells of a killed sweep may have finished while we waited for the lock.
         for cell in [c for c in todo if records.cell_state(sweep_dir, c.name) == "done"]:
             todo.remove(cell)

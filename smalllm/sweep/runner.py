@@ -63,9 +63,7 @@ def run_sweep(
     t0 = time.perf_counter()
     results = execute(spec, cells, workers=workers, retry_failed=retry_failed, log=log, configs=configs)
     wall = time.perf_counter() - t0
-    counts = {
-        s: sum(r.get("state") == s for r in results.values()) for s in ("done", "failed", "interrupted")
-    }
+    counts = {s: sum(r.get("state") == s for r in results.values()) for s in ("done", "failed")}
     log(
         f"sweep {spec.name}: {counts['done']}/{len(cells)} cells done, {counts['failed']} failed "
         f"({format_duration(wall)} this run)"

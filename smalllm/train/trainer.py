@@ -464,8 +464,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ state / save
 
-    def state_dict(self) -> dict:
-        """Everything needed to continue exactly where this step left off."""
+    def state_dict(self, callbacks: dict | None = None) -> dict:
+        """Everything needed to continue exactly where this step left off. ``callbacks``: their
+        states when already collected (a collective, so ``save`` collects them on every process)."""
         state = {
             "step": self.step,
             "tokens": self.tokens,
@@ -478,7 +479,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             # What the callbacks accumulated since their last output: without it, a run resumed from a
             # step that is not a multiple of train.log_every would log a shorter window.
-            "callbacks": self._callback_states(),
+            "callbacks": self._callback_states() if callbacks is None else callbacks,
         }
         if self.accelerator.scaler is not None:
             state["grad_scaler"] = self.accelerator.scaler.state_dict()
@@ -525,13 +526,15 @@ class Trainer:
         if self.sharded:
             weights = acc.get_state_dict(self.model)  # collective: gathers the full weights on rank 0
             acc.save_state(str(tmp / CHECKPOINT_SHARDED_STATE))
-        state = self.state_dict()  # on every process: the callbacks' states are gathered
+        callbacks = self._callback_states()  # on every process: a callback may gather its state
         path = None
         if self.is_main:
+            state = self.state_dict(callbacks=callbacks)
             meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
             model = self.unwrapped_model
             path = ckpt.publish_checkpoint(tmp, self.step, model, self.tokenizer, state, meta, weights)
-            ckpt.prune_checkpoints(root, self.cfg.train.keep_last)
+            for kept in ckpt.prune_checkpoints(root, self.cfg.train.keep_last):
+                self.info(f"note: kept {kept} past train.keep_last: it holds files smalllm did not write")
         acc.wait_for_everyone()
         return path
 

@@ -77,9 +77,10 @@ class MetricsLogger(Callback):
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
         }
-        for i, label in enumerate(run.labels):
-            if float(label_count[i]) > 0:
-                line[label.key("loss", TRAIN)] = float(label_loss[i] / label_count[i])
+        # One device-to-host copy for all labels, not one per label.
+        for label, total, count in zip(run.labels, label_loss.tolist(), label_count.tolist()):
+            if count > 0:
+                line[label.key("loss", TRAIN)] = total / count
         control.write_metrics(line)
         if self.bar is not None:
             self.bar.set_postfix(
