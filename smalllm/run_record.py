@@ -55,6 +55,7 @@ SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 EVAL_SETS_FILE = "eval_sets.json"
 EMERGENCE_FILE = "emergence.json"
+BASELINES_FILE = "baselines.json"
 EVAL_RESULTS_FILE = "eval_results.jsonl"
 TRACKER_DIR = "tb"
 REPORT_DIR = "report"
@@ -73,6 +74,7 @@ RUN_NAMES: frozenset[str] = frozenset(
         METRICS_FILE,
         EVAL_SETS_FILE,
         EMERGENCE_FILE,
+        BASELINES_FILE,
         EVAL_RESULTS_FILE,
         TRACKER_DIR,
         REPORT_DIR,
@@ -424,6 +426,11 @@ class RunDir:
     @property
     def emergence_file(self) -> Path:
         return self.path / EMERGENCE_FILE
+
+    @property
+    def baselines_file(self) -> Path:
+        """Per-label baselines of the run's held-out sets (chance, best one-position rule)."""
+        return self.path / BASELINES_FILE
 
     @property
     def eval_results_file(self) -> Path:
