@@ -185,7 +185,8 @@ def test_uniform_over_valid_answers_scores_chance() -> None:
 def test_single_skill_task_has_no_skill_keys() -> None:
     insts = [Instance((5, 6), (7,)), Instance((5,), (8, 9))]
     m = evaluate(UniformModel(), [TaskEvalSet("solo", ["solo"], insts, [math.log(4)])], None, 8, PAD)
-    assert set(m) == {f"eval/solo/{k}" for k in ("loss", "loss_bits", "loss_ratio", "acc", "token_acc")}
+    keys = ("loss", "loss_bits", "loss_ratio", "acc", "token_acc", "n", "acc_lo", "acc_hi")
+    assert set(m) == {f"eval/solo/{k}" for k in keys}
 
 
 def test_teacher_forced_exact_match_equals_greedy_generate(olmo: torch.nn.Module) -> None:

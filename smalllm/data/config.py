@@ -174,8 +174,9 @@ class TaskConfig:
     """Share of a finite pool held out for evaluation."""
     skill_weights: list[float] | None = None
     """Relative frequencies of a family's sub-skills (None: the task's own default)."""
-    eval_size: int = 256
-    """Held-out instances evaluated per sub-skill."""
+    eval_size: int | None = None
+    """Cap on the held-out instances evaluated per sub-skill. None: all of a finite pool's test part
+    (T_CMP's default table: 4,950 pairs); a fresh pool, which has no test part, draws 256."""
     seed: int = 0
     """Seed of this task's instance generator (kept apart from the data seed for reuse across runs)."""
 
@@ -215,7 +216,8 @@ class TaskConfig:
                 f"{prefix}.skill_weights",
                 "must be non-negative with a positive sum",
             )
-        integer(self.eval_size, f"{prefix}.eval_size", ge=1, le=1_000_000)
+        if self.eval_size is not None:
+            integer(self.eval_size, f"{prefix}.eval_size", ge=1, le=1_000_000)
         seed(self.seed, f"{prefix}.seed")
 
 

@@ -8,7 +8,7 @@ run was tracked on, without rebuilding its stream.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,20 @@ class TaskEvalSet:
     """Held-out instances (never seen in training)."""
     chance_loss: list[float]
     """Loss in nats per answer token of a guesser uniform over the valid answers, per skill."""
+    answer_sets: list[tuple[int, ...] | None] = field(default_factory=list)
+    """Per skill, the sorted token ids valid at every answer position (``Task.answer_set``); None (or
+    no entry) where the task declares none."""
+    prefix: tuple[int, ...] = ()
+    """Tokens placed before every prompt when scoring, where training put the task: () for position 0 (prefix placement), (eod,) for a document start."""
+
+    def answer_set(self, skill: int) -> tuple[int, ...] | None:
+        """The answer set of sub-skill ``skill``, None when undeclared."""
+        return self.answer_sets[skill] if skill < len(self.answer_sets) else None
+
+    @property
+    def has_answer_sets(self) -> bool:
+        """Every sub-skill declares its answer set, so choice metrics apply to the whole task."""
+        return all(self.answer_set(s) is not None for s in range(len(self.skills)))
 
 
 def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.ndarray | None = None) -> None:
@@ -39,6 +53,8 @@ def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.nda
             "task": s.task,
             "skills": s.skills,
             "chance_loss": s.chance_loss,
+            "answer_sets": [None if a is None else list(a) for a in s.answer_sets],
+            "prefix": list(s.prefix),
             "instances": [[list(i.prompt), list(i.answer), i.skill] for i in s.instances],
         }
         for s in sets
@@ -59,6 +75,11 @@ def load_eval_sets(path: str | Path) -> tuple[list[TaskEvalSet], np.ndarray | No
                 skills=list(d["skills"]),
                 instances=[Instance(tuple(p), tuple(a), int(s)) for p, a, s in d["instances"]],
                 chance_loss=[float(c) for c in d["chance_loss"]],
+                # Files written before answer sets and prefixes existed have neither key.
+                answer_sets=[
+                    None if a is None else tuple(int(t) for t in a) for a in d.get("answer_sets", [])
+                ],
+                prefix=tuple(int(t) for t in d.get("prefix", [])),
             )
             for d in data["tasks"]
         ]

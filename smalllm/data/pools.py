@@ -5,7 +5,8 @@ Two kinds, both deterministic and random-access in k (so the stream can seek):
 * ``finite`` – ``pool_size`` distinct instances are drawn once, shuffled, and split into a test part
   (``test_fraction``) and a train part. Training cycles through the train part in a fixed order.
   This is Huang et al.'s setting (10K instances, 50/50).
-* ``fresh`` – the test set (``eval_size`` distinct instances) is drawn first; the k-th training
+* ``fresh`` – the test set (``eval_size`` distinct instances, :data:`FRESH_EVAL_SIZE` by default) is
+  drawn first; the k-th training
   instance is drawn from its own RNG stream and re-drawn while its key is in the test set.
 
 Either way a held-out instance can never be a training instance: by construction, not by chance.
@@ -21,6 +22,9 @@ import numpy as np
 
 from smalllm.data.config import TaskConfig
 from smalllm.tasks import Instance, Task, skill_names
+
+FRESH_EVAL_SIZE = 256
+"""Held-out instances a fresh pool draws per sub-skill when ``eval_size`` is not set."""
 
 
 class InstancePool:
@@ -39,12 +43,12 @@ class InstancePool:
                 self._check_split(len(self.train))
             self._test_keys: set = set()
         else:
-            self.test = _distinct(task, skill, cfg.eval_size, np.random.default_rng([*self._seed, 2]))
+            self.test = _distinct(task, skill, self._fresh_size, np.random.default_rng([*self._seed, 2]))
             self.train = []
             self._test_keys = set() if task.memorization else {i.key for i in self.test}
             if not task.memorization:
                 space = _space(task)
-                if len(self.test) < cfg.eval_size:  # the task ran out of instances: all are held out
+                if len(self.test) < self._fresh_size:  # the task ran out of instances: all are held out
                     self._check_split(0)
                 elif space is not None:
                     self._check_split(space - len(self.test))
@@ -81,9 +85,20 @@ class InstancePool:
             "lower eval_size or use pool=finite"
         )
 
+    @property
+    def _fresh_size(self) -> int:
+        return FRESH_EVAL_SIZE if self.cfg.eval_size is None else self.cfg.eval_size
+
     def eval_instances(self) -> list[Instance]:
-        """Held-out instances for evaluation (at most ``eval_size``)."""
-        return self.test[: self.cfg.eval_size]
+        """Held-out instances for evaluation: the whole test part, or its first ``eval_size``."""
+        return self.test if self.cfg.eval_size is None else self.test[: self.cfg.eval_size]
+
+    def fit_instances(self, sample: int) -> list[Instance]:
+        """Training instances a baseline may be fitted on: a finite pool's whole train part, or the
+        first ``sample`` training instances of a fresh pool (the same ones in every run)."""
+        if self.cfg.pool == "finite":
+            return list(self.train)
+        return [self.train_instance(k) for k in range(sample)]
 
     def mean_length(self) -> float:
         """Average instance length in tokens (EOD included), for the token_fraction unit."""

@@ -291,11 +291,22 @@ class TaskStream:
                     skills=skill_names(task),
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
+                    answer_sets=[_sorted_or_none(task.answer_set(s)) for s in range(len(task.skills))],
                 )
             )
         return sets
+
+    def fit_instances(self, sample: int) -> list[list[Instance]]:
+        """Per task (in :meth:`eval_sets` order), training instances to fit baselines on; see
+        :meth:`~smalllm.data.pools.InstancePool.fit_instances`."""
+        return [[inst for pool in f.pools for inst in pool.fit_instances(sample)] for f in self.families]
 
     def background_holdout(self, num_sequences: int) -> np.ndarray:
         """Held-out background text as [n, seq_len] rows (fewer if the held-out part is short)."""
         n = min(num_sequences, len(self.corpus.holdout) // self.seq_len)
         return np.asarray(self.corpus.holdout[: n * self.seq_len], dtype=np.int64).reshape(n, self.seq_len)
+
+
+def _sorted_or_none(answers: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    # Sorted, so a tie of the restricted argmax goes to the lower token id, as the full argmax's does.
+    return None if answers is None else tuple(sorted(int(a) for a in answers))

@@ -1,8 +1,10 @@
 """Held-out evaluation: answer-token loss, exact match and background loss.
 
-Everything is computed from teacher-forced forward passes over ``prompt + answer``. Exact match of
-greedy decoding needs no generation loop: greedy decoding emits ``answer`` exactly iff, at every
-answer position ``i``, the argmax of the model given ``prompt + answer[:i]`` is ``answer[i]``. If
+Everything is computed from teacher-forced forward passes over ``prefix + prompt + answer`` (the
+prefix, usually empty, puts the task where training put it; see ``TaskEvalSet.prefix``); the prefix
+and prompt are the context of greedy decoding below. Exact match of greedy decoding needs no
+generation loop: greedy decoding emits ``answer`` exactly iff, at every answer position ``i``, the
+argmax of the model given ``prefix + prompt + answer[:i]`` is ``answer[i]``. If
 that holds for all ``i``, greedy decoding walks through exactly those prefixes and emits the answer;
 if it fails first at ``i``, greedy decoding has followed the answer up to ``i`` (so it saw exactly the
 teacher-forced prefix there) and then emits a different token. The teacher-forced argmax at each
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from itertools import chain
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,13 +46,23 @@ class InstanceScores:
     """Answer tokens, int64 [n]."""
     num_correct: np.ndarray
     """Answer tokens whose teacher-forced argmax is right, int64 [n]."""
-    token_losses: list[np.ndarray]
-    """Loss of each answer token, per instance (float64 arrays)."""
+    choice_loss_sum: np.ndarray | None = None
+    """Summed answer-token loss with the softmax restricted to the answer set, float64 [n]; None when
+    no answer sets were given (NaN for an instance whose sub-skill has none)."""
+    choice_correct: np.ndarray | None = None
+    """Answer tokens whose argmax restricted to the answer set is right, int64 [n]."""
+    label_mass_sum: np.ndarray | None = None
+    """Summed probability the model puts on the answer set at the answer positions, float64 [n]."""
 
     @property
     def exact(self) -> np.ndarray:
         """Greedy decoding reproduces the whole answer (bool [n]); see the module docstring."""
         return self.num_correct == self.num_tokens
+
+    @property
+    def choice_exact(self) -> np.ndarray | None:
+        """Every answer token's restricted argmax is right (bool [n]); None without answer sets."""
+        return None if self.choice_correct is None else self.choice_correct == self.num_tokens
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -67,63 +80,140 @@ def _logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     return logits.float()
 
 
+def _concat(seqs: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """All tokens of ``seqs`` back to back (int64) and each one's length, without a per-item loop."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    flat = np.fromiter(chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    return flat, lengths
+
+
+def _pad_rows(flat: np.ndarray, lengths: np.ndarray, width: int, fill: int) -> np.ndarray:
+    """Rows of the concatenated ``flat`` (row i has ``lengths[i]`` tokens), left-aligned and padded."""
+    out = np.full((len(lengths), width), fill, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    out[mask] = flat  # row-major boolean assignment fills each row's leading cells in order
+    return out
+
+
+def _batches(lengths: np.ndarray, batch_tokens: int, max_rows: int) -> list[np.ndarray]:
+    """Index batches of a length-sorted order: each holds at most ``max_rows`` rows and, padded to its
+    longest row, at most ``batch_tokens`` tokens (always at least one row)."""
+    order = np.argsort(lengths, kind="stable")
+    out, start = [], 0
+    while start < len(order):
+        # Sorted ascending, so the width of a batch starting here is set by its last row.
+        width_if_end = lengths[order[start : start + max_rows]]
+        rows_fit = batch_tokens // np.maximum(width_if_end, 1)
+        fits = rows_fit >= np.arange(1, len(width_if_end) + 1)
+        take = max(1, min(max_rows, int(np.argmin(fits)) if not fits.all() else len(fits)))
+        out.append(order[start : start + take])
+        start += take
+    return out
+
+
 @torch.no_grad()
 def score_instances(
-    model: Any, instances: Sequence[Instance], batch_size: int, pad_id: int
+    model: Any,
+    instances: Sequence[Instance],
+    batch_size: int,
+    pad_id: int,
+    *,
+    prefix: Sequence[int] = (),
+    answer_sets: Sequence[Sequence[int] | None] | None = None,
+    batch_tokens: int | None = None,
 ) -> InstanceScores:
     """Answer-token losses and teacher-forced argmax hits of each instance (no train/eval switching).
 
-    Instances are sorted by length and batched right-padded with an attention mask, so the real tokens
-    keep their positions and padding only ever follows them (a causal model never attends to it).
+    Each instance is scored as ``prefix + prompt + answer``; only answer tokens count. Instances are
+    sorted by length and batched right-padded with an attention mask, so the real tokens keep their
+    positions and padding only ever follows them (a causal model never attends to it). A batch holds at
+    most ``batch_size`` rows and, with ``batch_tokens``, at most that many (padded) tokens: T_CMP's
+    rows are 3 tokens long, so a token budget packs thousands of them into one forward pass.
+
+    ``answer_sets[skill]`` (sorted token ids, or None) adds the choice scores: loss and argmax with the
+    softmax restricted to the answer set, and the probability mass on it. Both softmaxes are taken at
+    the answer positions only.
     """
     n = len(instances)
-    loss_sum = np.zeros(n, dtype=np.float64)
-    num_tokens = np.zeros(n, dtype=np.int64)
-    num_correct = np.zeros(n, dtype=np.int64)
-    token_losses: list[np.ndarray] = [np.zeros(0)] * n
-    for inst in instances:
-        if not inst.prompt or not inst.answer:
-            raise ValueError(f"evaluation needs a non-empty prompt and answer, got {inst}")
+    prompts = [inst.prompt for inst in instances]
+    answers = [inst.answer for inst in instances]
+    prompt_flat, prompt_len = _concat(prompts)
+    answer_flat, answer_len = _concat(answers)
+    if n and (prompt_len.min() == 0 or answer_len.min() == 0):
+        bad = int(np.flatnonzero((prompt_len == 0) | (answer_len == 0))[0])
+        raise ValueError(f"evaluation needs a non-empty prompt and answer, got {instances[bad]}")
+    skills = np.fromiter((inst.skill for inst in instances), dtype=np.int64, count=n)
+    pre = np.asarray(prefix, dtype=np.int64)
+    lengths = len(pre) + prompt_len + answer_len
+    width_all = int(lengths.max()) if n else 0
+    # Whole sequences once, as one padded matrix: [prefix | prompt | answer | pad].
+    seqs = np.full((n, width_all), pad_id, dtype=np.int64)
+    seqs[:, : len(pre)] = pre
+    cols = np.arange(width_all)[None, :]
+    prompt_end = len(pre) + prompt_len
+    in_prompt = (cols >= len(pre)) & (cols < prompt_end[:, None])
+    seqs[in_prompt] = prompt_flat
+    in_answer = (cols >= prompt_end[:, None]) & (cols < lengths[:, None])
+    seqs[in_answer] = answer_flat
+    max_answer = int(answer_len.max()) if n else 0
+    answer_ids = _pad_rows(answer_flat, answer_len, max_answer, -1)
+
+    choice = answer_sets is not None and any(a is not None for a in answer_sets)
+    allowed: torch.Tensor | None = None
     device = _device_of(model)
-    lengths = np.array([len(x.prompt) + len(x.answer) for x in instances], dtype=np.int64)
-    # Sorting by length makes each batch nearly rectangular: little padding, little wasted compute.
-    order = np.argsort(lengths, kind="stable")
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
+    loss_sum = np.zeros(n, dtype=np.float64)
+    num_correct = np.zeros(n, dtype=np.int64)
+    choice_loss_sum = np.zeros(n, dtype=np.float64) if choice else None
+    choice_correct = np.zeros(n, dtype=np.int64) if choice else None
+    label_mass_sum = np.zeros(n, dtype=np.float64) if choice else None
+    for idx in _batches(lengths, batch_tokens or width_all * max(batch_size, 1), batch_size):
         width = int(lengths[idx].max())
-        ids = np.full((len(idx), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(idx), width), dtype=np.int64)
-        # Rows/columns of the logits that predict answer tokens, and the tokens they should predict.
-        rows: list[int] = []
-        cols: list[int] = []
-        targets: list[int] = []
-        for r, i in enumerate(idx):
-            inst = instances[i]
-            seq = inst.prompt + inst.answer
-            ids[r, : len(seq)] = seq
-            mask[r, : len(seq)] = 1
-            p = len(inst.prompt)
-            rows.extend([r] * len(inst.answer))
-            cols.extend(range(p - 1, p - 1 + len(inst.answer)))  # logits at t predict token t+1
-            targets.extend(inst.answer)
-        input_ids = torch.from_numpy(ids).to(device)
-        attention_mask = torch.from_numpy(mask).to(device)
-        logits = _logits(model, input_ids, attention_mask)
-        # Only the answer positions are normalised: far cheaper than a log-softmax over every position.
-        picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-        tgt = torch.tensor(targets, device=device)
-        tok_loss = F.cross_entropy(picked, tgt, reduction="none").double().cpu().numpy()
+        ids = seqs[idx, :width]
+        mask = (np.arange(width)[None, :] < lengths[idx][:, None]).astype(np.int64)
+        # Answer token k of row r is predicted by the logits at column prompt_end[r] - 1 + k.
+        k = np.arange(max_answer)[None, :]
+        has = k < answer_len[idx][:, None]
+        rows = np.broadcast_to(np.arange(len(idx))[:, None], has.shape)[has]
+        col = (prompt_end[idx][:, None] - 1 + k)[has]
+        owner = idx[rows]  # the instance of each answer token
+        logits = _logits(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
+        picked = logits[torch.from_numpy(rows).to(device), torch.from_numpy(col).to(device)]
+        tgt = torch.from_numpy(answer_ids[idx][has]).to(device)
+        log_z = torch.logsumexp(picked, dim=-1)
+        target_logit = picked.gather(1, tgt[:, None])[:, 0]
+        tok_loss = (log_z - target_logit).double().cpu().numpy()
         hit = (picked.argmax(dim=-1) == tgt).cpu().numpy()
-        offset = 0
-        for i in idx:
-            k = len(instances[i].answer)
-            seg = tok_loss[offset : offset + k]
-            token_losses[i] = seg
-            loss_sum[i] = seg.sum()
-            num_tokens[i] = k
-            num_correct[i] = int(hit[offset : offset + k].sum())
-            offset += k
-    return InstanceScores(loss_sum, num_tokens, num_correct, token_losses)
+        loss_sum += np.bincount(owner, weights=tok_loss, minlength=n)
+        num_correct += np.bincount(owner, weights=hit, minlength=n).astype(np.int64)
+        if choice:
+            if allowed is None:
+                allowed = _allowed_matrix(answer_sets, logits.shape[-1], device)
+            tok_skill = torch.from_numpy(skills[owner]).to(device)
+            ok = allowed[tok_skill]  # [tokens, vocab]: the answer set of each token's sub-skill
+            restricted = picked.masked_fill(~ok, float("-inf"))
+            log_z_set = torch.logsumexp(restricted, dim=-1)
+            declared = ok.any(dim=-1)
+            nan = torch.tensor(float("nan"), device=device)
+            c_loss = torch.where(declared, log_z_set - target_logit, nan).double().cpu().numpy()
+            c_hit = (restricted.argmax(dim=-1) == tgt) & declared
+            mass = torch.where(declared, torch.exp(log_z_set - log_z), nan).double().cpu().numpy()
+            choice_loss_sum += np.bincount(owner, weights=c_loss, minlength=n)
+            choice_correct += np.bincount(owner, weights=c_hit.cpu().numpy(), minlength=n).astype(np.int64)
+            label_mass_sum += np.bincount(owner, weights=mass, minlength=n)
+    return InstanceScores(
+        loss_sum, answer_len, num_correct, choice_loss_sum, choice_correct, label_mass_sum
+    )
+
+
+def _allowed_matrix(
+    answer_sets: Sequence[Sequence[int] | None], vocab_size: int, device: torch.device
+) -> torch.Tensor:
+    """Boolean [skills, vocab]: row s marks sub-skill s's answer set (all False where undeclared)."""
+    allowed = torch.zeros((len(answer_sets), vocab_size), dtype=torch.bool)
+    for s, answers in enumerate(answer_sets):
+        if answers is not None:
+            allowed[s, torch.as_tensor(list(answers), dtype=torch.long)] = True
+    return allowed.to(device)
 
 
 @torch.no_grad()
@@ -149,10 +239,36 @@ def background_loss(model: Any, background: np.ndarray, batch_size: int) -> floa
     return total / max(count, 1)
 
 
-TASK_METRICS = ("loss", "loss_bits", "loss_ratio", "acc", "token_acc")
+TASK_METRICS = ("loss", "loss_bits", "loss_ratio", "acc", "token_acc", "n", "acc_lo", "acc_hi")
 """What :func:`task_metrics` reports for a task as a whole."""
-SKILL_METRICS = ("loss", "loss_ratio", "acc", "token_acc")
+SKILL_METRICS = ("loss", "loss_ratio", "acc", "token_acc", "n", "acc_lo", "acc_hi")
 """What it reports for each sub-skill of a family."""
+CHOICE_METRICS = ("choice_loss", "choice_acc", "choice_acc_lo", "choice_acc_hi", "label_mass")
+"""Added to both for a task whose sub-skills all declare an answer set (``Task.answer_set``)."""
+
+BOOTSTRAP_RESAMPLES = 2000
+"""Resamples of the percentile bootstrap behind ``acc_lo``/``acc_hi``."""
+BOOTSTRAP_SEED = 0
+"""Fixed, so the interval of a given result is the same in every run and on every re-score."""
+
+
+def bootstrap_ci(
+    hits: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED
+) -> tuple[float, float]:
+    """Percentile-bootstrap interval of the mean of 0/1 outcomes ``hits`` (resampling instances).
+
+    Resampling n instances with replacement from k hits out of n gives a Binomial(n, k/n) count, so
+    each resample's accuracy is drawn from that distribution directly: the same bootstrap, exactly,
+    at the cost of ``resamples`` numbers instead of ``resamples * n``.
+    """
+    n = len(hits)
+    if n == 0:
+        return float("nan"), float("nan")
+    p = float(np.mean(hits))
+    means = np.random.default_rng(seed).binomial(n, p, size=resamples) / n
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return float(lo), float(hi)
 
 
 def _summarise(
@@ -163,18 +279,33 @@ def _summarise(
     ratio_tokens: np.ndarray,
     sel: np.ndarray,
 ) -> dict[str, float]:
-    """Token-weighted loss/ratio and instance-level accuracy over the selected instances."""
+    """Token-weighted losses, instance-level accuracies and their intervals over the selected instances."""
     tokens = int(scores.num_tokens[sel].sum())
     loss = float(scores.loss_sum[sel].sum()) / tokens
     rt = int(ratio_tokens[sel].sum())
+    exact = scores.exact[sel]
+    acc_lo, acc_hi = bootstrap_ci(exact)
     values = {
         "loss": loss,
         "loss_bits": loss * LOG2E,
         "loss_ratio": float(ratio_sum[sel].sum()) / rt if rt else float("nan"),
-        "acc": float(scores.exact[sel].mean()),
+        "acc": float(exact.mean()),
         "token_acc": float(scores.num_correct[sel].sum()) / tokens,
+        "n": int(sel.sum()),
+        "acc_lo": acc_lo,
+        "acc_hi": acc_hi,
     }
-    return {label.key(m): values[m] for m in metrics}
+    choice_exact = scores.choice_exact
+    if choice_exact is not None and scores.choice_loss_sum is not None and scores.label_mass_sum is not None:
+        lo, hi = bootstrap_ci(choice_exact[sel])
+        values.update(
+            choice_loss=float(scores.choice_loss_sum[sel].sum()) / tokens,
+            choice_acc=float(choice_exact[sel].mean()),
+            choice_acc_lo=lo,
+            choice_acc_hi=hi,
+            label_mass=float(scores.label_mass_sum[sel].sum()) / tokens,
+        )
+    return {label.key(m): values[m] for m in metrics if m in values}
 
 
 def task_metrics(eval_set: TaskEvalSet, scores: InstanceScores) -> dict[str, float]:
@@ -182,8 +313,11 @@ def task_metrics(eval_set: TaskEvalSet, scores: InstanceScores) -> dict[str, flo
 
     ``loss`` and ``loss_ratio`` are both means over all answer tokens of the task: each token's loss is
     divided by the chance loss of its own sub-skill, so a family mixing easy-to-guess and hard-to-guess
-    sub-skills is on one consistent scale (1.0 = chance everywhere). Accuracy is per instance.
-    Sub-skills without instances get no keys; sub-skill keys appear only when the task has several.
+    sub-skills is on one consistent scale (1.0 = chance everywhere). Accuracy is per instance, with a
+    95% bootstrap interval (``acc_lo``/``acc_hi``) over the ``n`` instances. With answer sets on every
+    sub-skill, :data:`CHOICE_METRICS` are added on the same terms (``choice_loss`` and ``label_mass`` per
+    answer token, ``choice_acc`` per instance). Sub-skills without instances get no keys; sub-skill keys
+    appear only when the task has several.
     """
     skills = np.array([x.skill for x in eval_set.instances], dtype=np.int64)
     chance = np.asarray(eval_set.chance_loss, dtype=np.float64)
@@ -199,14 +333,16 @@ def task_metrics(eval_set: TaskEvalSet, scores: InstanceScores) -> dict[str, flo
     out: dict[str, float] = {}
     if not len(skills):
         return out
+    choice = CHOICE_METRICS if eval_set.has_answer_sets else ()
     everything = np.ones(len(skills), dtype=bool)
-    out.update(_summarise(Label(eval_set.task), TASK_METRICS, scores, ratio_sum, ratio_tokens, everything))
+    label = Label(eval_set.task)
+    out.update(_summarise(label, TASK_METRICS + choice, scores, ratio_sum, ratio_tokens, everything))
     if len(eval_set.skills) > 1:
         for s, name in enumerate(eval_set.skills):
             sel = skills == s
             if sel.any():
                 label = Label(eval_set.task, name)
-                out.update(_summarise(label, SKILL_METRICS, scores, ratio_sum, ratio_tokens, sel))
+                out.update(_summarise(label, SKILL_METRICS + choice, scores, ratio_sum, ratio_tokens, sel))
     return out
 
 
@@ -216,14 +352,19 @@ def evaluate(
     background: np.ndarray | None,
     batch_size: int,
     pad_id: int,
+    batch_tokens: int | None = None,
 ) -> dict[str, float]:
     """Evaluate ``model`` on held-out task instances and background text; return flat metrics.
 
     Keys: ``eval/{task}/loss`` (nats per answer token), ``loss_bits``, ``loss_ratio`` (loss over chance,
-    per token), ``acc`` (exact match of greedy decoding), ``token_acc``; per sub-skill of a family
-    ``eval/{task}/{skill}/loss|loss_ratio|acc|token_acc``; and ``eval/background/loss`` when
-    ``background`` is given. The model runs in eval mode without gradients on its own device and is
-    put back in its previous mode; no autocast is added (the caller's, if any, applies).
+    per token), ``acc`` (exact match of greedy decoding), ``token_acc``, ``n`` (instances) and
+    ``acc_lo``/``acc_hi`` (95% bootstrap interval); with answer sets also ``choice_loss``,
+    ``choice_acc`` (+ ``_lo``/``_hi``) and ``label_mass`` (see :func:`task_metrics`); per sub-skill of a
+    family the same under ``eval/{task}/{skill}/`` (without ``loss_bits``); and
+    ``eval/background/loss`` when ``background`` is given. Each task is scored after its
+    ``TaskEvalSet.prefix``. Task batches hold at most ``batch_size`` rows and ``batch_tokens`` tokens;
+    background batches ``batch_size`` rows. The model runs in eval mode without gradients on its own
+    device and is put back in its previous mode; no autocast is added (the caller's, if any, applies).
     """
     was_training = bool(getattr(model, "training", False))
     model.eval()
@@ -233,7 +374,15 @@ def evaluate(
             for es in eval_sets:
                 if not es.instances:
                     continue
-                scores = score_instances(model, es.instances, batch_size, pad_id)
+                scores = score_instances(
+                    model,
+                    es.instances,
+                    batch_size,
+                    pad_id,
+                    prefix=es.prefix,
+                    answer_sets=es.answer_sets if es.has_answer_sets else None,
+                    batch_tokens=batch_tokens,
+                )
                 metrics.update(task_metrics(es, scores))
             if background is not None and len(background):
                 metrics[BACKGROUND.key("loss")] = background_loss(model, background, batch_size)

@@ -71,8 +71,9 @@ class Addition(Task):
         prompt += [self._comma, d[skill], self._eq]
         return Instance(tuple(prompt), (d[answer],), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 2 if skill == self.params.num_digits else 10
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        # The final carry digit (the include_carry sub-skill) is only ever 0 or 1.
+        return tuple(self._digit[:2] if skill == self.params.num_digits else self._digit)
 
     def instance_space(self) -> int:
         return self._bound**2 * len(self.skills)
@@ -115,8 +116,10 @@ class MultiDigitAdd(Task):
         prompt = [d[x] for x in a_digits] + [self._plus] + [d[x] for x in b_digits] + [self._eq]
         return Instance(tuple(prompt), tuple(d[x] for x in total), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 10
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        # Any digit at any answer position (the leading carry digit is only 0 or 1, but one set must
+        # hold at every position).
+        return tuple(self._digit)
 
     def instance_space(self) -> int:
         return 10 ** (2 * self.params.num_digits)
@@ -163,8 +166,10 @@ class Modular(Task):
         prompt = self._number(a) + [self._op] + self._number(b) + [self._eq]
         return Instance(tuple(prompt), tuple(self._number(c)), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 10
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        # Any digit at any answer position (the leading carry digit is only 0 or 1, but one set must
+        # hold at every position).
+        return tuple(self._digit)
 
     def instance_space(self) -> int:
         return self.params.modulus**2

@@ -140,9 +140,23 @@ class Task(ABC):
         """Expected loss (nats per answer token) of a guesser uniform over the valid answers."""
         return float(np.log(self.answer_space(skill)))
 
+    def answer_set(self, skill: int = 0) -> tuple[int, ...] | None:
+        """Token ids valid at every answer position of ``skill``; None when the task declares none.
+
+        Declaring it (T_CMP's two labels, the ten digit tokens of an addition, …) turns on the
+        evaluator's choice metrics for the task: loss and accuracy with the softmax restricted to these
+        tokens, and the probability mass the model puts on them. It also fixes :meth:`answer_space`.
+        Every answer token of every instance of ``skill`` must be in it.
+        """
+        return None
+
     def answer_space(self, skill: int = 0) -> int:
-        """Number of valid values of one answer token (2 for a comparison, 10 for a digit, …)."""
-        return 2
+        """Number of valid values of one answer token (2 for a comparison, 10 for a digit, …).
+
+        The size of :meth:`answer_set` when the task declares one; otherwise 2 unless overridden.
+        """
+        answers = self.answer_set(skill)
+        return 2 if answers is None else len(answers)
 
     def instance_space(self) -> int | None:
         """Number of distinct instances if small enough to enumerate (None: effectively unbounded)."""

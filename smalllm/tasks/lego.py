@@ -71,8 +71,8 @@ class Lego(Task):
         prompt += [self._query, names[skill], self._eq]
         return Instance(tuple(prompt), (self._bit[bits[skill]],), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 2
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self._bit)
 
     def instance_space(self) -> int:
         k = self.params.num_vars

@@ -68,8 +68,8 @@ class TCmp(Task):
         label = self.label_less if i < j else self.label_not_less
         return Instance((self.table[i], self.table[j]), (label,), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 2
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return (self.label_less, self.label_not_less)
 
     def instance_space(self) -> int:
         n = self.params.num_values
@@ -103,8 +103,8 @@ class TAdd(Task):
         j = int(rng.integers(n))
         return Instance((self.table[i], self.table[j]), (self.table[(i + j) % n],), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return self.params.num_values
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self.table)
 
     def instance_space(self) -> int:
         return self.params.num_values**2

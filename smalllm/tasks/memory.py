@@ -67,8 +67,8 @@ class KVRecall(Task):
         prompt += [self._query, self._key[keys[q]], self._eq]
         return Instance(tuple(prompt), (self._value[values[q]],), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return self.params.num_values
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self._value)
 
     def instance_space(self) -> int:
         p = self.params
@@ -125,8 +125,8 @@ class FactLookup(Task):
         e, r, v = self.facts[int(rng.integers(self.params.num_facts))]
         return Instance((e, r), (v,), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return self.params.num_values
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self.values)
 
     def instance_space(self) -> int:
         return self.params.num_facts

@@ -98,8 +98,8 @@ class SparseParity(Task):
         prompt = (self.control[skill], *self._bit[bits].tolist(), self._eq)
         return Instance(prompt, (int(self._bit[parity]),), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 2
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(int(b) for b in self._bit)
 
     def instance_space(self) -> int:
         return self.params.num_subtasks * 2**self.params.num_bits

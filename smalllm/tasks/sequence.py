@@ -62,8 +62,8 @@ class _StringTask(Task):
         prompt = (*(ids[x] for x in letters), self._sep)
         return Instance(prompt, tuple(ids[x] for x in self.transform(letters)), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return self.params.alphabet_size
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self._letter)
 
     def instance_space(self) -> int:
         return self.params.alphabet_size**self.params.length
@@ -206,8 +206,8 @@ class Dyck(Task):
         prompt = (*(self._sym[s] for s in seq), self._eq)
         return Instance(prompt, (self._bit[int(balanced)],), skill)
 
-    def answer_space(self, skill: int = 0) -> int:
-        return 2
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return tuple(self._bit)
 
     def instance_space(self) -> int | None:
         # Unbalanced instances are not enumerable in closed form; balanced ones bound it from below.
