@@ -95,8 +95,9 @@ def test_section_validate_names_the_dotted_field_under_any_prefix() -> None:
         task.validate("exp.tasks.3")
     with pytest.raises(ConfigError, match=r"^t\.eps: must be > 0, got -1"):
         train_config.TrainConfig(eps=-1).validate("t")
-    with pytest.raises(ConfigError, match=r"^e\.loss_ratio_threshold: must be in \(0, 1\), got -0\.1$"):
-        eval_config.EvalConfig(loss_ratio_threshold=-0.1).validate("e")
+    with pytest.raises(ConfigError, match=r"^e\.criterion\.threshold: must be in \(0, 1\), got -0\.1$"):
+        crit = eval_config.CriterionConfig(metric="loss_ratio", threshold=-0.1)
+        eval_config.EvalConfig(criterion=crit).validate("e")
     with pytest.raises(ConfigError, match=r"^m\.arch: 'gpt3' is not one of"):
         model_config.ModelConfig(arch="gpt3").validate("m")  # type: ignore[arg-type]
 
@@ -108,8 +109,8 @@ def test_run_config_composes_the_sections() -> None:
     with pytest.raises(ConfigError, match=r"^data\.tasks\.0\.seed: a seed must be"):
         cfg.validate()
     cfg.data.tasks = []
-    cfg.eval.patience = -2
-    with pytest.raises(ConfigError, match=r"^eval\.patience: must be >= 0, got -2$"):
+    cfg.eval.criterion.patience = -2
+    with pytest.raises(ConfigError, match=r"^eval\.criterion\.patience: must be >= 0, got -2$"):
         cfg.validate()
 
 

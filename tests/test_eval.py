@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from smalllm.config import EvalConfig, ModelConfig
+from smalllm.eval.config import CriterionConfig
 from smalllm.eval import (
     TaskEvalSet,
     detect_emergence,
@@ -268,8 +269,10 @@ def test_never_emerges() -> None:
 
 
 def test_crossing_at_end_of_run() -> None:
-    # Last evaluation only: no evidence it is not a spike.
-    assert detect_emergence(*curve([0, 0.1, 0.2, 0.95]), threshold=0.9, patience=2) is None
+    # Last evaluation only: no evidence it is not a spike, so the crossing is reported unconfirmed.
+    em = detect_emergence(*curve([0, 0.1, 0.2, 0.95]), threshold=0.9, patience=2)
+    assert em is not None and (em.step, em.value, em.confirmed) == (30, 0.95, False)
+    assert detect_emergence(*curve([0, 0.1, 0.2, 0.95]), threshold=0.9, patience=0).confirmed
     # One evaluation left (< patience): it must hold.
     assert detect_emergence(*curve([0, 0.1, 0.95, 0.96]), threshold=0.9, patience=2).step == 20
     assert detect_emergence(*curve([0, 0.1, 0.95, 0.5]), threshold=0.9, patience=2) is None
@@ -331,7 +334,7 @@ def metrics_records() -> list[dict]:
 
 
 def test_emergence_table_rows() -> None:
-    rows = emergence_table(metrics_records(), EvalConfig(accuracy_threshold=0.9, patience=2))
+    rows = emergence_table(metrics_records(), EvalConfig(criterion=CriterionConfig(threshold=0.9, patience=2)))
     by = {(r["task"], r["skill"]): r for r in rows}
     assert list(by) == [("copy", None), ("arith", None), ("arith", "add"), ("arith", "mul")]
     assert by[("copy", None)]["emergence_step"] == 32 and by[("copy", None)]["emergence_tokens"] == 32 * 1024
@@ -339,14 +342,15 @@ def test_emergence_table_rows() -> None:
     assert by[("arith", "mul")]["emergence_step"] is None and by[("arith", "mul")]["best_acc"] == 0.95
     assert by[("copy", None)]["final_acc"] == 0.99
     # Loss-ratio criterion instead of accuracy.
-    rows = emergence_table(metrics_records(), EvalConfig(loss_ratio_threshold=0.5, patience=1))
+    crit = CriterionConfig(metric="loss_ratio", threshold=0.5, patience=1)
+    rows = emergence_table(metrics_records(), EvalConfig(criterion=crit))
     by = {(r["task"], r["skill"]): r for r in rows}
     assert by[("arith", "add")]["emergence_step"] == 64 and by[("arith", "mul")]["emergence_step"] is None
     text = format_emergence_table(rows)
     assert "arith" in text and "mul" in text and len(set(map(len, text.splitlines()[:2]))) == 1
     cells = {tuple(line.split()[:2]): line.split()[2:] for line in text.splitlines()[2:]}
-    assert cells[("arith", "add")] == ["0.990", "0.990", "0.100", "64", "65.5K"]
-    assert cells[("arith", "mul")] == ["0.300", "0.950", "0.700", "-", "-"]
+    assert cells[("arith", "add")] == ["0.990", "-", "-", "0.990", "0.100", "learned", "64", "65.5K"]
+    assert cells[("arith", "mul")] == ["0.300", "-", "-", "0.950", "0.700", "not_learned", "-", "-"]
 
 
 def test_write_report(tmp_path) -> None:
@@ -366,5 +370,5 @@ def test_write_report(tmp_path) -> None:
     summary = (tmp_path / "report" / "summary.md").read_text()
     assert "| copy | (all) |" in summary
     row = next(line for line in summary.splitlines() if line.startswith("| copy |"))
-    assert row.split("|")[6].strip() == "32"  # emergence step column
+    assert row.split("|")[9].strip() == "32"  # emergence step column
     assert "![arith](arith.png)" in summary

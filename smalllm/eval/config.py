@@ -2,9 +2,59 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
-from smalllm.validation import COUNT_MAX, TOKENS_MAX, integer, number
+from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of
+
+CriterionMetric = Literal["acc", "choice_acc", "loss_ratio", "choice_loss", "label_mass"]
+AtEnd = Literal["unconfirmed", "learned", "not_learned"]
+
+LOWER_IS_BETTER = frozenset({"loss_ratio", "choice_loss"})
+"""Criterion metrics that are learned when they fall to the threshold (the others when they rise)."""
+LEGACY_CRITERION_KEYS = ("accuracy_threshold", "loss_ratio_threshold", "patience")
+"""``eval`` keys of runs saved before ``eval.criterion``; only read back from old run directories."""
+ACCURACY_METRICS = frozenset({"acc", "choice_acc"})
+"""Criterion metrics whose threshold must exceed the run's best baseline accuracy."""
+
+
+@dataclass
+class CriterionConfig:
+    """The pre-registered rule that decides when a task counts as learned (see
+    :func:`smalllm.eval.emergence.detect_emergence`)."""
+
+    metric: CriterionMetric = "acc"
+    """acc (exact match), choice_acc (argmax restricted to the task's answer set), loss_ratio (answer
+    loss over chance), choice_loss (nats, softmax restricted to the answer set) or label_mass
+    (probability on the answer set). Losses are learned at or below the threshold, the rest at or above."""
+    threshold: float = 0.9
+    """Value the metric must reach; for acc/choice_acc it must exceed every task's best baseline
+    accuracy (chance, best one-position rule), checked at run start."""
+    patience: int = 2
+    """Evaluations after the crossing that must confirm it (one isolated dip is tolerated)."""
+    at_end: AtEnd = "unconfirmed"
+    """What a crossing that still holds at the last evaluation but lacks its confirmation window
+    counts as: unconfirmed (status unconfirmed, not learned), learned (status unconfirmed, counted
+    learned) or not_learned (status not_learned, as if it had not crossed)."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The metric is learned when at or above the threshold (False: at or below)."""
+        return self.metric not in LOWER_IS_BETTER
+
+    def validate(self, prefix: str = "eval.criterion") -> None:
+        """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
+        one_of(self.metric, choices(CriterionMetric), f"{prefix}.metric")
+        where = f"{prefix}.threshold"
+        if self.metric == "loss_ratio":
+            # A ratio at or above 1 is chance level: nothing would have been learned.
+            number(self.threshold, where, gt=0, lt=1, interval=True)
+        elif self.metric == "choice_loss":
+            number(self.threshold, where, gt=0, le=1e6)
+        else:
+            number(self.threshold, where, gt=0, le=1, interval=True)
+        integer(self.patience, f"{prefix}.patience", ge=0, le=1_000_000)
+        one_of(self.at_end, choices(AtEnd), f"{prefix}.at_end")
 
 
 @dataclass
@@ -18,15 +68,14 @@ class EvalConfig:
     every_tokens: int | None = None
     """Tokens between evaluations; overrides ``every_steps`` when set."""
     batch_size: int = 128
-    """Sequences per evaluation forward pass."""
+    """Background sequences per evaluation forward pass (and task instances, with batch_tokens null)."""
+    batch_tokens: int | None = 16384
+    """Most tokens (padded) in one forward pass over task instances: short instances such as T_CMP's
+    3-token rows are packed thousands to a pass. Logits take batch_tokens x vocab x 4 bytes."""
     background_sequences: int = 64
     """Held-out background sequences scored for the background loss."""
-    accuracy_threshold: float = 0.9
-    """Exact-match accuracy at which a task counts as learned."""
-    loss_ratio_threshold: float | None = None
-    """Alternatively: learned when answer loss falls below this fraction of chance loss."""
-    patience: int = 2
-    """Evaluations after the crossing that must confirm it (one isolated dip is tolerated)."""
+    criterion: CriterionConfig = field(default_factory=CriterionConfig)
+    """When a task counts as learned: metric, threshold, confirmation and what an unconfirmed end means."""
 
     def validate(self, prefix: str = "eval") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
@@ -34,9 +83,7 @@ class EvalConfig:
         if self.every_tokens is not None:
             integer(self.every_tokens, f"{prefix}.every_tokens", gt=0, le=TOKENS_MAX)
         integer(self.batch_size, f"{prefix}.batch_size", ge=1, le=1_000_000)
+        if self.batch_tokens is not None:
+            integer(self.batch_tokens, f"{prefix}.batch_tokens", ge=1, le=100_000_000)
         integer(self.background_sequences, f"{prefix}.background_sequences", ge=0, le=10_000_000)
-        number(self.accuracy_threshold, f"{prefix}.accuracy_threshold", gt=0, le=1, interval=True)
-        if self.loss_ratio_threshold is not None:
-            # A ratio at or above 1 is chance level: nothing would have been learned.
-            number(self.loss_ratio_threshold, f"{prefix}.loss_ratio_threshold", gt=0, lt=1, interval=True)
-        integer(self.patience, f"{prefix}.patience", ge=0, le=1_000_000)
+        self.criterion.validate(f"{prefix}.criterion")

@@ -27,6 +27,9 @@ class Emergence:
     """Training tokens seen by then."""
     value: float
     """The metric's value there (accuracy or loss ratio)."""
+    confirmed: bool = True
+    """False for a crossing that still holds at the last evaluation but whose confirmation window the
+    run ended before: evidence of learning, not yet proof (``eval.criterion.at_end`` decides)."""
 
 
 def _holds(value: float, threshold: float, higher_is_better: bool) -> bool:
@@ -56,13 +59,15 @@ def detect_emergence(
       hold`` and ``hold, hold, fail, hold`` emerge at the first ``hold``; ``hold, fail, fail`` does not,
       nor does a window ending the run on a failure (``hold, hold, fail`` then nothing).
     * Fewer than ``patience`` evaluations follow ``i``: all of them must hold and there must be at
-      least one. In particular a first crossing at the very last evaluation is not emergence when
+      least one. In particular a first crossing at the very last evaluation is not confirmed when
       ``patience >= 1``: there is no evidence yet that it is not a spike.
 
     What happens after the confirmation window does not matter: a later permanent drop (e.g. from
     forgetting under a gap schedule) does not undo the emergence reported here.
 
-    Returns the step, tokens and value at ``i``, or None when no crossing is confirmed.
+    Returns the step, tokens and value at ``i``. When no crossing is confirmed but the evaluations
+    from some ``i`` to the last all hold (in practice: the last one crosses), that crossing is returned
+    with ``confirmed=False`` rather than dropped. None when neither applies.
     """
     if not (len(steps) == len(tokens) == len(values)):
         raise ValueError("steps, tokens and values must have the same length")
@@ -83,6 +88,12 @@ def detect_emergence(
             confirmed = not fails or (len(fails) == 1 and fails[0] + 1 < n and ok[fails[0] + 1])
         if confirmed:
             return Emergence(step=int(steps[i]), tokens=int(tokens[i]), value=float(values[i]))
+    if n and ok[-1]:
+        # The run ended on a crossing too recent to confirm: report where its final run of holds began.
+        i = n - 1
+        while i > 0 and ok[i - 1]:
+            i -= 1
+        return Emergence(int(steps[i]), int(tokens[i]), float(values[i]), confirmed=False)
     return None
 
 
@@ -129,29 +140,65 @@ def _last(records: list[dict], key: str) -> float | None:
     return vals[-1] if vals else None
 
 
-def emergence_criterion(cfg: EvalConfig) -> tuple[str, float, bool]:
-    """(metric, threshold, higher_is_better) used for emergence under ``cfg``."""
-    if cfg.loss_ratio_threshold is not None:
-        return "loss_ratio", float(cfg.loss_ratio_threshold), False
-    return "acc", float(cfg.accuracy_threshold), True
+def describe_criterion(cfg: EvalConfig) -> str:
+    """One sentence stating the pre-registered criterion, e.g. for a report."""
+    crit = cfg.criterion
+    sign = ">=" if crit.higher_is_better else "<="
+    at_end = {
+        "unconfirmed": "is reported as unconfirmed (not learned)",
+        "learned": "is reported as unconfirmed and counted as learned",
+        "not_learned": "counts as not learned",
+    }[crit.at_end]
+    return (
+        f"learned at the first evaluation with {crit.metric} {sign} {crit.threshold:g}, confirmed by the "
+        f"next {crit.patience} evaluation(s) (one isolated dip tolerated); a crossing the run ends before "
+        f"confirming {at_end}"
+    )
+
+
+STATUSES = ("learned", "unconfirmed", "not_learned")
+"""Verdicts of :func:`emergence_status`."""
+
+
+def emergence_status(em: Emergence | None, cfg: EvalConfig) -> tuple[str, bool]:
+    """(status, learned) of a :func:`detect_emergence` result under ``cfg.criterion``.
+
+    A confirmed crossing is ``learned``; none at all is ``not_learned``. An unconfirmed one is
+    ``unconfirmed`` and not learned, unless ``at_end`` says it counts as ``learned`` (status stays
+    ``unconfirmed``) or as ``not_learned`` (status too).
+    """
+    if em is None:
+        return "not_learned", False
+    if em.confirmed:
+        return "learned", True
+    at_end = cfg.criterion.at_end
+    if at_end == "not_learned":
+        return "not_learned", False
+    return "unconfirmed", at_end == "learned"
 
 
 def emergence_table(records: list[dict], cfg: EvalConfig) -> list[dict]:
     """One row per task and per task/sub-skill summarising final metrics and emergence.
 
-    ``records`` are the lines of a run's metrics file (non-eval lines are ignored). Emergence uses
-    ``cfg.loss_ratio_threshold`` on ``loss_ratio`` (lower is better) when set, else
-    ``cfg.accuracy_threshold`` on ``acc``, with ``cfg.patience`` (see :func:`detect_emergence`).
-    Row keys: task, skill (None for the whole task), final_acc, final_loss, final_loss_ratio, best_acc,
-    emergence_step, emergence_tokens (both None if not emerged), emergence_value, metric, threshold.
+    ``records`` are the lines of a run's metrics file (non-eval lines are ignored). Emergence applies
+    ``cfg.criterion`` (metric, threshold, patience; see :func:`detect_emergence`) and
+    :func:`emergence_status`. Row keys: task, skill (None for the whole task), final_acc, final_loss,
+    final_loss_ratio, final_choice_acc, final_choice_loss, final_label_mass (None where not logged),
+    best_acc, status, learned, emergence_step, emergence_tokens, emergence_value (where the task
+    counts as learned; all None when ``learned`` is False), crossing_step (the crossing of a learned or
+    unconfirmed row, None for not_learned), metric, threshold.
     """
     evals = eval_records(records)
-    metric, threshold, higher = emergence_criterion(cfg)
+    crit = cfg.criterion
     rows = []
     for label in eval_labels(evals):
         accs = [v for v in _series(evals, label.key("acc"))[2] if math.isfinite(v)]
-        steps, toks, vals = _series(evals, label.key(metric))
-        em = detect_emergence(steps, toks, vals, threshold, cfg.patience, higher)
+        steps, toks, vals = _series(evals, label.key(crit.metric))
+        em = detect_emergence(steps, toks, vals, crit.threshold, crit.patience, crit.higher_is_better)
+        status, learned = emergence_status(em, cfg)
+        # emergence_* name where the task counts as learned, so "emergence_step is not None" keeps
+        # meaning learned; crossing_step also shows an unconfirmed crossing.
+        shown = em if learned else None
         rows.append(
             {
                 "task": label.task,
@@ -159,12 +206,18 @@ def emergence_table(records: list[dict], cfg: EvalConfig) -> list[dict]:
                 "final_acc": _last(evals, label.key("acc")),
                 "final_loss": _last(evals, label.key("loss")),
                 "final_loss_ratio": _last(evals, label.key("loss_ratio")),
+                "final_choice_acc": _last(evals, label.key("choice_acc")),
+                "final_choice_loss": _last(evals, label.key("choice_loss")),
+                "final_label_mass": _last(evals, label.key("label_mass")),
                 "best_acc": max(accs) if accs else None,
-                "emergence_step": em.step if em else None,
-                "emergence_tokens": em.tokens if em else None,
-                "emergence_value": em.value if em else None,
-                "metric": metric,
-                "threshold": threshold,
+                "status": status,
+                "learned": learned,
+                "emergence_step": shown.step if shown else None,
+                "emergence_tokens": shown.tokens if shown else None,
+                "emergence_value": shown.value if shown else None,
+                "crossing_step": em.step if em and status != "not_learned" else None,
+                "metric": crit.metric,
+                "threshold": crit.threshold,
             }
         )
     return rows
@@ -190,11 +243,18 @@ TABLE_COLUMNS = (
     "task",
     "skill",
     "final acc",
+    "choice acc",
+    "label mass",
     "best acc",
     "final loss/chance",
+    "status",
     "emerged at step",
     "at tokens",
 )
+
+
+TEXT_COLUMNS = (0, 1, TABLE_COLUMNS.index("status"))
+"""Columns of words (left-aligned); the rest are numbers."""
 
 
 def table_cells(row: dict) -> list[str]:
@@ -203,8 +263,11 @@ def table_cells(row: dict) -> list[str]:
         row["task"],
         row["skill"] or "(all)",
         _fmt(row["final_acc"]),
+        _fmt(row.get("final_choice_acc")),
+        _fmt(row.get("final_label_mass")),
         _fmt(row["best_acc"]),
         _fmt(row["final_loss_ratio"]),
+        row.get("status", "-"),
         "-" if row["emergence_step"] is None else str(row["emergence_step"]),
         human_count(row["emergence_tokens"]),
     ]
@@ -219,7 +282,7 @@ def format_emergence_table(rows: list[dict]) -> str:
     lines = []
     for k, c in enumerate(cells):
         # Text columns left-aligned, numbers right-aligned, as a reader scans them.
-        parts = [c[j].ljust(widths[j]) if j < 2 else c[j].rjust(widths[j]) for j in range(len(c))]
+        parts = [c[j].ljust(widths[j]) if j in TEXT_COLUMNS else c[j].rjust(widths[j]) for j in range(len(c))]
         lines.append("  ".join(parts).rstrip())
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))

@@ -362,8 +362,8 @@ def evaluate(
     ``choice_acc`` (+ ``_lo``/``_hi``) and ``label_mass`` (see :func:`task_metrics`); per sub-skill of a
     family the same under ``eval/{task}/{skill}/`` (without ``loss_bits``); and
     ``eval/background/loss`` when ``background`` is given. Each task is scored after its
-    ``TaskEvalSet.prefix``. Task batches hold at most ``batch_size`` rows and ``batch_tokens`` tokens;
-    background batches ``batch_size`` rows. The model runs in eval mode without gradients on its own
+    ``TaskEvalSet.prefix``. Task batches hold at most ``batch_tokens`` (padded) tokens, or
+    ``batch_size`` instances when it is None; background batches ``batch_size`` rows. The model runs in eval mode without gradients on its own
     device and is put back in its previous mode; no autocast is added (the caller's, if any, applies).
     """
     was_training = bool(getattr(model, "training", False))
@@ -377,7 +377,8 @@ def evaluate(
                 scores = score_instances(
                     model,
                     es.instances,
-                    batch_size,
+                    # A token budget alone bounds a task batch; batch_size then bounds the background's.
+                    batch_size if batch_tokens is None else len(es.instances),
                     pad_id,
                     prefix=es.prefix,
                     answer_sets=es.answer_sets if es.has_answer_sets else None,

@@ -18,10 +18,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smalllm.errors import SmalllmError
-from smalllm.eval.config import EvalConfig
+from smalllm.eval.baselines import best_baseline_acc, read_baselines
+from smalllm.eval.config import LEGACY_CRITERION_KEYS, CriterionConfig, EvalConfig
 from smalllm.eval.emergence import (
     TABLE_COLUMNS,
-    emergence_criterion,
+    TEXT_COLUMNS,
+    describe_criterion,
     emergence_table,
     eval_labels,
     eval_records,
@@ -55,8 +57,21 @@ def load_eval_config(run_dir: str | Path) -> EvalConfig:
         section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return EvalConfig()
-    names = {f.name for f in dataclasses.fields(EvalConfig)}
-    return EvalConfig(**{k: v for k, v in section.items() if k in names})
+    names = {f.name for f in dataclasses.fields(EvalConfig)} - {"criterion"}
+    criterion = dict(section.get("criterion") or {})
+    # Runs saved before eval.criterion existed stated it as these three top-level keys.
+    if section.get("loss_ratio_threshold") is not None:
+        criterion.setdefault("metric", "loss_ratio")
+        criterion.setdefault("threshold", section["loss_ratio_threshold"])
+    elif section.get("accuracy_threshold") is not None:
+        criterion.setdefault("threshold", section["accuracy_threshold"])
+    if section.get("patience") is not None:
+        criterion.setdefault("patience", section["patience"])
+    crit_names = {f.name for f in dataclasses.fields(CriterionConfig)}
+    return EvalConfig(
+        **{k: v for k, v in section.items() if k in names and k not in LEGACY_CRITERION_KEYS},
+        criterion=CriterionConfig(**{k: v for k, v in criterion.items() if k in crit_names}),
+    )
 
 
 def _safe_name(name: str) -> str:
@@ -116,13 +131,17 @@ def plot_task(
     rows: list[dict],
     cfg: EvalConfig,
     path: Path,
+    baselines: dict | None = None,
 ) -> Path:
     """One figure for a task family: eval (and train) loss and accuracy against tokens, log x.
 
     Each sub-skill is its own coloured line (with its chance loss dotted), the task aggregate is black;
-    a star and a dotted vertical line mark where each of them emerged.
+    choice accuracy, where the task has an answer set, is dashed in the same colour. A star and a dotted
+    vertical line mark where each of them emerged; a dash-dotted line is the best baseline accuracy
+    (chance or the one-position rule) from ``baselines``.
     """
-    metric, threshold, _ = emergence_criterion(cfg)
+    metric, threshold = cfg.criterion.metric, cfg.criterion.threshold
+    base = (baselines or {}).get("labels", {})
     fig, (ax_loss, ax_acc) = _new_figure(2)
     task_rows = [r for r in rows if r["task"] == task]
     multi = any(r["skill"] is not None for r in task_rows)
@@ -141,6 +160,11 @@ def plot_task(
             ax_loss.axhline(chance, color=color, ls=":", lw=0.8)
         xa, ya = _series(evals, of_row.key("acc"))
         ax_acc.plot(xa, ya, color=color, lw=width, marker=".", ms=3, label=label)
+        xc, yc = _series(evals, of_row.key("choice_acc"))
+        if xc:
+            ax_acc.plot(xc, yc, color=color, lw=width * 0.8, ls="--", label=f"{label} (choice)")
+        if str(of_row) in base:
+            ax_acc.axhline(best_baseline_acc(base[str(of_row)]), color=color, ls="-.", lw=0.8)
         step = row["emergence_step"]
         if step is not None and row["emergence_tokens"]:
             t = row["emergence_tokens"]
@@ -152,14 +176,14 @@ def plot_task(
     xt, yt = _series(trains, Label(task).key("loss", TRAIN))
     if xt:
         ax_loss.plot(xt, yt, color="0.55", lw=0.8, ls="--", label="train")
-    if metric == "acc":
+    if metric in ("acc", "choice_acc", "label_mass"):
         ax_acc.axhline(threshold, color="0.4", ls="--", lw=0.8)
     ax_acc.set_ylim(-0.03, 1.03)
     _finish_axis(ax_loss, "tokens", "answer loss (nats/token)")
-    _finish_axis(ax_acc, "tokens", "exact-match accuracy")
+    _finish_axis(ax_acc, "tokens", "accuracy (solid: exact match, dashed: choice)")
     ax_loss.set_title(f"{task}: loss (dotted: chance)", fontsize=10)
-    crit = f"acc >= {threshold:g}" if metric == "acc" else f"loss/chance <= {threshold:g}"
-    ax_acc.set_title(f"{task}: accuracy (star: emergence, {crit})", fontsize=10)
+    crit = f"{metric} {'>=' if cfg.criterion.higher_is_better else '<='} {threshold:g}"
+    ax_acc.set_title(f"{task}: accuracy (star: emergence, {crit}; dash-dot: baseline)", fontsize=10)
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -182,16 +206,19 @@ def plot_background(evals: list[dict], trains: list[dict], path: Path) -> Path |
 
 
 def summary_markdown(
-    run_dir: Path, rows: list[dict], evals: list[dict], cfg: EvalConfig, images: list[Path]
+    run_dir: Path,
+    rows: list[dict],
+    evals: list[dict],
+    cfg: EvalConfig,
+    images: list[Path],
+    baselines: dict | None = None,
 ) -> str:
-    """The ``summary.md`` text: criterion, final background loss, one table row per task/sub-skill."""
-    metric, threshold, _ = emergence_criterion(cfg)
-    crit = f"accuracy >= {threshold:g}" if metric == "acc" else f"loss / chance <= {threshold:g}"
+    """The ``summary.md`` text: criterion, final background loss, one table row per task/sub-skill,
+    and the baselines when the run has them."""
     lines = [
         f"# Run report: {run_dir.name}",
         "",
-        f"Emergence: first evaluation with {crit}, confirmed by the next {cfg.patience} evaluation(s) "
-        "(one isolated dip tolerated; see `smalllm.eval.emergence.detect_emergence`).",
+        f"Criterion: {describe_criterion(cfg)} (see `smalllm.eval.emergence.detect_emergence`).",
         "",
     ]
     if evals:
@@ -203,12 +230,26 @@ def summary_markdown(
         lines.append("")
     header = list(TABLE_COLUMNS)
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    lines.append("|" + "|".join("---" if j in TEXT_COLUMNS else "---:" for j in range(len(header))) + "|")
     for row in rows:
         lines.append("| " + " | ".join(table_cells(row)) + " |")
     if not rows:
         lines.append("| (no task evaluations) |" + " |" * (len(header) - 1))
     lines.append("")
+    if baselines and baselines.get("labels"):
+        lines += [
+            "Baselines (held-out set): chance is uniform over the answer set; the rule answers the "
+            "majority training answer given the token at one prompt position (the best position).",
+            "",
+            "| label | n | answers | chance acc | rule position | rule acc | rule choice loss |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for label, r in baselines["labels"].items():
+            cells = [r["n"], r["answer_set_size"], r["chance_acc"], r["rule_position"], r["rule_acc"]]
+            cells.append(r["rule_choice_loss"])
+            shown = ["-" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells]
+            lines.append(f"| {label} | " + " | ".join(shown) + " |")
+        lines.append("")
     for img in images:
         lines.append(f"![{img.stem}]({img.name})")
     return "\n".join(lines) + "\n"
@@ -225,6 +266,7 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
     evals = eval_records(records)
     trains = sorted((r for r in records if r.get("kind") == "train"), key=lambda r: r.get("step", 0))
     rows = emergence_table(records, cfg)
+    baselines = read_baselines(RunDir(run_dir).baselines_file)
     out_dir = RunDir(run_dir).report_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     images: list[Path] = []
@@ -234,10 +276,10 @@ def write_report(run_dir: str | Path, cfg: EvalConfig | None = None) -> list[Pat
         while name in used or name == BACKGROUND.task:  # keep distinct tasks in distinct files
             name += "_"
         used.add(name)
-        images.append(plot_task(task, evals, trains, rows, cfg, out_dir / f"{name}.png"))
+        images.append(plot_task(task, evals, trains, rows, cfg, out_dir / f"{name}.png", baselines))
     bg = plot_background(evals, trains, out_dir / "background.png")
     if bg is not None:
         images.append(bg)
     summary = out_dir / REPORT_SUMMARY_FILE
-    summary.write_text(summary_markdown(run_dir, rows, evals, cfg, images))
+    summary.write_text(summary_markdown(run_dir, rows, evals, cfg, images, baselines))
     return [*images, summary]

@@ -3,7 +3,7 @@
 Every row carries the cell's identity (name, grid, state, preset, parameters, seed, and one column per
 swept key), the task's configured frequency in that cell, and its results: final and best accuracy,
 final loss and loss relative to chance, and where it emerged (step and tokens) under the run's own
-criterion (``eval.accuracy_threshold`` / ``eval.loss_ratio_threshold`` with ``eval.patience``).
+criterion (``eval.criterion``: metric, threshold, patience, at_end).
 
 Results are recomputed from each run's metrics rather than copied from its summary, so an
 interrupted cell still shows how far it got. Cells with no evaluations (failed before training,

@@ -185,6 +185,7 @@ class Trainer:
             gather=self._gather,
             eval_sets=self.stream.eval_sets,
             background_holdout=self.stream.background_holdout,
+            fit_instances=self.stream.fit_instances,
         )
 
     @property
@@ -624,7 +625,11 @@ class _TrainerControl(Control):
         return self._trainer.save()
 
     def evaluate(
-        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, batch_size: int
+        self,
+        eval_sets: list[TaskEvalSet],
+        background: np.ndarray | None,
+        batch_size: int,
+        batch_tokens: int | None = None,
     ) -> dict[str, float]:
         trainer = self._trainer
         with trainer.accelerator.autocast():
@@ -634,6 +639,7 @@ class _TrainerControl(Control):
                 background,
                 batch_size=batch_size,
                 pad_id=trainer.tokenizer.pad_token_id,
+                batch_tokens=batch_tokens,
             )
 
     def write_metrics(self, record: dict) -> None:

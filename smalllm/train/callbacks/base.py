@@ -33,6 +33,7 @@ from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.eval.config import EvalConfig
 from smalllm.labels import Label
 from smalllm.run_record import RunDir
+from smalllm.tasks.base import Instance
 from smalllm.train.config import LoggingConfig, TrainConfig
 from smalllm.train.plan import Plan
 
@@ -99,6 +100,9 @@ class RunContext:
     """The run's held-out task instances, built on call (the same on every call)."""
     background_holdout: Callable[[int], np.ndarray]
     """Up to ``n`` held-out background rows of the run's corpus, ``[n, seq_len]``."""
+    fit_instances: Callable[[int], list[list[Instance]]] | None = None
+    """Per task (in ``eval_sets()`` order), training instances to fit baselines on: a finite pool's
+    train part, or the first ``n`` training instances of a fresh pool. None: no rule baselines."""
 
 
 @dataclass(frozen=True)
@@ -138,11 +142,15 @@ class Control(ABC):
 
     @abstractmethod
     def evaluate(
-        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, batch_size: int
+        self,
+        eval_sets: list[TaskEvalSet],
+        background: np.ndarray | None,
+        batch_size: int,
+        batch_tokens: int | None = None,
     ) -> dict[str, float]:
         """Evaluate the model being trained (flat ``eval/…`` metrics, see
-        :func:`smalllm.eval.evaluator.evaluate`); training mode is restored after. A collective under
-        FSDP/DeepSpeed: every process must call it."""
+        :func:`smalllm.eval.evaluator.evaluate`, which ``batch_tokens`` is passed on to); training
+        mode is restored after. A collective under FSDP/DeepSpeed: every process must call it."""
 
     @abstractmethod
     def write_metrics(self, record: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ import time
 import numpy as np
 
 from smalllm.data.eval_sets import TaskEvalSet, save_eval_sets
+from smalllm.eval.baselines import FIT_SAMPLE, check_threshold, compute_baselines, write_baselines
 from smalllm.eval.emergence import emergence_table, format_emergence_table
 from smalllm.eval.schedule import eval_steps
 from smalllm.run_record import atomic_write_json
@@ -24,6 +25,7 @@ class EvaluatorCallback(Callback):
         self.restored = False
         self.seconds = 0.0
         self.batch_size = 0
+        self.batch_tokens: int | None = None
         self.sets: list[TaskEvalSet] = []
         self.background: np.ndarray | None = None
         self.run: RunContext | None = None
@@ -39,11 +41,19 @@ class EvaluatorCallback(Callback):
         cfg = run.eval
         self.run = run
         self.batch_size = cfg.batch_size
+        self.batch_tokens = cfg.batch_tokens
         self.steps = set(eval_steps(run.total_steps, cfg, run.plan.tokens_per_step))
         self.sets = run.eval_sets()
         self.background = run.background_holdout(cfg.background_sequences)
+        # Baselines first: a criterion that chance or a one-token rule already meets is refused
+        # before any evaluation (on every process alike, so all of them stop together).
+        fit = run.fit_instances(FIT_SAMPLE) if run.fit_instances is not None else [[] for _ in self.sets]
+        baselines = compute_baselines(self.sets, fit)
+        check_threshold(baselines, cfg.criterion)
         if run.is_main and not run.run_dir.eval_sets_file.exists():
             save_eval_sets(self.sets, run.run_dir.eval_sets_file, self.background)
+        if run.is_main and not run.run_dir.baselines_file.exists():
+            write_baselines(run.run_dir.baselines_file, baselines)
         # A checkpoint without this callback's state (older runs): a resumed step was evaluated before.
         done = self.evaluated_step == run.start_step if self.restored else run.resumed
         if run.start_step in self.steps and not done:
@@ -55,11 +65,12 @@ class EvaluatorCallback(Callback):
 
     def _run(self, step: int, tokens: int, control: Control) -> None:
         t0 = time.perf_counter()
-        results = control.evaluate(self.sets, self.background, self.batch_size)
-        self.seconds += time.perf_counter() - t0
+        results = control.evaluate(self.sets, self.background, self.batch_size, self.batch_tokens)
+        seconds = time.perf_counter() - t0
+        self.seconds += seconds
         self.evaluated_step = step
         control.write_metrics(
-            {"kind": "eval", "step": step, "tokens": tokens, "time": time.time(), **results}
+            {"kind": "eval", "step": step, "tokens": tokens, "time": time.time(), "eval_s": seconds, **results}
         )
 
     def on_fit_end(self, end: FitEnd, control: Control) -> None:
