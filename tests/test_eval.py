@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from smalllm.config import EvalConfig, ModelConfig
-from smalllm.eval.config import CriterionConfig
 from smalllm.eval import (
     TaskEvalSet,
     detect_emergence,
@@ -22,6 +21,7 @@ from smalllm.eval import (
     greedy_generate,
     score_instances,
 )
+from smalllm.eval.config import CriterionConfig
 from smalllm.eval.report import read_metrics, write_report
 from smalllm.model.build import build_model
 from smalllm.tasks.base import Instance
@@ -334,7 +334,9 @@ def metrics_records() -> list[dict]:
 
 
 def test_emergence_table_rows() -> None:
-    rows = emergence_table(metrics_records(), EvalConfig(criterion=CriterionConfig(threshold=0.9, patience=2)))
+    rows = emergence_table(
+        metrics_records(), EvalConfig(criterion=CriterionConfig(threshold=0.9, patience=2))
+    )
     by = {(r["task"], r["skill"]): r for r in rows}
     assert list(by) == [("copy", None), ("arith", None), ("arith", "add"), ("arith", "mul")]
     assert by[("copy", None)]["emergence_step"] == 32 and by[("copy", None)]["emergence_tokens"] == 32 * 1024

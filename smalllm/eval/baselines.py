@@ -166,7 +166,9 @@ def best_baseline_acc(record: dict) -> float:
     return max(v for v in (record["chance_acc"], record["rule_acc"]) if v is not None)
 
 
-def check_threshold(baselines: dict, criterion: CriterionConfig, field: str = "eval.criterion.threshold") -> None:
+def check_threshold(
+    baselines: dict, criterion: CriterionConfig, field: str = "eval.criterion.threshold"
+) -> None:
     """Refuse an accuracy criterion that a baseline already meets: it would call chance learned.
 
     Raises a one-line :class:`~smalllm.errors.ConfigError` naming ``field``, the label and the

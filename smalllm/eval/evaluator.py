@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from itertools import chain
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -200,9 +200,7 @@ def score_instances(
             choice_loss_sum += np.bincount(owner, weights=c_loss, minlength=n)
             choice_correct += np.bincount(owner, weights=c_hit.cpu().numpy(), minlength=n).astype(np.int64)
             label_mass_sum += np.bincount(owner, weights=mass, minlength=n)
-    return InstanceScores(
-        loss_sum, answer_len, num_correct, choice_loss_sum, choice_correct, label_mass_sum
-    )
+    return InstanceScores(loss_sum, answer_len, num_correct, choice_loss_sum, choice_correct, label_mass_sum)
 
 
 def _allowed_matrix(

@@ -70,7 +70,14 @@ class EvaluatorCallback(Callback):
         self.seconds += seconds
         self.evaluated_step = step
         control.write_metrics(
-            {"kind": "eval", "step": step, "tokens": tokens, "time": time.time(), "eval_s": seconds, **results}
+            {
+                "kind": "eval",
+                "step": step,
+                "tokens": tokens,
+                "time": time.time(),
+                "eval_s": seconds,
+                **results,
+            }
         )
 
     def on_fit_end(self, end: FitEnd, control: Control) -> None:
