@@ -95,7 +95,11 @@ class InstancePool:
 
     def fit_instances(self, sample: int) -> list[Instance]:
         """Training instances a baseline may be fitted on: a finite pool's whole train part, or the
-        first ``sample`` training instances of a fresh pool (the same ones in every run)."""
+        first ``sample`` training instances of a fresh pool (the same ones in every run). None for a
+        memorisation task: it is scored on its training instances, which a rule fitted on them would
+        only restate."""
+        if self.task.memorization:
+            return []
         if self.cfg.pool == "finite":
             return list(self.train)
         return [self.train_instance(k) for k in range(sample)]

@@ -15,6 +15,8 @@ from smalllm.checkpoints import MANIFEST, latest_checkpoint, list_checkpoints, v
 from smalllm.data.eval_sets import load_eval_sets
 from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
+from smalllm.eval.baselines import format_baselines, read_baselines
+from smalllm.eval.config import EvalConfig
 from smalllm.eval.evaluator import evaluate
 from smalllm.run_record import (
     CHECKPOINTS_DIR,
@@ -135,11 +137,22 @@ def _evaluate(
         raise SmalllmError(f"{model_dir}: model vocabulary is smaller than its tokenizer's")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device)
-    results = evaluate(model, sets, background, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+    results = evaluate(
+        model,
+        sets,
+        background,
+        batch_size=batch_size,
+        pad_id=tokenizer.pad_token_id,
+        batch_tokens=EvalConfig().batch_tokens,
+    )
     record = {"checkpoint": str(model_dir), "time": time.time(), **step_info, **results}
     append_jsonl(out_file, record)
     for key, value in sorted(results.items()):
         log(f"{key:<40} {value:.4f}")
+    baselines = read_baselines(run.baselines_file)
+    if baselines is not None:
+        # What the numbers above must beat to mean anything: chance and the one-position rule.
+        log("baselines (" + run.baselines_file.name + "):\n" + format_baselines(baselines))
     log(f"appended to {out_file}")
     return record
 

@@ -19,6 +19,7 @@ never hit.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,8 +74,10 @@ def _device_of(model: torch.nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-    out = model(input_ids=input_ids, attention_mask=attention_mask)
+def _logits(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **kwargs: Any
+) -> torch.Tensor:
+    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     logits = out.logits if hasattr(out, "logits") else out
     # Under the caller's autocast logits may be bf16/fp16; log-softmax in fp32 keeps the loss exact enough.
     return logits.float()
@@ -145,6 +148,9 @@ def score_instances(
     skills = np.fromiter((inst.skill for inst in instances), dtype=np.int64, count=n)
     pre = np.asarray(prefix, dtype=np.int64)
     lengths = len(pre) + prompt_len + answer_len
+    # The last answer token is a target only, never context: it is left out of the forward pass
+    # (a third of the tokens of a T_CMP row).
+    inputs = lengths - 1
     width_all = int(lengths.max()) if n else 0
     # Whole sequences once, as one padded matrix: [prefix | prompt | answer | pad].
     seqs = np.full((n, width_all), pad_id, dtype=np.int64)
@@ -166,18 +172,26 @@ def score_instances(
     choice_loss_sum = np.zeros(n, dtype=np.float64) if choice else None
     choice_correct = np.zeros(n, dtype=np.int64) if choice else None
     label_mass_sum = np.zeros(n, dtype=np.float64) if choice else None
-    for idx in _batches(lengths, batch_tokens or width_all * max(batch_size, 1), batch_size):
-        width = int(lengths[idx].max())
+    keep_supported = "logits_to_keep" in inspect.signature(model.forward).parameters
+    for idx in _batches(inputs, batch_tokens or width_all * max(batch_size, 1), batch_size):
+        width = int(inputs[idx].max())
         ids = seqs[idx, :width]
-        mask = (np.arange(width)[None, :] < lengths[idx][:, None]).astype(np.int64)
         # Answer token k of row r is predicted by the logits at column prompt_end[r] - 1 + k.
         k = np.arange(max_answer)[None, :]
         has = k < answer_len[idx][:, None]
         rows = np.broadcast_to(np.arange(len(idx))[:, None], has.shape)[has]
         col = (prompt_end[idx][:, None] - 1 + k)[has]
         owner = idx[rows]  # the instance of each answer token
-        logits = _logits(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device))
-        picked = logits[torch.from_numpy(rows).to(device), torch.from_numpy(col).to(device)]
+        # A rectangular batch (the usual case after sorting) needs no mask: plain causal attention.
+        mask = None
+        if not (inputs[idx] == width).all():
+            mask = torch.from_numpy((np.arange(width)[None, :] < inputs[idx][:, None]).astype(np.int64))
+            mask = mask.to(device)
+        # Logits only from the first column any answer needs: the LM head is a tenth of a micro model.
+        first = int(col.min()) if keep_supported else 0
+        extra = {"logits_to_keep": width - first} if keep_supported else {}
+        logits = _logits(model, torch.from_numpy(ids).to(device), mask, **extra)
+        picked = logits[torch.from_numpy(rows).to(device), torch.from_numpy(col - first).to(device)]
         tgt = torch.from_numpy(answer_ids[idx][has]).to(device)
         log_z = torch.logsumexp(picked, dim=-1)
         target_logit = picked.gather(1, tgt[:, None])[:, 0]
