@@ -91,7 +91,7 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_SHARDED_STATE = "sharded_state"
 CHECKPOINT_STAGING_PREFIX = ".tmp-"
 
-WALL_CLOCK_FIELDS: frozenset[str] = frozenset({"time", "step_time", "tokens_per_s", "mfu"})
+WALL_CLOCK_FIELDS: frozenset[str] = frozenset({"time", "step_time", "tokens_per_s", "mfu", "eval_s"})
 """Fields of a metrics record that measure the machine, not the training: a resumed run's records
 equal the uninterrupted run's except in these."""
 

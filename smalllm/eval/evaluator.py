@@ -165,7 +165,7 @@ def score_instances(
     answer_ids = _pad_rows(answer_flat, answer_len, max_answer, -1)
 
     choice = answer_sets is not None and any(a is not None for a in answer_sets)
-    allowed: torch.Tensor | None = None
+    set_ids: torch.Tensor | None = None
     device = _device_of(model)
     loss_sum = np.zeros(n, dtype=np.float64)
     num_correct = np.zeros(n, dtype=np.int64)
@@ -200,16 +200,19 @@ def score_instances(
         loss_sum += np.bincount(owner, weights=tok_loss, minlength=n)
         num_correct += np.bincount(owner, weights=hit, minlength=n).astype(np.int64)
         if choice:
-            if allowed is None:
-                allowed = _allowed_matrix(answer_sets, logits.shape[-1], device)
-            tok_skill = torch.from_numpy(skills[owner]).to(device)
-            ok = allowed[tok_skill]  # [tokens, vocab]: the answer set of each token's sub-skill
-            restricted = picked.masked_fill(~ok, float("-inf"))
+            if set_ids is None:
+                set_ids = _answer_set_matrix(answer_sets, device)
+            ids_of = set_ids[torch.from_numpy(skills[owner]).to(device)]  # [tokens, K]: each one's set
+            valid = ids_of >= 0
+            # Only the K answer-set logits of each token are gathered: K is 2 for T_CMP, not the vocab.
+            restricted = picked.gather(1, ids_of.clamp(min=0)).masked_fill(~valid, float("-inf"))
             log_z_set = torch.logsumexp(restricted, dim=-1)
-            declared = ok.any(dim=-1)
+            declared = valid[:, 0]
             nan = torch.tensor(float("nan"), device=device)
             c_loss = torch.where(declared, log_z_set - target_logit, nan).double().cpu().numpy()
-            c_hit = (restricted.argmax(dim=-1) == tgt) & declared
+            # Sets are sorted, so the first maximum (torch.argmax) is the lower token id on a tie.
+            chosen = ids_of.gather(1, restricted.argmax(dim=-1, keepdim=True))[:, 0]
+            c_hit = (chosen == tgt) & declared
             mass = torch.where(declared, torch.exp(log_z_set - log_z), nan).double().cpu().numpy()
             choice_loss_sum += np.bincount(owner, weights=c_loss, minlength=n)
             choice_correct += np.bincount(owner, weights=c_hit.cpu().numpy(), minlength=n).astype(np.int64)
@@ -217,15 +220,14 @@ def score_instances(
     return InstanceScores(loss_sum, answer_len, num_correct, choice_loss_sum, choice_correct, label_mass_sum)
 
 
-def _allowed_matrix(
-    answer_sets: Sequence[Sequence[int] | None], vocab_size: int, device: torch.device
-) -> torch.Tensor:
-    """Boolean [skills, vocab]: row s marks sub-skill s's answer set (all False where undeclared)."""
-    allowed = torch.zeros((len(answer_sets), vocab_size), dtype=torch.bool)
+def _answer_set_matrix(answer_sets: Sequence[Sequence[int] | None], device: torch.device) -> torch.Tensor:
+    """[skills, K] token ids: row s is sub-skill s's answer set, padded with -1 (all -1 where undeclared)."""
+    width = max(len(a) for a in answer_sets if a is not None)
+    out = torch.full((len(answer_sets), width), -1, dtype=torch.long)
     for s, answers in enumerate(answer_sets):
         if answers is not None:
-            allowed[s, torch.as_tensor(list(answers), dtype=torch.long)] = True
-    return allowed.to(device)
+            out[s, : len(answers)] = torch.as_tensor(sorted(answers), dtype=torch.long)
+    return out.to(device)
 
 
 @torch.no_grad()
