@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 import torch
 
+from smalllm.config import ModelConfig
 from smalllm.data.config import TaskConfig
 from smalllm.data.eval_sets import TaskEvalSet, load_eval_sets, save_eval_sets
 from smalllm.data.pools import FRESH_EVAL_SIZE, InstancePool
 from smalllm.data.tokenizer import byte_tokenizer
 from smalllm.errors import ConfigError
+from smalllm.eval import evaluator
 from smalllm.eval.baselines import check_threshold, compute_baselines, one_position_rule
 from smalllm.eval.config import CriterionConfig, EvalConfig
 from smalllm.eval.emergence import emergence_table
 from smalllm.eval.evaluator import bootstrap_ci, evaluate, score_instances
+from smalllm.model.build import build_model
 from smalllm.tasks import build_task, registered_tasks
 from smalllm.tasks.base import Instance, TaskVocab
 
@@ -189,12 +192,19 @@ def test_eval_sets_round_trip_answer_sets_and_prefix(tmp_path) -> None:
     assert back.answer_sets == [] and back.prefix == () and not back.has_answer_sets
 
 
-def test_finite_pools_hold_out_everything_by_default() -> None:
+@pytest.fixture(scope="module")
+def t_cmp_pool() -> InstancePool:
+    """T_CMP with the default 100-token table and the default finite pool (shared: ~1 s to draw)."""
     task = build_task("t_cmp", {}, TaskVocab(byte_tokenizer()))
-    pool = InstancePool(task, 0, TaskConfig(name="t_cmp", frequency=1e-3), 0)
-    assert len(pool.eval_instances()) == 4950 and len(pool.train) == 4950  # 9,900 ordered pairs
+    return InstancePool(task, 0, TaskConfig(name="t_cmp", frequency=1e-3), 0)
+
+
+def test_finite_pools_hold_out_everything_by_default(t_cmp_pool: InstancePool) -> None:
+    # The 9,900 ordered pairs split in half; all of the test half is evaluated.
+    assert len(t_cmp_pool.eval_instances()) == 4950 and len(t_cmp_pool.train) == 4950
+    task = build_task("t_cmp", {"num_values": 30}, TaskVocab(byte_tokenizer()))
     capped = InstancePool(task, 0, TaskConfig(name="t_cmp", frequency=1e-3, eval_size=100), 0)
-    assert len(capped.eval_instances()) == 100
+    assert len(capped.eval_instances()) == 100 and len(capped.test) == 435
     fresh = InstancePool(task, 0, TaskConfig(name="t_cmp", frequency=1e-3, pool="fresh"), 0)
     assert len(fresh.eval_instances()) == FRESH_EVAL_SIZE
 
@@ -231,9 +241,8 @@ def test_one_position_rule_predicts_whole_answers() -> None:
     assert (p, acc) == (0, 0.5) and loss == pytest.approx(-(math.log(0.5) + math.log(0.2)) / 4)
 
 
-def test_t_cmp_one_position_baseline_is_about_three_quarters() -> None:
-    task = build_task("t_cmp", {}, TaskVocab(byte_tokenizer()))
-    pool = InstancePool(task, 0, TaskConfig(name="t_cmp", frequency=1e-3), 0)
+def test_t_cmp_one_position_baseline_is_about_three_quarters(t_cmp_pool: InstancePool) -> None:
+    pool, task = t_cmp_pool, t_cmp_pool.task
     es = TaskEvalSet("t_cmp", ["t_cmp"], pool.eval_instances(), [task.chance_loss()], [task.answer_set()])
     rec = compute_baselines([es], [pool.fit_instances(0)])["labels"]["t_cmp"]
     # Theory: sum_i max(i, 99 - i) / (100 * 99) = 0.7525 for the majority label given val(TOK1).
@@ -289,3 +298,25 @@ def test_criterion_direction_follows_the_metric() -> None:
     assert row["final_choice_loss"] == 0.12 and row["final_label_mass"] is None
     with pytest.raises(ConfigError, match=r"^eval\.criterion\.threshold: must be in \(0, 1\), got 1\.5$"):
         CriterionConfig(metric="loss_ratio", threshold=1.5).validate()
+
+
+def test_shared_heads_give_the_same_scores() -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(preset="micro-w32"), vocab_size=64, max_seq_len=16).eval()
+    rng = np.random.default_rng(1)
+    # T_CMP-like rows: 8 distinct first tokens over 60 rows, so heads repeat and are shared.
+    insts = [
+        Instance((int(rng.integers(2, 10)), int(rng.integers(10, 60))), (int(rng.integers(60, 62)),))
+        for _ in range(60)
+    ]
+    insts += [Instance((3, 4, 5), (60, 61))]  # a longer row: a batch of its own, with two answer tokens
+    # The two-token rows form one batch whose heads (first columns) are shared.
+    heads = np.array([i.prompt for i in insts[:60]])
+    assert evaluator._shared_head_logits(model, heads, 1, torch.device("cpu")) is not None
+    for prefix in ((), (1,)):
+        kwargs = {"batch_size": 64, "pad_id": 0, "prefix": prefix, "answer_sets": [(60, 61)]}
+        shared = score_instances(model, insts, **kwargs)
+        plain = score_instances(model, insts, share_heads=False, **kwargs)
+        np.testing.assert_allclose(shared.loss_sum, plain.loss_sum, rtol=1e-4)
+        np.testing.assert_allclose(shared.label_mass_sum, plain.label_mass_sum, rtol=1e-4)
+        np.testing.assert_array_equal(shared.choice_correct, plain.choice_correct)

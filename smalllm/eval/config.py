@@ -69,7 +69,7 @@ class EvalConfig:
     """Tokens between evaluations; overrides ``every_steps`` when set."""
     batch_size: int = 128
     """Background sequences per evaluation forward pass (and task instances, with batch_tokens null)."""
-    batch_tokens: int | None = 16384
+    batch_tokens: int | None = 8192
     """Most tokens (padded) in one forward pass over task instances: short instances such as T_CMP's
     3-token rows are packed thousands to a pass. Logits take batch_tokens x vocab x 4 bytes."""
     background_sequences: int = 64
