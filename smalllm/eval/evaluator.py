@@ -11,6 +11,11 @@ teacher-forced prefix there) and then emits a different token. The teacher-force
 answer position therefore decides exact match exactly, for a whole batch in one pass.
 :func:`greedy_generate` (``model.generate`` with a KV cache) exists to check that equivalence.
 
+The same argument, with the argmax restricted to the task's answer set, makes ``choice_acc`` the exact
+match of greedy decoding constrained to that set. Leaving the last answer token out of the forward
+pass, and computing shared leading columns once (:func:`_shared_head_logits`), changes none of this:
+a causal model's logits at a position depend only on the tokens up to it.
+
 Ties in the argmax are broken towards the lower token id in both paths (``torch.argmax`` and the
 greedy search of ``transformers``); the two paths can still disagree on a near-tie when the cached
 and uncached kernels round differently, which random-initialised and trained models essentially
