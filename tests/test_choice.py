@@ -320,3 +320,20 @@ def test_shared_heads_give_the_same_scores() -> None:
         np.testing.assert_allclose(shared.loss_sum, plain.loss_sum, rtol=1e-4)
         np.testing.assert_allclose(shared.label_mass_sum, plain.label_mass_sum, rtol=1e-4)
         np.testing.assert_array_equal(shared.choice_correct, plain.choice_correct)
+
+
+def test_run_refuses_a_threshold_a_baseline_meets(tmp_path) -> None:
+    from conftest import tiny_config
+
+    from smalllm.train.trainer import train
+
+    # The tiny run's T_CMP (20 values, 32 held-out pairs) has a one-position rule at 0.625.
+    cfg = tiny_config(tmp_path / "run", "eval.criterion.threshold=0.6")
+    with pytest.raises(
+        ConfigError, match=r"^eval\.criterion\.threshold: 0\.6 does not exceed .* 't_cmp', 0\.6250"
+    ):
+        train(cfg, log=lambda line: None)
+    assert (
+        not (tmp_path / "run" / "metrics.jsonl").exists()
+        or "eval/" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+    )
