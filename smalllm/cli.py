@@ -232,7 +232,23 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
     add("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
+    _toy_args(add("toy", help="the linear-mixture toy and its exact theory (docs/toy.md)"))
     return p
+
+
+def _toy_args(p: argparse.ArgumentParser) -> None:
+    from smalllm.toy import CHOICES
+    from smalllm.toy.config import PRESETS
+
+    p.add_argument(
+        "experiment", choices=CHOICES, help="heatmap (a), signal (b), retention (c), rank1 (d) or all"
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="paper or quick (default quick)")
+    p.add_argument("--config", help="YAML file laid over the preset (sections tasks, train, metrics, ...)")
+    p.add_argument("--out", help="run directory (default runs/toy-EXPERIMENT-PRESET)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing toy run in --out")
+    p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files")
 
 
 def _with_parents(
@@ -421,6 +437,15 @@ def cmd_demo(args) -> None:
     run_demo()
 
 
+def cmd_toy(args) -> None:
+    from smalllm.toy.run import load_toy_config, run_toy
+
+    cfg = load_toy_config(args.preset, args.config)
+    out = args.out or f"runs/toy-{args.experiment}-{args.preset}"
+    summary = run_toy(args.experiment, cfg, out, args.device, args.overwrite, not args.no_tensorboard)
+    print(f"toy {args.experiment} finished in {summary['wall_time_s']:.0f} s; figures in {out}/report")
+
+
 COMMANDS = {
     "models": cmd_models,
     "train": cmd_train,
@@ -430,6 +455,7 @@ COMMANDS = {
     "report": cmd_report,
     "sweep": cmd_sweep,
     "demo": cmd_demo,
+    "toy": cmd_toy,
 }
 
 
