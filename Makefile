@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install test test-fast demo bench lint format clean
+.PHONY: install test test-fast demo bench lint format clean toy
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test-fast: install
 
 demo: install
 	$(BIN)/smalllm demo
+
+# The linear-mixture toy's four experiments on the quick preset (docs/toy.md); figures in runs/toy-quick/report.
+toy: install
+	$(BIN)/smalllm toy all --preset quick --out runs/toy-quick --overwrite
 
 bench: install
 	$(BIN)/python scripts/bench.py

@@ -174,8 +174,8 @@ def test_clipping_is_per_width():
 
 def test_config_errors_name_the_field(tmp_path):
     cfg = quick_preset()
-    cfg.tasks.block = 64
-    with pytest.raises(ConfigError, match=r"^toy.tasks.block: num_tasks \* block = 1024 exceeds dim = 256$"):
+    cfg.tasks.block = 32
+    with pytest.raises(ConfigError, match=r"^toy.tasks.block: num_tasks \* block = 256 exceeds dim = 128$"):
         cfg.validate()
     cfg = quick_preset()
     cfg.widths = [4, 2]
@@ -226,7 +226,9 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     results = summary["results"]
     assert results["heatmap"][0]["critical_width_theory"][0] == [1.0, 4.0, 7.0]
     assert results["rank1"]["n_crit_thm3"] == [1, 2, 3, 4]
-    assert results["retention"]["per_gap"][1]["injected_samples"] == round(8 * 64 * 0.12)
+    assert results["retention"]["per_gap"][1]["injected_samples"] == round(
+        8 * 64 * (1 / 16) / (1 + 1 / 4 + 1 / 9 + 1 / 16)
+    )
     records = run.read_metrics()
     grid = [r for r in records if r["experiment"] == "grid"]
     assert {r["step"] for r in grid} == {0, 20, 40} and len(grid) == 3 * 4

@@ -93,6 +93,9 @@ class ToyTrain:
     """Steps between metric records (also logged at step 0 and at the end)."""
     seed: int = 0
     """Seed of the initialisation and of every sample: a run repeats exactly on the same device."""
+    cpu_threads: int = 1
+    """torch threads while training on the CPU: the toy's tensors are small, and more threads on a
+    shared machine were measured 8x slower per step, not faster."""
 
     def validate(self, prefix: str) -> None:
         v.integer(self.steps, f"{prefix}.steps", ge=1, le=v.COUNT_MAX)
@@ -103,6 +106,7 @@ class ToyTrain:
         v.number(self.clip, f"{prefix}.clip", gt=0, le=1e6)
         v.integer(self.eval_every, f"{prefix}.eval_every", ge=1, le=v.COUNT_MAX)
         v.seed(self.seed, f"{prefix}.seed")
+        v.integer(self.cpu_threads, f"{prefix}.cpu_threads", ge=1, le=1024)
 
 
 @dataclass
@@ -133,7 +137,7 @@ class ToyRetention:
     gaps: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 1280])
     """Withholding gaps G: the rare task is absent for G steps, then injected at once."""
     cycles: int = 8
-    """Withhold-and-inject cycles per gap (after a warm-up of train.steps ordinary steps)."""
+    """Withhold-and-inject cycles per gap, at least 2 (after a warm-up of train.steps ordinary steps)."""
     batch_size: int = 512
     """Batch size B of this experiment; an injection brings round(G * B * rho_r) rare samples."""
 
@@ -143,7 +147,7 @@ class ToyRetention:
         require(isinstance(self.gaps, list) and self.gaps, f"{prefix}.gaps", "must be a non-empty list")
         for i, gap in enumerate(self.gaps):
             v.integer(gap, f"{prefix}.gaps[{i}]", ge=1, le=v.COUNT_MAX)
-        v.integer(self.cycles, f"{prefix}.cycles", ge=1, le=10_000)
+        v.integer(self.cycles, f"{prefix}.cycles", ge=2, le=10_000)  # a decay needs a next cycle
         v.integer(self.batch_size, f"{prefix}.batch_size", ge=1, le=1 << 20)
 
 
@@ -202,13 +206,13 @@ def paper_preset() -> ToyConfig:
 
 
 def quick_preset() -> ToyConfig:
-    """A few minutes on 2 CPU cores: D = 256, K = 16, d_T = 16, a few thousand steps."""
+    """Minutes on 2 CPU cores: D = 128, K = 8, d_T = 16, batch 256, 1500 steps (alpha = 2 as in the paper)."""
     return ToyConfig(
-        tasks=ToyTasks(dim=256, num_tasks=16, block=16, betas=[1.0, 2.0]),
-        widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64],
-        train=ToyTrain(steps=3000, batch_size=512, lr=1e-2, warmup=50, eval_every=250),
-        retention=ToyRetention(widths=[4, 8, 32, 64], gaps=[64, 256, 512], cycles=4, batch_size=512),
-        rank1=ToyRank1(num_tasks=16, widths=list(range(1, 21)), steps=3000),
+        tasks=ToyTasks(dim=128, num_tasks=8, block=16, betas=[1.0, 2.0]),
+        widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48],
+        train=ToyTrain(steps=1500, batch_size=256, lr=1e-2, warmup=50, eval_every=250),
+        retention=ToyRetention(widths=[8, 16, 24, 64], gaps=[16, 64, 256], cycles=4, batch_size=256),
+        rank1=ToyRank1(num_tasks=12, widths=list(range(1, 17)), steps=4000),
     )
 
 

@@ -64,7 +64,7 @@ def subspace_metrics(weight: np.ndarray, mix: Mixture, frequent: np.ndarray, rar
 
 def _trainer(cfg: ToyConfig, stack: WidthStack) -> Trainer:
     t = cfg.train
-    return Trainer(stack, t.lr, t.warmup, t.weight_decay, t.clip)
+    return Trainer(stack, t.lr, t.warmup, t.weight_decay, t.clip, t.cpu_threads)
 
 
 def frequent_tasks(cfg: ToyConfig, pi: np.ndarray) -> np.ndarray:
@@ -241,7 +241,7 @@ def run_retention(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
                     else torch.empty(0, dtype=torch.long, device=stack.device),
                 ]
             )
-            trainer.train_step(tasks)
+            trainer.run(1, lambda step, generator, batch=tasks: batch, 1)
             after.append([r["rare_signal_corrected"] for r in measure(gap, cycle, "after")])
         b, a = np.array(before), np.array(after)
         per_gap.append(

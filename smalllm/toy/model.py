@@ -10,8 +10,9 @@ numbers), which makes the widths' differences sharper, not biased.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -127,9 +128,18 @@ def zipf_sampler(pi: np.ndarray, batch_size: int, device: torch.device) -> TaskS
 class Trainer:
     """AdamW with the inverse-square-root schedule and per-width clipping, on fresh samples every step."""
 
-    def __init__(self, stack: WidthStack, lr: float, warmup: int, weight_decay: float, clip: float) -> None:
+    def __init__(
+        self,
+        stack: WidthStack,
+        lr: float,
+        warmup: int,
+        weight_decay: float,
+        clip: float,
+        cpu_threads: int = 1,
+    ) -> None:
         self.stack = stack
         self.clip = clip
+        self.cpu_threads = cpu_threads
         self.optimizer = torch.optim.AdamW(stack.parameters(), lr=lr, weight_decay=weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, inverse_sqrt_schedule(warmup))
         self.step = 0
@@ -155,9 +165,22 @@ class Trainer:
         on_eval: Callable[[int], None] | None = None,
     ) -> None:
         """``steps`` steps, calling ``on_eval(step)`` before the first, every ``eval_every`` and after the last."""
-        if on_eval is not None and self.step == 0:
-            on_eval(0)
-        for _ in range(steps):
-            self.train_step(sampler(self.step, self.stack.generator))
-            if on_eval is not None and (self.step % eval_every == 0 or _ == steps - 1):
-                on_eval(self.step)
+        with cpu_threads(self.cpu_threads if self.stack.device.type == "cpu" else None):
+            if on_eval is not None and self.step == 0:
+                on_eval(0)
+            for done in range(1, steps + 1):
+                self.train_step(sampler(self.step, self.stack.generator))
+                if on_eval is not None and (self.step % eval_every == 0 or done == steps):
+                    on_eval(self.step)
+
+
+@contextlib.contextmanager
+def cpu_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (None: leave them), restoring the previous number."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
