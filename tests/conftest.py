@@ -77,7 +77,7 @@ SLOW_TESTS = {
     # The toy's acceptance runs (quick preset); each parametrization took <= 35 s under load.
     "test_quick_critical_widths_within_one_rung": 65,
     "test_quick_rank1_matches_theory": 18,
-    "test_cli_all_writes_a_run_directory": 5,
+    "test_cli_all_writes_a_run_directory": 14,
     "test_widths_train_independently_and_repeat_exactly": 3,
     "test_sigkill_and_resume_is_bit_identical": 73,
     "test_tiny_grid_end_to_end": 54,

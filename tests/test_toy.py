@@ -194,7 +194,20 @@ def test_cli_refuses_a_bad_config_in_one_line_and_writes_nothing(tmp_path, capsy
     assert main(["toy", "rank1", "--config", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "smalllm: error: toy.metrics.frequent_mass: must be in (0, 1], got 1.5"
+    assert main(["toy", "rank1", "--device", "gpu0", "--out", str(out)]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "smalllm: error: --device: 'gpu0' is not a torch device (try cpu or cuda)"
+    )
     assert not out.exists()
+    # --overwrite replaces toy runs only: a language-model run in the wrong --out is left alone.
+    lm_run = RunDir(tmp_path / "lm")
+    lm_run.create()
+    lm_run.write_summary({"status": "completed"})
+    before = sorted(p.name for p in lm_run.path.iterdir())
+    assert main(["toy", "rank1", "--out", str(lm_run.path), "--overwrite"]) == 2
+    assert "not a toy run" in capsys.readouterr().err
+    assert sorted(p.name for p in lm_run.path.iterdir()) == before
 
 
 def tiny_config() -> dict:
@@ -238,6 +251,12 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     # A second run into the same directory needs --overwrite.
     assert main(["toy", "rank1", "--config", str(config), "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+    assert (
+        main(["toy", "rank1", "--config", str(config), "--out", str(out), "--overwrite", "--no-tensorboard"])
+        == 0
+    )
+    assert run.read_summary()["experiment"] == "rank1"
+    assert sorted(p.name for p in run.report_dir.iterdir()) == ["d_rank1.png"]
 
 
 # ------------------------------------------------------------------------ acceptance (slow)

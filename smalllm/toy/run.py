@@ -84,12 +84,18 @@ def run_toy(
     dev = resolve_device(device)
     run = RunDir(out)
     run.check_start(overwrite=overwrite)
+    if overwrite and run.is_run() and run.read_summary().get("kind") != "toy":
+        # --overwrite replaces a toy run; a language-model run in the wrong --out is nobody's to delete.
+        raise SmalllmError(
+            f"--out: '{run.path}' holds a smalllm run that is not a toy run; refusing to replace it"
+        )
     if overwrite and run.path.exists():
         run.remove()
     run.create()
     with run.locked():
         run.config_file.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         run.mark_running(0)
+        run.write_summary({**run.read_summary(), "kind": "toy"})  # what --overwrite may replace
         log = _Logger(run, tensorboard)
         started = time.perf_counter()
         results: dict = {}
