@@ -112,6 +112,16 @@ def test_one_neuron_decay_matches_riemannian_steps():
     assert th.one_neuron_decay_exponential(eta, 200, lam) == pytest.approx(np.exp(-6.0))
 
 
+def test_empirical_critical_width_and_rungs_by_hand():
+    # One task, lambda = (1, 1/4), Tr C = 5/4. Feature 1 is gained below 1 - 0.5 * 1 / 1.25 = 0.6,
+    # feature 2 below 1 - (1 + 0.5 / 4) / 1.25 = 0.1.
+    lam = np.array([[1.0, 0.25]])
+    loss = np.array([[1.0], [0.5], [0.09]])
+    got = ex.empirical_critical_widths(loss, lam, [1, 2, 4], learned=0.5)
+    assert got[0, :2].tolist() == [2.0, 4.0] and np.isnan(got[0, 2])
+    assert [ex.rung_index([1, 2, 4], v) for v in (1, 3, 4, 5, float("nan"))] == [0, 2, 2, 3, 3]
+
+
 # ---------------------------------------------------------------------------------- student
 
 

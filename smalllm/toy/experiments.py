@@ -68,6 +68,7 @@ def _trainer(cfg: ToyConfig, stack: WidthStack) -> Trainer:
 
 
 def frequent_tasks(cfg: ToyConfig, pi: np.ndarray) -> np.ndarray:
+    """The frequent set F (0-based task indices) as ``cfg.metrics`` defines it."""
     return th.frequent_set(pi, cfg.metrics.frequent_mass, cfg.metrics.frequent_count)
 
 

@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
+from smalllm.errors import SmalllmError
+
 TaskSampler = Callable[[int, torch.Generator], torch.Tensor]
 """``(step, generator) -> task index per sample`` (LongTensor on the stack's device)."""
 
 
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda``, ``cuda:1``, ...; a CUDA device that is not there is a one-line error."""
-    from smalllm.errors import SmalllmError
-
     try:
         device = torch.device(name)
     except RuntimeError:
