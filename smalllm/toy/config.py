@@ -212,7 +212,7 @@ def quick_preset() -> ToyConfig:
         widths=[1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48],
         train=ToyTrain(steps=1500, batch_size=256, lr=1e-2, warmup=50, eval_every=250),
         retention=ToyRetention(widths=[8, 16, 24, 64], gaps=[16, 64, 256], cycles=4, batch_size=256),
-        rank1=ToyRank1(num_tasks=12, widths=list(range(1, 17)), steps=4000),
+        rank1=ToyRank1(num_tasks=12, widths=list(range(1, 17)), steps=8000),
     )
 
 
