@@ -261,11 +261,9 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     # A second run into the same directory needs --overwrite.
     assert main(["toy", "rank1", "--config", str(config), "--out", str(out)]) == 2
     assert "already holds a run" in capsys.readouterr().err
-    assert (
-        main(["toy", "rank1", "--config", str(config), "--out", str(out), "--overwrite", "--no-tensorboard"])
-        == 0
-    )
+    assert main(["toy", "rank1", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
     assert run.read_summary()["experiment"] == "rank1"
+    assert [p.name.startswith("events.out.tfevents") for p in run.tracker_dir.iterdir()] == [True]
     assert sorted(p.name for p in run.report_dir.iterdir()) == ["d_rank1.png"]
 
 
