@@ -101,6 +101,18 @@ SLOW_TESTS = {
     "test_same_seed_same_stream_and_seek_equals_iteration": 4,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
+    # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
+    # faster tests of the same code in the fast tier.
+    "test_training_does_not_import_matplotlib": 9,
+    "test_overwrite_refuses_a_run_holding_a_users_file_below_its_top_level": 5,
+    "test_eval_of_a_run_in_training_before_its_first_checkpoint": 2.5,
+    "test_a_foreign_sweep_dir_is_refused_and_left_untouched": 2,
+    "test_all_corrupt_gives_none_and_resume_refuses": 1.6,
+    "test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced": 1.5,
+    "test_a_second_live_sweep_on_the_same_dir_is_refused": 1.4,
+    "test_resume_without_a_checkpoint_is_an_error": 1.4,
+    "test_multi_shard_corpus_windows_match_one_stream": 1.35,
+    "test_write_report": 1.3,
 }
 
 
