@@ -7,7 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from smalllm.sweep.frontier import ABOVE, BELOW, crossing_frequency, estimate_frontier, seed_means
+from smalllm.sweep.frontier import (
+    ABOVE,
+    BELOW,
+    bootstrap_mean_ci,
+    crossing_frequency,
+    estimate_frontier,
+    seed_means,
+)
 
 FREQS = [1e-3, 2e-3, 4e-3, 8e-3]
 
@@ -109,3 +116,124 @@ def test_the_ci_counts_resamples_without_a_crossing():
     # P(a resample draws the failing seed at least twice of three) = 7/27: no crossing then.
     assert front.no_crossing / 400 == pytest.approx(7 / 27, abs=0.07)
     assert front.ci_hi is None and front.ci_hi_text == "> 0.008"
+
+
+# ---------------------------------------------------------------------------------------------- the report
+
+
+def _fake_sweep(tmp_path):
+    """A finished 2 sizes x 3 frequencies x 2 data seeds sweep, written as runs would leave it.
+
+    Accuracy is 0 then 1 along each curve: micro-w32 meets the criterion from 4e-3, micro-w48 from
+    2e-3. Only micro-w48 reports choice metrics (micro-w32 stands for runs older than them).
+    """
+    import yaml
+    from conftest import TINY_OVERRIDES, TINY_TASKS
+
+    from smalllm.config import save_config
+    from smalllm.run_record import RunDir, atomic_write_json
+    from smalllm.sweep.grid import cell_config, expand, parse_sweep, sweep_manifest
+    from smalllm.sweep.records import cell_run, write_sweep_file
+
+    raw = {
+        "name": "fake",
+        "sweep_dir": str(tmp_path / "sweep"),
+        "overrides": [*TINY_OVERRIDES, *TINY_TASKS],
+        "grids": [{"model.preset": ["micro-w32", "micro-w48"], "data.tasks.0.frequency": FREQS[:3]}],
+        "seeds": {"data": [0, 1], "init": "data"},
+    }
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(raw))
+    spec = parse_sweep(raw, source=tmp_path / "fake.yaml")
+    cells = expand(spec)
+    spec.sweep_dir.mkdir()
+    write_sweep_file(spec.sweep_dir, sweep_manifest(spec, cells))
+    for cell in cells:
+        large = cell.params["model.preset"] == "micro-w48"
+        freq = cell.params["data.tasks.0.frequency"]
+        acc = 1.0 if freq >= (2e-3 if large else 4e-3) else 0.0
+        run = cell_run(spec.sweep_dir, cell.name)
+        RunDir.create(run)
+        save_config(cell_config(spec, cell), run.config_file)
+        run.write_summary({"status": "completed", "params": 2000 if large else 1000})
+        atomic_write_json(
+            run.baselines_file, {"version": 1, "labels": {"t_cmp": {"chance_acc": 0.5, "rule_acc": 0.75}}}
+        )
+        for step in (10, 20, 30):
+            rec = {
+                "kind": "eval",
+                "step": step,
+                "tokens": 100 * step,
+                "eval/background/loss": 6.0 - step / 10,
+            }
+            rec |= {
+                "eval/t_cmp/acc": acc,
+                "eval/t_cmp/loss": 2.0 - acc,
+                "eval/t_cmp/loss_ratio": 1.0 - acc / 2,
+            }
+            if large:
+                rec |= {"eval/t_cmp/choice_acc": acc, "eval/t_cmp/choice_loss": 0.7 * (1 - acc)}
+                rec |= {
+                    "eval/t_cmp/choice_acc_lo": acc * 0.9,
+                    "eval/t_cmp/choice_acc_hi": min(1.0, acc + 0.1),
+                }
+            run.append_metrics(rec)
+    return spec.sweep_dir
+
+
+def test_sweep_report_writes_the_frontier_estimate(tmp_path):
+    import csv
+    import json
+
+    from smalllm.run_record import frontier_csv_file, frontier_json_file
+    from smalllm.sweep.report import write_sweep_report
+
+    sweep_dir = _fake_sweep(tmp_path)
+    written = write_sweep_report(sweep_dir, log=None)
+    names = {p.name for p in written}
+    for stem in ("heatmap_acc", "crossing", "curves", "task_vs_background"):
+        assert f"{stem}_t_cmp.png" in names
+    with open(sweep_dir / "results.csv") as fh:
+        rows = {(r["cell"], r["task"]): r for r in csv.DictReader(fh)}
+    row = rows[("micro-w48_frequency-0.002_dseed-1_iseed-1", "t_cmp")]
+    assert (row["data_seed"], row["init_seed"], row["final_choice_acc"], row["chance_acc"]) == (
+        "1",
+        "1",
+        "1.0",
+        "0.5",
+    )
+    small = rows[("micro-w32_frequency-0.002_dseed-1_iseed-1", "t_cmp")]
+    assert small["final_choice_acc"] == "" and small["value_metric"] == small["metric"].replace("choice_", "")
+
+    est = json.loads(frontier_json_file(sweep_dir).read_text())
+    final = next(p for p in est["panels"] if p["task"] == "t_cmp" and p["basis"] == "final")
+    threshold = float(row["threshold"])
+    w32, w48 = final["sizes"]
+    # 0 at f_j, 1 at f_{j+1}: f* lies the threshold's fraction of the way along log f.
+    assert w32["f_star"] == pytest.approx(2e-3 * 2**threshold)
+    assert w48["f_star"] == pytest.approx(1e-3 * 2**threshold)
+    assert (w32["bracket_lo"], w32["bracket_hi"], w32["resamples_no_crossing"]) == (2e-3, 4e-3, 0)
+    assert w32["bracket_cells"] == [
+        f"micro-w32_frequency-{f}_dseed-{d}_iseed-{d}" for f in ("0.002", "0.004") for d in (0, 1)
+    ]
+    assert final["data_seeds"] == [0, 1]
+    (rate,) = final["exchange"]
+    assert rate["rate"] == pytest.approx(2.0) and (rate["ci_lo"], rate["ci_hi"]) == pytest.approx((2.0, 2.0))
+    learned = next(p for p in est["panels"] if p["task"] == "t_cmp" and p["basis"] == "learned")
+    assert learned["sizes"][0]["f_star"] == pytest.approx(2e-3 * 2**0.5)
+    with open(frontier_csv_file(sweep_dir)) as fh:
+        table = [r for r in csv.DictReader(fh) if r["task"] == "t_cmp" and r["basis"] == "final"]
+    assert [r["size"] for r in table] == ["micro-w32", "micro-w48"]
+    assert table[0]["exchange_with"] == "micro-w48" and float(table[0]["exchange_rate"]) == pytest.approx(2.0)
+    summary = (sweep_dir / "report" / "summary.md").read_text()
+    assert "crossing frequency f*" in summary and "upweighting exchange rate" in summary
+    # Older runs (micro-w32) have no choice accuracy: the heatmap says it used accuracy for them.
+    assert "heatmap: final choice_acc, acc where missing" in summary
+    assert "baselines: chance 0.50, best one-position rule 0.75" in summary
+
+
+def test_bootstrap_mean_ci_brackets_the_mean():
+    mean, lo, hi = bootstrap_mean_ci([0.6, 0.8, 1.0], resamples=2000)
+    assert mean == pytest.approx(0.8) and 0.6 <= lo < 0.8 < hi <= 1.0
+    # All three draws are the first seed (mean 0.6) with p = 1/27 > 2.5%: the CI reaches 0.6 (and 1.0).
+    assert (lo, hi) == pytest.approx((0.6, 1.0))
+    assert bootstrap_mean_ci([0.7]) == (0.7, 0.7, 0.7)

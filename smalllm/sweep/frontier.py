@@ -83,7 +83,8 @@ class Crossing:
 
 
 def fmt_freq(f: float) -> str:
-    return f"{f:.2g}" if f >= 1e-3 else f"{f:.2e}"
+    """A frequency as the frontier tables show it (3 significant digits)."""
+    return f"{f:.3g}"
 
 
 def crossing_frequency(
@@ -121,6 +122,25 @@ def seed_means(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
     weight = np.einsum("...s,bs->b...", present.astype(float), counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(weight > 0, total / weight, np.nan)
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], resamples: int = RESAMPLES, level: float = CI_LEVEL, rng_seed: int = 0
+) -> tuple[float, float, float]:
+    """(mean, lo, hi): the mean of per-seed ``values`` and its percentile bootstrap CI over the seeds.
+
+    The same resampling as the f* interval, so a heatmap cell's interval and f*'s come from one rule.
+    With one value the interval is that value (nothing to resample).
+    """
+    vals = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if vals.size == 0:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(rng_seed)
+    counts = rng.multinomial(vals.size, np.full(vals.size, 1.0 / vals.size), size=resamples).astype(float)
+    means = seed_means(vals, counts)
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
+    return float(vals.mean()), float(lo), float(hi)
 
 
 @dataclass
