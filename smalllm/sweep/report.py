@@ -2,18 +2,27 @@
 
 For each task (and each combination of swept keys other than size, frequency and seeds, called a
 *facet*), the finished cells are arranged on a grid of model size (rows, by parameter count) by the
-task's frequency (columns); seeds are averaged. A (size, frequency) point counts as *learned* when
+task's frequency (columns); seeds are averaged (init seeds within a data seed first, then data seeds). A (size, frequency) point counts as *learned* when
 the task emerged (the run's own criterion, see :mod:`smalllm.eval.emergence`) in at least half of its
 seeds. The *frontier* is read off that grid: the lowest frequency learned at each size, and the
 smallest size that learns each frequency.
 
 Files (in ``SWEEP/report/``, ``<task>`` suffixed by the facet when there is one)::
 
-    heatmap_acc_<task>.png    final accuracy, mean over seeds, annotated; learned cells boxed
+    heatmap_acc_<task>.png    final choice accuracy, mean over data seeds with its 95% CI; learned
+                              cells boxed; chance and one-position-rule baselines on the colour bar
     heatmap_loss_<task>.png   final answer loss / chance loss, annotated
     frontier_<task>.png       learned / not learned points and the frontier line, log-log
-    curves_<task>.png         accuracy vs tokens, one panel per frequency, sizes overlaid
-    summary.md                cell states, frontier tables, the images
+    crossing_<task>.png       f* against parameters with 95% CIs, log-log (both bases)
+    curves_<task>.png         choice accuracy vs tokens, one panel per frequency, sizes overlaid,
+                              threshold and baselines as lines
+    task_vs_background_<task>.png  task (choice) loss against background eval loss along training
+    summary.md                cell states, frontier tables, f* tables, the images
+
+and, beside ``results.csv`` in the sweep directory, ``frontier.csv`` / ``frontier.json``: the f*
+estimate of :mod:`smalllm.sweep.frontier` per task (facet), basis and size, and the exchange rates.
+Runs older than the choice metrics fall back to their accuracy / loss, and every output names the
+metric it used.
 
 Figures use :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot global state).
 """
