@@ -73,6 +73,7 @@ RESULT_COLUMNS = [
     "chance_acc",
     "rule_acc",
     "learned",
+    "status",
     "emergence_step",
     "emergence_tokens",
     "metric",
@@ -249,6 +250,8 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
                 "chance_acc": baseline.get("chance_acc"),
                 "rule_acc": baseline.get("rule_acc"),
                 "learned": bool(r["learned"]) if "learned" in r else r["emergence_step"] is not None,
+                # learned / unconfirmed / not_learned under the pre-registered criterion (None: older runs)
+                "status": r.get("status"),
                 "emergence_step": r["emergence_step"],
                 "emergence_tokens": r["emergence_tokens"],
                 "metric": r["metric"],

@@ -57,6 +57,7 @@ from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
 from smalllm.safe_yaml import load_yaml_file, load_yaml_text
 from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
+from smalllm.validation import seed as check_seed
 
 SWEEP_KEYS = (
     "name",
@@ -281,12 +282,13 @@ def _parse_grid(raw: Any, i: int, source: Path | None) -> Grid:
 
 def _seed_list(raw: Any, where: str, source: Path | None) -> list[int]:
     values = raw if isinstance(raw, list) else [raw]
-    if not values or not all(
-        isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in values
-    ):
-        raise ConfigError(
-            _where(source, f"{where}: expected a list of integer seeds in [0, 2**32), got {raw!r}")
-        )
+    if not values:
+        raise ConfigError(_where(source, f"{where}: expected a non-empty list of seeds"))
+    for i, value in enumerate(values):
+        try:
+            check_seed(value, f"{where}.{i}")
+        except ConfigError as exc:
+            raise ConfigError(_where(source, str(exc))) from None
     if len(set(values)) != len(values):
         raise ConfigError(_where(source, f"{where}: repeated seed"))
     return list(values)
