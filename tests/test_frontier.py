@@ -91,6 +91,14 @@ def test_identical_seeds_give_a_point_ci_and_the_exact_rate():
     assert rate.value == pytest.approx(2.0) and (rate.ci_lo, rate.ci_hi) == pytest.approx((2.0, 2.0))
 
 
+def test_one_data_seed_gives_no_interval():
+    values = np.array([[0.1, 0.2, 0.5, 1.0], [0.2, 0.5, 0.9, 1.0]])[:, :, None]
+    fronts, (rate,) = estimate_frontier(["s", "l"], [1, 2], FREQS, values, 0.5)
+    assert fronts[0].crossing.value == pytest.approx(4e-3) and fronts[0].resamples == 0
+    assert (fronts[0].ci_lo, fronts[0].ci_lo_text, fronts[0].ci_hi_text) == (None, "n/a", "n/a")
+    assert rate.value == pytest.approx(2.0) and (rate.ci_lo, rate.undefined) == (None, 0)
+
+
 def test_bounds_when_never_or_always_learned():
     never = np.zeros((1, 4, 3))
     (front,), _ = estimate_frontier(["s"], [1], FREQS, never, 0.5, resamples=40)

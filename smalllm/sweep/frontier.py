@@ -217,10 +217,13 @@ def estimate_frontier(
 
     ``values`` has shape (sizes, freqs, data seeds), NaN where a cell is missing; sizes come smallest
     first. The seed axis is shared by all sizes, which is what pairs the exchange-rate bootstrap.
+    With a single data seed there is no interval: CI ends are None (text ``n/a``), 0 resamples.
     """
     values = np.asarray(values, dtype=float)
     freq_arr = np.asarray(freqs, dtype=float)
     n_seeds = values.shape[2]
+    # One data seed has no spread to resample: f* is reported without an interval ("n/a").
+    resamples = resamples if n_seeds >= 2 else 0
     rng = np.random.default_rng(rng_seed)
     # One row of seed multiplicities per resample (multinomial = drawing n seeds with replacement).
     counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=resamples).astype(float)
