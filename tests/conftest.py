@@ -74,6 +74,7 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    "test_sweep_report_writes_the_frontier_estimate": 20,
     "test_sigkill_and_resume_is_bit_identical": 73,
     "test_tiny_grid_end_to_end": 54,
     "test_killed_sweep_resumes_without_rerunning_finished_cells": 51,
