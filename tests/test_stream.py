@@ -53,21 +53,23 @@ def count_instances(batch) -> dict[int, int]:
     ],
     ids=["uniform", "gap", "piecewise"],
 )
-def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
+def test_realised_counts_within_one_instance_per_block(unit, freq, schedule):
     cfg = TaskConfig(name="t_cmp", frequency=freq, unit=unit, schedule=schedule)
     rule = make_rule(cfg, 0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
     rows = np.arange(0, 16 * 200 + 1)
     counts, expected = rule.count(rows), rule.expected(rows)
-    if schedule.kind != "gap":
-        # Every prefix and, by difference, every window [a, b) is within one instance.
-        assert np.all(np.abs(counts - expected) < 1)
-        rng = np.random.default_rng(0)
-        a, b = np.sort(rng.integers(0, len(rows), size=(2, 500)), axis=0)
-        assert np.all(np.abs((counts[b] - counts[a]) - (expected[b] - expected[a])) < 1)
-    else:
-        # Accounting window of a gap schedule = its period: exact at every period boundary.
-        ends = rows[:: 16 * 7]
-        assert np.all(np.abs(counts[ends] - expected[ends]) < 1)
+    # A block is one batch, or one period of a gap schedule: exact at every block boundary, and by
+    # difference over every run of whole blocks.
+    period = 16 * (7 if schedule.kind == "gap" else 1)
+    ends = rows[::period]
+    assert np.all(np.abs(counts[ends] - expected[ends]) < 1)
+    rng = np.random.default_rng(0)
+    a, b = np.sort(rng.integers(0, len(ends), size=(2, 500)), axis=0)
+    assert np.all(np.abs((counts[ends[b]] - counts[ends[a]]) - (expected[ends[b]] - expected[ends[a]])) < 1)
+    # Inside a block the count only moves between the block's two boundary counts.
+    first = (rows // period) * period
+    last = np.minimum(first + period, rows[-1])
+    assert np.all((counts[first] <= counts) & (counts <= counts[last]))
     assert np.all(np.diff(counts) >= 0)
 
 
@@ -352,7 +354,10 @@ def test_multi_shard_corpus_windows_match_one_stream(tmp_path, monkeypatch):
             "[{name: copy, frequency: 0.9, params: {length: 8}}]",
             "data.tasks: at these frequencies a row may need",
         ),
-        ("[{name: t_cmp, frequency: 0.01, params: {num_values: 400}}]", "distinct tokens"),
+        (
+            "[{name: t_cmp, frequency: 0.01, params: {num_values: 400}}]",
+            "needs 400 distinct table tokens but only",
+        ),
     ],
 )
 def test_bad_task_specs_name_the_field(corpus, tmp_path, tasks, message):

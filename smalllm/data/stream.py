@@ -27,6 +27,7 @@ from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards
+from smalllm.data.task_tokens import task_vocab
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
@@ -144,7 +145,7 @@ class TaskStream:
         self.seq_len = cfg.seq_len
         self.global_batch = global_batch
         self.tokenizer = corpus.tokenizer
-        self.vocab = TaskVocab(corpus.tokenizer)
+        self.vocab = task_vocab(cfg, corpus.tokenizer, corpus)
         self.eod = self.vocab.eod_id
         self.n_windows = corpus.train.num_windows(self.seq_len)
         if self.n_windows < 1:
@@ -291,6 +292,8 @@ class TaskStream:
                     skills=skill_names(task),
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
+                    # Where training put the task: a row's start, or a document's start after <eod>.
+                    prefix=(self.eod,) if f.placement == "document" else (),
                 )
             )
         return sets
