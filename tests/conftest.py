@@ -75,6 +75,7 @@ class StopAt(Callback):
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
     "test_sigkill_and_resume_is_bit_identical": 73,
+    "test_too_few_table_tokens_same_message_dry_run_and_run": 9,
     "test_tiny_grid_end_to_end": 54,
     "test_killed_sweep_resumes_without_rerunning_finished_cells": 51,
     "test_failing_cell_is_recorded_and_the_others_finish": 35,

@@ -124,12 +124,22 @@ def _check_pool(pool: InstancePool, vocab: TaskVocab, seq_len: int, where: str) 
 
 
 def _check_capacity(families: list[Family], seq_len: int) -> None:
-    need = sum(f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in families)
-    if need > seq_len:
-        raise ConfigError(
-            f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={seq_len}; "
-            "lower the frequencies or raise data.seq_len"
-        )
+    need = [f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in families]
+    if sum(need) <= seq_len:
+        return
+    # A gap schedule delivers a whole period in its first batch: name the gap if it is what overflows.
+    for i, f in enumerate(families):
+        spread = int(np.ceil(f.rule.rates.max(initial=0.0))) * max(p.max_length() for p in f.pools)
+        if f.rule.gap and sum(need) - need[i] + spread <= seq_len:
+            raise ConfigError(
+                f"data.tasks.{i}.schedule.gap_batches: a period's instances all arrive in its first batch, "
+                f"so a row may need {sum(need)} task tokens but data.seq_len={seq_len}; "
+                "lower gap_batches or the frequency"
+            )
+    raise ConfigError(
+        f"data.tasks: at these frequencies a row may need {sum(need)} task tokens but data.seq_len={seq_len}; "
+        "lower the frequencies or raise data.seq_len"
+    )
 
 
 class TaskStream:

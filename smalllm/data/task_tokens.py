@@ -28,8 +28,9 @@ sorted and the table is drawn from them with the task's seed, so a table is a pu
 share one table.
 
 A dry run without a cached corpus has no counts (and for ``bpe`` only a stand-in tokenizer): it
-draws stand-in tables from the whole vocabulary and the eligible-token check happens once the
-corpus exists — in the run, or in a dry run after ``smalllm data build``.
+draws stand-in tables from the whole vocabulary, so it refuses only a table larger than the
+vocabulary; the exact eligible-token check happens once the corpus exists — in the run, or in a dry
+run once the corpus is cached (the same line as the run then).
 """
 
 from __future__ import annotations
@@ -111,7 +112,9 @@ def task_vocab(cfg: DataConfig, tokenizer: Any, corpus: TokenShards | None) -> T
     """
     policy = cfg.task_tokens
     if policy.source == "background" and corpus is None:
-        return TaskVocab(tokenizer)
+        return TaskVocab(
+            tokenizer, table_rule="at most: data.task_tokens counts them once the corpus is built"
+        )
     counts = background_counts(corpus) if corpus is not None else None
     return TaskVocab(tokenizer, eligible_table_tokens(policy, tokenizer, counts), describe_rule(policy))
 
