@@ -104,6 +104,15 @@ def show_task(
         value = getattr(task.params, pname)
         note = "" if value == default else f" (default {_format_default(default)})"
         lines.append(f"  {pname}: {ptype} = {_format_default(value)}{note}  — {doc}")
+    table = task.table_tokens()
+    if table:
+        from smalllm.data.task_tokens import table_lines
+
+        # No corpus here, so no counts: a run draws from background tokens (``data inspect`` shows them).
+        lines.append(
+            f"token table ({len(table)} tokens, drawn from {vocab.table_rule}; counts: smalllm data inspect):"
+        )
+        lines += table_lines(vocab, table, None)
     lines.append(f"samples (seed {seed}):")
     rng = np.random.default_rng(seed)
     samples = [(i % len(skills), task.generate(rng, i % len(skills))) for i in range(n)]

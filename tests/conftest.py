@@ -99,7 +99,7 @@ SLOW_TESTS = {
     "test_dry_run_that_does_not_fit_prints_the_plan_and_refuses": 5,
     "test_closed_pipe_stops_quietly": 4,
     "test_two_distributions_with_one_task_name_is_an_error_naming_both": 8,
-    "test_same_seed_same_stream_and_seek_equals_iteration": 4,
+    "test_same_seed_same_stream_and_seek_equals_iteration": 11,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
 }

@@ -470,8 +470,8 @@ def test_tables_are_a_pure_function_of_seed_tokenizer_and_corpus(corpus, tmp_pat
 
 
 def test_word_initial_tables_use_words_only(corpus, tmp_path):
-    from smalllm.data.task_tokens import eligible_table_tokens, background_counts
     from smalllm.config import load_config  # noqa: F401 - the config types come from there
+    from smalllm.data.task_tokens import background_counts, eligible_table_tokens
 
     cfg = tiny_config(tmp_path, "data.task_tokens.word_initial=true", "data.task_tokens.min_count=1")
     ids = eligible_table_tokens(cfg.data.task_tokens, corpus.tokenizer, background_counts(corpus))

@@ -119,11 +119,11 @@ def task_vocab(cfg: DataConfig, tokenizer: Any, corpus: TokenShards | None) -> T
     return TaskVocab(tokenizer, eligible_table_tokens(policy, tokenizer, counts), describe_rule(policy))
 
 
-def table_rows(
-    vocab: TaskVocab, ids: list[int], counts: np.ndarray | None
-) -> list[tuple[int, str, int | None]]:
-    """(id, text, background count) of each table token, for ``tasks show`` and ``data inspect``."""
-    return [
-        (int(i), vocab.decode([i]), int(counts[i]) if counts is not None and i < len(counts) else None)
+def table_lines(vocab: TaskVocab, ids: list[int], counts: np.ndarray | None, per_line: int = 4) -> list[str]:
+    """A task's table as text, ``per_line`` tokens a line: ``id 'text' ×count`` (``×?`` without a
+    corpus), for ``smalllm tasks show`` and ``smalllm data inspect``."""
+    cells = [
+        f"{int(i):>6} {vocab.decode([int(i)])!r:<14} ×{int(counts[i]) if counts is not None else '?'}"
         for i in ids
     ]
+    return ["  " + "   ".join(cells[k : k + per_line]) for k in range(0, len(cells), per_line)]
