@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -477,3 +478,26 @@ def test_word_initial_tables_use_words_only(corpus, tmp_path):
     ids = eligible_table_tokens(cfg.data.task_tokens, corpus.tokenizer, background_counts(corpus))
     texts = [corpus.tokenizer.decode([int(i)]) for i in ids]
     assert texts and all(t[0] == " " and t[1:].isalpha() for t in texts)
+
+
+def test_data_inspect_and_tasks_show_list_the_run_table_with_counts(corpus, tmp_path, capsys):
+    from smalllm.cli import main
+    from smalllm.data.inspect import inspect_stream
+    from smalllm.data.task_tokens import background_counts
+
+    cfg = tiny_config(tmp_path, "data.tasks=[{name: t_cmp, frequency: 0.01, params: {num_values: 20}}]")
+    counts = background_counts(corpus)
+    table = TaskStream(cfg.data, corpus, 8).families[0].task.table_tokens()
+    expected = sorted((i, int(counts[i])) for i in table)
+    out = inspect_stream(cfg.data, 8, 8 * 32 * 4, rows=1)
+    section = out.split("t_cmp token table (22 tokens, data.task_tokens: seen >= 100 times")[1]
+    assert sorted((int(i), int(n)) for i, n in re.findall(r"(\d+) '[^']*'\s+×(\d+)", section)) == expected
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data:\n  seq_len: 32\n  tokenizer: {kind: bpe, vocab_size: 300}\n"
+        "  background: {holdout_documents: 50, synthetic: {num_words: 200, num_documents: 1500}}\n"
+    )
+    capsys.readouterr()
+    assert main(["tasks", "show", "t_cmp", "num_values=20", "--config", str(config)]) in (0, None)
+    shown = capsys.readouterr().out.split("\ntoken table ")[1].split("\nsamples")[0]
+    assert sorted((int(i), int(n)) for i, n in re.findall(r"(\d+) '[^']*'\s+×(\d+)", shown)) == expected

@@ -542,3 +542,20 @@ def test_show_task_plain_text_and_overrides() -> None:
     out = show_task("addition", 3, {"num_digits": 2})
     assert re.search(r"\[addition/digit0\] \d\d\+\d\d,0= ⟨\d⟩", out)
     assert "num_digits: int = 2 (default 3)" in out
+
+
+def test_show_task_lists_the_table_with_background_counts() -> None:
+    # Five eligible ids with made-up counts (count of id i = 10·i): the table is all of them, the two
+    # labels included, each shown with its id, text and count.
+    tok = byte_tokenizer()
+    letter = {tok.convert_tokens_to_ids(c): c for c in "abcde"}
+    eligible = sorted(letter)
+    counts = np.arange(258) * 10
+    restricted = TaskVocab(tok, eligible, "five letters")
+    out = show_task("t_cmp", 1, {"num_values": 3}, vocab=restricted, counts=counts)
+    header, *rows = out.split("\ntoken table ")[1].split("\nsamples")[0].splitlines()
+    assert header.startswith("(5 tokens, from five letters): id 'text' ×count")
+    cells = re.findall(r"(\d+) '(\w)'\s+×(\d+)", " ".join(rows))
+    assert sorted(cells) == sorted((str(i), letter[i], str(10 * i)) for i in eligible)
+    # Without counts the table is still shown, each count as "?".
+    assert "×?" in show_task("t_cmp", 1, {"num_values": 3}, vocab=restricted)

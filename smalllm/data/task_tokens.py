@@ -94,14 +94,11 @@ def eligible_table_tokens(cfg: TaskTokensConfig, tokenizer: Any, counts: np.ndar
 
 
 def describe_rule(cfg: TaskTokensConfig) -> str:
-    """The policy in words, naming its fields (ends the too-few-tokens error)."""
+    """The policy in words, naming its fields (shown with a table and in the too-few-tokens error)."""
     if cfg.source == "vocabulary":
         return "data.task_tokens.source=vocabulary"
     words = ", word-initial" if cfg.word_initial else ""
-    return (
-        f"data.task_tokens: seen >= {cfg.min_count} times in the background{words}, round-trip; "
-        "lower data.task_tokens.min_count or use source=vocabulary"
-    )
+    return f"data.task_tokens: seen >= {cfg.min_count} times in the background{words}, round-trip"
 
 
 def task_vocab(cfg: DataConfig, tokenizer: Any, corpus: TokenShards | None) -> TaskVocab:
