@@ -674,7 +674,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 
 override_case(
     "vocab-too-small-for-task",
-    "data.tasks.0.params: task 't_cmp': task needs 400 distinct tokens",
+    "data.tasks.0.params: task 't_cmp': task needs 400 distinct table tokens",
     "data.tasks.0.params.num_values=400",
 )
 override_case(

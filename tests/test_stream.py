@@ -501,3 +501,17 @@ def test_data_inspect_and_tasks_show_list_the_run_table_with_counts(corpus, tmp_
     assert main(["tasks", "show", "t_cmp", "num_values=20", "--config", str(config)]) in (0, None)
     shown = capsys.readouterr().out.split("\ntoken table ")[1].split("\nsamples")[0]
     assert sorted((int(i), int(n)) for i, n in re.findall(r"(\d+) '[^']*'\s+×(\d+)", shown)) == expected
+
+
+def test_background_counts_read_the_training_shards_only(corpus, monkeypatch):
+    import dataclasses
+
+    from smalllm.data import task_tokens
+
+    size = len(corpus.tokenizer)
+    whole = np.bincount(np.concatenate([np.asarray(p) for p in corpus.train.parts]), minlength=size)
+    assert np.array_equal(task_tokens.background_counts(dataclasses.replace(corpus)), whole)
+    assert whole.sum() == corpus.num_tokens  # the held-out tokens are not counted
+    monkeypatch.setattr(task_tokens, "COUNTED_TOKENS", 1000)
+    prefix = np.bincount(np.asarray(corpus.train.parts[0][:1000]), minlength=size)
+    assert np.array_equal(task_tokens.background_counts(dataclasses.replace(corpus)), prefix)
