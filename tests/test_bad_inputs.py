@@ -490,6 +490,13 @@ override_case(
     "frequency-over-capacity", "data.tasks: at these frequencies a row may need", "data.tasks.0.frequency=0.5"
 )
 override_case(
+    # 0.32 t_cmp instances per 32-token row fit spread out; a 40-batch period in one batch does not.
+    "gap-period-overflows-first-batch",
+    "data.tasks.0.schedule.gap_batches: a period's instances all arrive in its first batch, so a row may need",
+    "data.tasks.0.schedule.kind=gap",
+    "data.tasks.0.schedule.gap_batches=40",
+)
+override_case(
     "skill-weights-count",
     "data.tasks.0.skill_weights: 2 weights for 1 sub-skills",
     "data.tasks.0.skill_weights=[1, 2]",
