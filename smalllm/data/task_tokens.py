@@ -19,9 +19,9 @@ Measured on the default corpus (built-in synthetic background, 40,000 documents,
 ``t_add`` table are lone bytes. With ``min_count: 100`` 232 tokens are eligible (231 letter pieces
 such as " t", "ind" or " with", and "."; a bare space is left out), 94 of them word-initial — fewer
 than the 102 a default ``t_cmp`` needs, so ``word_initial`` is off by default and is meant for
-larger vocabularies (a 768-token BPE of the same corpus has 191 word-initial tokens, 1,024 has 303). ``min_count`` 100 means every table token is read by the model at least 100 times
-as background text in one pass over the corpus, so its embedding is trained by the background, not
-only by the task.
+larger vocabularies (a 768-token BPE of the same corpus has 191 word-initial tokens, 1,024 has
+303). With ``min_count`` 100 every table token is read at least 100 times as ordinary text per
+pass over the corpus, so the background trains its embedding too, not only the task.
 
 ``source: vocabulary`` keeps the old behaviour: any non-special id. Either way the eligible ids are
 sorted and the table is drawn from them with the task's seed, so a table is a pure function of
