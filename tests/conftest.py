@@ -76,6 +76,7 @@ class StopAt(Callback):
 SLOW_TESTS = {
     "test_sweep_report_writes_the_frontier_estimate": 20,
     "test_sigkill_and_resume_is_bit_identical": 73,
+    "test_too_few_table_tokens_same_message_dry_run_and_run": 9,
     "test_tiny_grid_end_to_end": 54,
     "test_killed_sweep_resumes_without_rerunning_finished_cells": 51,
     "test_failing_cell_is_recorded_and_the_others_finish": 35,
@@ -99,7 +100,7 @@ SLOW_TESTS = {
     "test_dry_run_that_does_not_fit_prints_the_plan_and_refuses": 5,
     "test_closed_pipe_stops_quietly": 4,
     "test_two_distributions_with_one_task_name_is_an_error_naming_both": 8,
-    "test_same_seed_same_stream_and_seek_equals_iteration": 4,
+    "test_same_seed_same_stream_and_seek_equals_iteration": 11,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
