@@ -136,7 +136,11 @@ def collect_environment() -> dict[str, Any]:
         "tf32_supported": tf32_supported(),
         "world_size_env": world_size_from_environment(),
         "accelerate_config_file": accelerate_config_file(),
-        "versions": {"python": platform.python_version(), "smalllm": smalllm.__version__, **library_versions()},
+        "versions": {
+            "python": platform.python_version(),
+            "smalllm": smalllm.__version__,
+            **library_versions(),
+        },
         "git_commit": None if checkout is None else checkout["commit"],
         "git_dirty": None if checkout is None else checkout["dirty"],
         "host": platform.node(),
@@ -162,7 +166,11 @@ def describe_environment(env: dict[str, Any]) -> str:
         f"accelerate    config file {env['accelerate_config_file'] or 'none (defaults; pass --config_file to accelerate launch)'}",
         "versions      " + "  ".join(f"{name} {version or 'missing'}" for name, version in versions.items()),
         "smalllm       "
-        + ("not a git checkout" if commit is None else f"commit {commit[:12]}{' (dirty)' if env['git_dirty'] else ''}"),
+        + (
+            "not a git checkout"
+            if commit is None
+            else f"commit {commit[:12]}{' (dirty)' if env['git_dirty'] else ''}"
+        ),
         f"host          {env['host']}",
     ]
     return "\n".join(lines)

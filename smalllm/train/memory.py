@@ -47,11 +47,13 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return self.parameters + self.working + self.gradients + self.optimizer + self.activations + self.logits
+        return (
+            self.parameters + self.working + self.gradients + self.optimizer + self.activations + self.logits
+        )
 
     def rows(self) -> list[tuple[str, float]]:
         return [
-            ("parameters (fp32)", self.parameters),
+            ("parameters", self.parameters),
             ("working copy", self.working),
             ("gradients", self.gradients),
             ("optimizer (AdamW)", self.optimizer),

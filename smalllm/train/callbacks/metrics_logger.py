@@ -26,7 +26,7 @@ class MetricsLogger(Callback):
         self.plain_lines = False
         """Print :func:`progress_line` at each record: progress on, main process, stdout not a TTY."""
         self.run: RunContext | None = None
-        self._fit_start = 0.0
+        self._fit_start = self._last_line = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -40,7 +40,7 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, run: RunContext, control: Control) -> None:
         self.run = run
-        self._fit_start = time.perf_counter()
+        self._fit_start = self._last_line = time.perf_counter()
         self.plain_lines = run.logging.progress and run.is_main and not sys.stdout.isatty()
         if run.logging.progress and run.is_main and not self.plain_lines:
             self.bar = tqdm(
@@ -66,6 +66,14 @@ class MetricsLogger(Callback):
             self.bar.update(1)
         run = self.run
         if record.step % run.train.log_every and record.step != run.total_steps:
+            seconds = run.logging.progress_seconds
+            if self.plain_lines and seconds and time.perf_counter() - self._last_line >= seconds:
+                # Between records: this process's own window, so no collective is needed (the
+                # other processes do not know a line is due).
+                mean = self.loss_sum / self.steps if self.steps else float("nan")
+                tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
+                local = {"step": record.step, "tokens": record.tokens, "loss": mean, "lr": record.lr}
+                self._print_line({**local, "tokens_per_s": tokens_per_s, "mfu": run.plan.mfu(tokens_per_s)})
             return
         # Sums over processes: every rank saw different rows.
         label_loss = run.reduce(self.label_loss, "sum")
@@ -95,10 +103,15 @@ class MetricsLogger(Callback):
                 loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}", refresh=False
             )
         if self.plain_lines:
-            done = record.step - run.start_step
-            eta = (time.perf_counter() - self._fit_start) / done * (run.total_steps - record.step)
-            print(progress_line(line, run.total_steps, eta), flush=True)
+            self._print_line(line)
         self._reset()
+
+    def _print_line(self, record: dict) -> None:
+        run = self.run
+        now = time.perf_counter()
+        eta = (now - self._fit_start) / (record["step"] - run.start_step) * (run.total_steps - record["step"])
+        print(progress_line(record, run.total_steps, eta), flush=True)
+        self._last_line = now
 
     def on_fit_end(self, end: FitEnd, control: Control) -> None:
         if self.bar is not None:
