@@ -23,7 +23,7 @@ from smalllm.model.presets import PRESETS
 from smalllm.run_record import RunDir
 from smalllm.train import environment
 from smalllm.train.config import LoggingConfig
-from smalllm.train.launch import check_world_size, dry_run_target
+from smalllm.train.launch import check_local_rank, check_world_size, dry_run_target
 from smalllm.train.plan import GPUS, Target, make_plan
 from smalllm.train.preflight import check_trackers
 from smalllm.train.trainer import train
@@ -132,6 +132,14 @@ def test_world_size_must_match_the_launcher():
         SmalllmError, match=r"started 1 process .*accelerate launch --multi_gpu --num_processes N"
     ):
         check_world_size(1, simple_launcher)
+
+
+def test_more_processes_per_node_than_gpus_is_an_error():
+    assert check_local_rank(8, {"LOCAL_RANK": "7"}) == 7
+    with pytest.raises(
+        SmalllmError, match=r"^world size: the launch starts 8 processes on this node but 4 GPU"
+    ):
+        check_local_rank(4, {"LOCAL_RANK": "5", "LOCAL_WORLD_SIZE": "8"})
 
 
 def test_accelerate_launch_cpu_with_two_processes_is_an_error(tmp_path):

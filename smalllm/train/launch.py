@@ -98,6 +98,20 @@ def check_world_size(world: int, environ: Mapping[str, str] | None = None) -> No
         )
 
 
+def check_local_rank(visible_gpus: int, environ: Mapping[str, str] | None = None) -> int:
+    """This process's GPU index (``LOCAL_RANK``), refused when the launch starts more processes on
+    this node than it has GPUs (an 8-GPU accelerate config on a 4-GPU box)."""
+    environ = os.environ if environ is None else environ
+    local_rank = int(environ["LOCAL_RANK"])
+    if local_rank >= visible_gpus:
+        per_node = environ.get("LOCAL_WORLD_SIZE", f"more than {local_rank}")
+        raise SmalllmError(
+            f"world size: the launch starts {per_node} processes on this node but {visible_gpus} GPU(s) are "
+            "visible; lower num_processes in the accelerate config (or --num_processes) to the GPUs"
+        )
+    return local_rank
+
+
 def launch_config(path: str | None) -> Any | None:
     """accelerate's ``ClusterConfig`` of ``path`` (one-line error naming it), or None."""
     if path is None:

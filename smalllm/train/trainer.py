@@ -55,7 +55,7 @@ from smalllm.run_record import (
 from smalllm.train.callbacks.base import Callback, Control, FitEnd, Reduction, RunContext, StepRecord
 from smalllm.train.config import TrainConfig
 from smalllm.train.environment import collect_environment
-from smalllm.train.launch import check_world_size, target_of
+from smalllm.train.launch import check_local_rank, check_world_size, target_of
 from smalllm.train.plan import resolve_device, resolve_precision
 from smalllm.train.preflight import check_run, check_trackers
 from smalllm.train.schedule import lr_factor
@@ -109,11 +109,11 @@ class Trainer:
         hf_logging.disable_progress_bar()  # no "Writing model shards" bars in the middle of our own
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-            # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         # Resolved once, here: the accelerator, the plan and the run record all use these.
         device = resolve_device(t.device)
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
+            torch.cuda.set_device(check_local_rank(torch.cuda.device_count()))
         precision = resolve_precision(t.precision, device)
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
