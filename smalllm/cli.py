@@ -164,7 +164,11 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="dry run: plan for this many processes (GPUs)",
     )
-    t.add_argument("--gpu", metavar="NAME", help="dry run: plan for this GPU (e.g. H100-80GB; see --help)")
+    t.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="dry run: plan for this GPU: H100-80GB, H200-141GB, A100-80GB, A100-40GB, L40S-48GB, ...",
+    )
     start = t.add_mutually_exclusive_group()  # continue the run, or replace it: not both
     start.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
