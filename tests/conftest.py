@@ -84,7 +84,7 @@ SLOW_TESTS = {
     "test_sigterm_and_sigint_stop_cleanly_and_resume": 25,
     "test_outside_plugin_is_discovered_and_trains": 25,
     "test_emitted_shell_script_runs_a_cell": 19,
-    "test_two_processes_match_one": 16,
+    "test_two_processes_match_one": 46,
     "test_memory_estimate_is_within_30_percent_of_a_measured_training_step": 14,
     "test_bad_input_subprocess": 40,
     "test_broken_plugins_are_named_and_the_other_tasks_still_list": 10,

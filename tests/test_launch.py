@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import TINY_OVERRIDES, quiet, tiny_config
 
 from smalllm.cli import main
 from smalllm.config import load_config
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.model.presets import PRESETS
-from smalllm.run_record import RunDir
+from smalllm.run_record import TRACKER_DIR, RunDir
 from smalllm.train import environment
 from smalllm.train.config import LoggingConfig
 from smalllm.train.launch import check_local_rank, check_world_size, dry_run_target
@@ -85,13 +86,19 @@ def test_env_command_prints_the_facts(capsys):
 
 
 def test_summary_records_device_world_size_precision_versions_and_commit(tmp_path):
-    summary = train(tiny_config(tmp_path / "run", "eval.enabled=false"), log=quiet)
+    cfg = tiny_config(tmp_path / "run", "eval.enabled=false", "logging.tensorboard=true")
+    summary = train(cfg, log=quiet)
     recorded = json.loads((tmp_path / "run" / "summary.json").read_text())["environment"]
     assert recorded == summary["environment"]
     assert (recorded["device"], recorded["precision"], recorded["world_size"]) == ("cpu", "fp32", 1)
     assert (recorded["distributed_type"], recorded["sharding"]) == ("NO", "none")
     assert recorded["versions"]["torch"] == torch.__version__
     assert recorded["git_commit"] == (environment.checkout_state() or {}).get("commit")
+    # The same facts as TensorBoard hparams (accelerate's tracker keeps a copy in hparams.yml).
+    (hparams_file,) = (tmp_path / "run" / TRACKER_DIR).glob("*/hparams.yml")
+    hparams = yaml.safe_load(hparams_file.read_text())
+    assert (hparams["environment.world_size"], hparams["environment.device"]) == (1, "cpu")
+    assert hparams["environment.versions.torch"] == torch.__version__
 
 
 # ---------------------------------------------------------------------------------------------- device
@@ -295,6 +302,14 @@ def test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu(tmp_path, capsy
     (line,) = captured.err.strip().splitlines()
     assert line.startswith("smalllm: error: model.preset: 4b needs ~80.58 GiB per process")
     assert not (tmp_path / "run").exists()
+
+    # The README's command, on the README's config (a hub corpus: the dry run reads nothing of it).
+    gpu_config = str(REPO / "configs/gpu_20m_c4.yaml")
+    assert (
+        main(["train", gpu_config, "model.preset=1b", run, "--dry-run", "--accelerate-config", FSDP_8GPU])
+        == 0
+    )
+    assert re.search(r"total +46\.23 GiB\n +available +79\.65 GiB +-> fits", capsys.readouterr().out)
 
 
 def test_dry_run_flags_are_checked(tmp_path, capsys):
