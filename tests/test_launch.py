@@ -139,6 +139,8 @@ def test_world_size_must_match_the_launcher():
         SmalllmError, match=r"started 1 process .*accelerate launch --multi_gpu --num_processes N"
     ):
         check_world_size(1, simple_launcher)
+    # One CPU process in a batch job that exported its head node for multi-node launches: fine.
+    check_world_size(1, {"ACCELERATE_USE_CPU": "True", "MASTER_ADDR": "node017", "MASTER_PORT": "29500"})
 
 
 def test_more_processes_per_node_than_gpus_is_an_error():

@@ -79,8 +79,9 @@ def check_world_size(world: int, environ: Mapping[str, str] | None = None) -> No
     ``accelerate launch --cpu --num_processes 2`` starts ONE process: without ``--multi_gpu`` or an
     mpirun hostfile, accelerate's "simple" launcher runs the script once and only exports
     ``MASTER_ADDR`` (which it does only for more than one process or machine) and
-    ``ACCELERATE_USE_CPU``, no ``WORLD_SIZE``. That combination is refused here, naming the command
-    that does start N CPU processes.
+    ``ACCELERATE_USE_CPU``, no ``WORLD_SIZE``. That combination (with the launcher's own
+    ``127.0.0.1``, so a ``MASTER_ADDR`` a batch script exported for its nodes does not count) is
+    refused here, naming the command that does start N CPU processes.
     """
     environ = os.environ if environ is None else environ
     announced = world_size_from_environment(dict(environ))
@@ -90,7 +91,8 @@ def check_world_size(world: int, environ: Mapping[str, str] | None = None) -> No
             f"world size: accelerate runs {world} process(es) but the launcher set {name}={announced}; "
             "check the accelerate config (num_processes, distributed_type) against the launch command"
         )
-    if announced is None and world == 1 and "ACCELERATE_USE_CPU" in environ and "MASTER_ADDR" in environ:
+    simple_launcher_of_many = "ACCELERATE_USE_CPU" in environ and environ.get("MASTER_ADDR") == "127.0.0.1"
+    if announced is None and world == 1 and simple_launcher_of_many:
         raise SmalllmError(
             "world size: accelerate launch started 1 process although more were asked for "
             "(--num_processes > 1 without --multi_gpu runs the script once; --cpu needs mpirun); "
