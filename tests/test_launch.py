@@ -58,6 +58,7 @@ def test_environment_names_the_torch_build_and_library_versions(monkeypatch):
     assert "world size    4 (from the launcher)" in text
     monkeypatch.setattr(torch.version, "cuda", "12.4")
     assert environment.torch_build() == f"torch {torch.__version__} (CUDA 12.4)"
+    assert environment.accelerate_config_summary(FSDP_8GPU) == "FSDP, 8 processes, bf16"
 
 
 def test_checkout_state_is_the_commit_and_whether_tracked_files_changed(tmp_path):

@@ -125,9 +125,24 @@ def accelerate_config_file() -> str | None:
     return default_config_file if os.path.isfile(default_config_file) else None
 
 
+def accelerate_config_summary(path: str | None) -> str | None:
+    """``MULTI_GPU, 8 processes, bf16`` for the accelerate config file ``path`` (read by accelerate)."""
+    if path is None:
+        return None
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    try:
+        config = load_config_from_file(path)
+    except Exception as exc:  # a broken default config is a fact to report, not a crash of `env`
+        return f"unreadable ({type(exc).__name__})"
+    kind = getattr(config.distributed_type, "value", config.distributed_type)
+    return f"{kind}, {config.num_processes} processes, {config.mixed_precision}"
+
+
 def collect_environment() -> dict[str, Any]:
     """Every fact :func:`describe_environment` prints, as a JSON-serialisable dict."""
     checkout = checkout_state()
+    config_file = accelerate_config_file()
     return {
         "torch_build": torch_build(),
         "cuda_available": torch.cuda.is_available(),
@@ -135,7 +150,8 @@ def collect_environment() -> dict[str, Any]:
         "bf16_supported": bf16_supported(),
         "tf32_supported": tf32_supported(),
         "world_size_env": world_size_from_environment(),
-        "accelerate_config_file": accelerate_config_file(),
+        "accelerate_config_file": config_file,
+        "accelerate_config": accelerate_config_summary(config_file),
         "versions": {
             "python": platform.python_version(),
             "smalllm": smalllm.__version__,
@@ -163,7 +179,8 @@ def describe_environment(env: dict[str, Any]) -> str:
         *device_lines,
         f"bf16          {'yes' if env['bf16_supported'] else 'no'}    TF32 {'yes' if env['tf32_supported'] else 'no'}",
         f"world size    {world if world is not None else 1} ({'from the launcher' if world is not None else 'no launcher: one process'})",
-        f"accelerate    config file {env['accelerate_config_file'] or 'none (defaults; pass --config_file to accelerate launch)'}",
+        f"accelerate    config file {env['accelerate_config_file'] or 'none (defaults; pass --config_file to accelerate launch)'}"
+        + (f": {env['accelerate_config']}" if env["accelerate_config"] else ""),
         "versions      " + "  ".join(f"{name} {version or 'missing'}" for name, version in versions.items()),
         "smalllm       "
         + (
