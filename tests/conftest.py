@@ -104,7 +104,7 @@ SLOW_TESTS = {
     "test_stdout_to_a_file_gets_one_plain_progress_line_per_log_interval": 34,
     "test_accelerate_launch_cpu_with_two_processes_is_an_error": 26,
     "test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu": 17,
-    "test_summary_records_device_world_size_precision_versions_and_commit": 5,
+    "test_summary_records_device_world_size_precision_versions_and_commit": 7,
     "test_progress_seconds_adds_lines_between_records": 13,
 }
 
