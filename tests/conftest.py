@@ -74,6 +74,7 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    "test_sweep_report_writes_the_frontier_estimate": 20,
     "test_sigkill_and_resume_is_bit_identical": 73,
     "test_tiny_grid_end_to_end": 54,
     "test_killed_sweep_resumes_without_rerunning_finished_cells": 51,
@@ -101,6 +102,19 @@ SLOW_TESTS = {
     "test_same_seed_same_stream_and_seek_equals_iteration": 4,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
+    # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
+    # faster tests of the same code in the fast tier.
+    "test_training_does_not_import_matplotlib": 9,
+    "test_overwrite_refuses_a_run_holding_a_users_file_below_its_top_level": 5,
+    "test_eval_of_a_run_in_training_before_its_first_checkpoint": 2.5,
+    "test_a_foreign_sweep_dir_is_refused_and_left_untouched": 2,
+    "test_all_corrupt_gives_none_and_resume_refuses": 1.6,
+    "test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced": 1.5,
+    "test_a_second_live_sweep_on_the_same_dir_is_refused": 1.4,
+    "test_resume_without_a_checkpoint_is_an_error": 1.4,
+    "test_multi_shard_corpus_windows_match_one_stream": 1.35,
+    "test_write_report": 1.3,
+    # tests/test_launch.py (s, on a busy machine)
     "test_stdout_to_a_file_gets_one_plain_progress_line_per_log_interval": 34,
     "test_accelerate_launch_cpu_with_two_processes_is_an_error": 26,
     "test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu": 17,
