@@ -146,7 +146,29 @@ def _parser() -> argparse.ArgumentParser:
 
     t = add("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
-    t.add_argument("--dry-run", action="store_true", help="print the plan (sizes, steps, memory) and exit")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (sizes, steps, memory per GPU) and exit: 0 if it fits, 3 if it does not",
+    )
+    t.add_argument(
+        "--accelerate-config",
+        metavar="FILE",
+        help="dry run: plan for this accelerate config's processes and sharding (e.g. FSDP)",
+    )
+    t.add_argument(
+        "--num-processes",
+        action=_Bounded,
+        low=1,
+        high=MAX_PROCESSES * 64,
+        default=None,
+        help="dry run: plan for this many processes (GPUs)",
+    )
+    t.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="dry run: plan for this GPU: H100-80GB, H200-141GB, A100-80GB, A100-40GB, L40S-48GB, ...",
+    )
     start = t.add_mutually_exclusive_group()  # continue the run, or replace it: not both
     start.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
@@ -238,6 +260,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
     add("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
+    add("env", help="the torch build, devices, library versions, world size and smalllm commit")
     return p
 
 
@@ -308,13 +331,22 @@ def cmd_train(args) -> None:
     if args.resume and run.has_config():
         # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
         cfg = load_config(run.config_file, overrides)
+    planning = [flag for flag, value in _dry_run_flags(args) if value is not None]
+    if planning and not args.dry_run:
+        raise SmalllmError(f"{planning[0]}: only with --dry-run (a run takes them from accelerate launch)")
     if args.dry_run:
+        from smalllm.train.launch import dry_run_target
         from smalllm.train.preflight import check_config
 
+        if os.environ.get("RANK", "0") != "0":
+            return  # under `accelerate launch`, one process plans for all of them
         # The run's own checks (the run directory read only, then config, tasks and plan) without
-        # building the corpus; a plan that does not fit is refused like the run refuses it.
+        # building the corpus; a plan that does not fit is refused like the run refuses it (exit 3).
         run.check_start(resume=args.resume, overwrite=args.overwrite)
-        check_config(cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()))
+        target = dry_run_target(cfg, args.accelerate_config, args.num_processes, args.gpu)
+        check_config(
+            cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()), target=target
+        )
         return
     from smalllm.train.trainer import train
 
@@ -323,6 +355,20 @@ def cmd_train(args) -> None:
         print(
             f"run {summary['status']}: {summary['steps']} steps, {summary['tokens']:,} tokens -> {cfg.run_dir}"
         )
+
+
+def _dry_run_flags(args) -> list[tuple[str, object]]:
+    return [
+        ("--accelerate-config", args.accelerate_config),
+        ("--num-processes", args.num_processes),
+        ("--gpu", args.gpu),
+    ]
+
+
+def cmd_env(args) -> None:
+    from smalllm.train.environment import collect_environment, describe_environment
+
+    print(describe_environment(collect_environment()))
 
 
 def cmd_tasks(args) -> None:
@@ -449,11 +495,13 @@ COMMANDS = {
     "report": cmd_report,
     "sweep": cmd_sweep,
     "demo": cmd_demo,
+    "env": cmd_env,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return the exit status (0 ok, 1 unexpected error, 2 user error, 130 interrupt)."""
+    """Run one command; return the exit status (0 ok, 1 unexpected error, 2 user error, 3 a plan that
+    does not fit the device's memory, 130 interrupt)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
@@ -467,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"smalllm: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except Exception as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_gone():
             # The reader went away (`smalllm tasks show … | head`): stop quietly, like other Unix tools.

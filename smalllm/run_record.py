@@ -583,16 +583,18 @@ class RunDir:
         """The one rule for "this run (or sweep cell) needs no more work": it completed."""
         return self.recorded_status() == "completed"
 
-    def mark_running(self, step: int) -> None:
+    def mark_running(self, step: int, environment: dict | None = None) -> None:
+        """Record a (re)started attempt; ``environment``: the machine and launch facts of the run."""
         previous = self.read_summary()
-        self.write_summary(
-            {
-                "status": "running",
-                "step": step,
-                "started": time.time(),
-                "attempt": int(previous.get("attempt", 0)) + 1,
-            }
-        )
+        record = {
+            "status": "running",
+            "step": step,
+            "started": time.time(),
+            "attempt": int(previous.get("attempt", 0)) + 1,
+        }
+        if environment is not None:
+            record["environment"] = environment
+        self.write_summary(record)
 
     def mark_failed(self, error: str, step: int, summary: dict | None = None) -> None:
         """Record a failure with its one-line error and the step it happened at."""

@@ -86,7 +86,7 @@ SLOW_TESTS = {
     "test_sigterm_and_sigint_stop_cleanly_and_resume": 25,
     "test_outside_plugin_is_discovered_and_trains": 25,
     "test_emitted_shell_script_runs_a_cell": 19,
-    "test_two_processes_match_one": 16,
+    "test_two_processes_match_one": 46,
     "test_memory_estimate_is_within_30_percent_of_a_measured_training_step": 14,
     "test_bad_input_subprocess": 40,
     "test_broken_plugins_are_named_and_the_other_tasks_still_list": 10,
@@ -115,6 +115,12 @@ SLOW_TESTS = {
     "test_resume_without_a_checkpoint_is_an_error": 1.4,
     "test_multi_shard_corpus_windows_match_one_stream": 1.35,
     "test_write_report": 1.3,
+    # tests/test_launch.py (s, on a busy machine)
+    "test_stdout_to_a_file_gets_one_plain_progress_line_per_log_interval": 34,
+    "test_accelerate_launch_cpu_with_two_processes_is_an_error": 26,
+    "test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu": 17,
+    "test_summary_records_device_world_size_precision_versions_and_commit": 7,
+    "test_progress_seconds_adds_lines_between_records": 13,
 }
 
 

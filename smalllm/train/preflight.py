@@ -7,7 +7,8 @@ touches the run directory; :func:`check_config`, which ``smalllm train --dry-run
 same steps in the same order without building anything. So a dry run refuses exactly the configs
 that a run refuses, with the same one-line message, and cannot drift from it:
 
-1. device and precision (``fp16`` on a CPU, ``cuda`` without a GPU unless dry-running);
+1. trackers (``logging.wandb`` without wandb), device and precision (``fp16`` on a CPU, ``cuda``
+   without a GPU unless dry-running);
 2. the tokenizer: the cached corpus's when it exists, else the one the run would build (byte,
    char or pretrained), else for ``bpe`` a stand-in of the target size with the same byte ids
    (:func:`smalllm.data.tokenizer.bpe_stand_in`), since training it needs the corpus; a corpus
@@ -25,6 +26,7 @@ Only building the corpus (for a dry run) and training are left out.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Callable
 from typing import Any
@@ -43,26 +45,38 @@ from smalllm.data.shards import (
 from smalllm.data.stream import Family, TaskStream, build_families
 from smalllm.data.task_tokens import task_vocab
 from smalllm.data.tokenizer import bpe_stand_in, build_tokenizer
-from smalllm.train.plan import Plan, make_plan, resolve_target
+from smalllm.errors import ConfigError
+from smalllm.train.config import LoggingConfig
+from smalllm.train.plan import Plan, Target, make_plan, resolve_target
+
+
+def check_trackers(logging: LoggingConfig, prefix: str = "logging") -> None:
+    """Refuse a tracker whose package is missing, at startup rather than silently not logging."""
+    if logging.wandb and importlib.util.find_spec("wandb") is None:
+        raise ConfigError(
+            f"{prefix}.wandb: true but the wandb package is not installed "
+            "(pip install wandb, or set logging.wandb=false)"
+        )
 
 
 def check_run(
     cfg: RunConfig,
     tokenizer: Any,
     corpus: TokenShards | None = None,
-    world: int = 1,
-    sharded: bool = False,
+    target: Target | None = None,
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
 ) -> tuple[list[Family], Plan]:
     """Check the tasks and the plan of ``cfg`` against ``tokenizer``; return both for the trainer.
 
     ``corpus`` (None in a dry run before the corpus is built) decides which tokens the task tables
-    may use (:func:`smalllm.data.task_tokens.task_vocab`). ``show`` sees the plan before the memory
-    check refuses it, so a dry run can print what does not fit.
+    may use (:func:`smalllm.data.task_tokens.task_vocab`). ``target``: the device, processes and
+    sharding the run has (the trainer's, from its accelerator) or a dry run plans for; None resolves
+    one process from ``cfg``. ``show`` sees the plan before the memory check refuses it, so a dry
+    run can print what does not fit.
     """
     families = build_families(cfg.data, task_vocab(cfg.data, tokenizer, corpus), cfg.train.global_batch_size)
-    plan = make_plan(cfg, vocab_size=len(tokenizer), world=world, sharded=sharded, strict=strict)
+    plan = make_plan(cfg, vocab_size=len(tokenizer), strict=strict, target=target)
     if show is not None:
         show(plan)
     plan.refuse_if_too_big()
@@ -75,13 +89,17 @@ def check_config(
     strict: bool = True,
     show: Callable[[Plan], None] | None = None,
     log: Callable[[str], None] = print,
+    target: Target | None = None,
 ) -> Plan:
     """Everything a run checks before training (see the module docstring); returns the plan.
 
     ``build_corpus=False`` (a dry run) never writes: without a cached corpus the tokenizer is
-    built or stood in for. ``strict=False`` plans ``train.device=cuda`` without a GPU.
+    built or stood in for. ``strict=False`` plans ``train.device=cuda`` without a GPU; ``target``
+    is what to plan for (a dry run's processes, sharding and GPU; default: one process of ``cfg``).
     """
-    resolve_target(cfg.train, strict)
+    check_trackers(cfg.logging)
+    if target is None:
+        resolve_target(cfg.train, strict)
     corpus = (
         ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=log)
         if build_corpus
@@ -93,7 +111,7 @@ def check_config(
             "note: no built corpus yet, so task tables are stand-ins drawn from the whole vocabulary; "
             "the run draws them from background tokens (data.task_tokens) and checks there are enough"
         )
-    families, plan = check_run(cfg, tokenizer, corpus, strict=strict, show=show)
+    families, plan = check_run(cfg, tokenizer, corpus, target=target, strict=strict, show=show)
     if corpus is not None:
         TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
     return plan
