@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smalllm.data.background import load_texts
-from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
-from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
+from smalllm.data.background import document_tokens, load_text_dataset, load_texts, token_documents
+from smalllm.data.config import DataConfig
+from smalllm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_hash
 from smalllm.errors import SmalllmError
 from smalllm.run_record import (
     MARKER,
@@ -49,6 +49,7 @@ INDEX = "index.json"
 HOLDOUT = "holdout.bin"
 TOKENIZER_DIR = "tokenizer"
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
+FILE_HASHES_DIR = "file-hashes"  # under the cache root: remembered hashes of corpus files
 TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
 
 
@@ -107,17 +108,83 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "smalllm"
 
 
-def corpus_key(background: BackgroundConfig, tokenizer: TokenizerConfig) -> str:
-    """Content hash of everything that determines the token shards."""
+def cache_root(cfg: DataConfig) -> Path:
+    """The cache directory of ``cfg``: ``data.cache_dir``, else :func:`default_cache_dir`."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+def file_fingerprint(path: Path, memo_dir: Path | None = None, remember: bool = False) -> dict:
+    """Size, modification time and SHA-256 of a file's bytes.
+
+    Hashing a large corpus takes a while (about 1 s/GB), so the result is remembered in
+    ``memo_dir`` (one small JSON per file, written only with ``remember``) and reused while the
+    file's size and mtime are unchanged; any edit changes the mtime, so it is hashed again.
+    """
+    resolved = path.resolve()
+    stat = resolved.stat()
+    facts = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = memo_dir / f"{hashlib.sha1(facts['path'].encode()).hexdigest()}.json" if memo_dir else None
+    if memo is not None and memo.is_file():
+        try:
+            known = json.loads(memo.read_text())
+        except (OSError, ValueError):
+            known = None
+        if isinstance(known, dict) and all(known.get(k) == v for k, v in facts.items()) and "sha256" in known:
+            return {**facts, "sha256": known["sha256"]}
+    with open(resolved, "rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
+    fingerprint = {**facts, "sha256": digest}
+    if memo is not None and remember:
+        with contextlib.suppress(OSError):  # only a speed-up: a read-only cache still works
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps(fingerprint))
+            tmp.rename(memo)
+    return fingerprint
+
+
+def source_fingerprint(cfg: DataConfig, remember: bool = False) -> object:
+    """What identifies the background's content, beyond its config.
+
+    Local files (``files``, ``tokens`` and an ``order_file``): each file's size, mtime and byte hash.
+    A hub dataset (not streamed): its ``datasets`` fingerprint, so it is opened (from the datasets
+    cache after the first download). A streamed hub dataset has none: its name, config and split
+    (in the config) are the key. A pretrained tokenizer adds the hash of its content.
+    """
+    bg = cfg.background
+    facts: dict[str, object] = {}
+    if bg.source in ("files", "tokens"):
+        memo = cache_root(cfg) / FILE_HASHES_DIR
+        files = [Path(p) for p in bg.paths] + ([Path(bg.order_file)] if bg.order_file else [])
+        # A missing file is left to the source's own checks, which name the field.
+        facts["files"] = [file_fingerprint(p, memo, remember) if p.is_file() else str(p) for p in files]
+    elif bg.source == "hub" and not bg.streaming:
+        facts["dataset"] = load_text_dataset(bg)._fingerprint
+    if cfg.tokenizer.kind == "pretrained":
+        facts["tokenizer"] = tokenizer_hash(build_tokenizer(cfg.tokenizer))
+    return facts
+
+
+def corpus_key(cfg: DataConfig, remember: bool = False) -> str:
+    """Hash of everything that determines the token shards: the background and tokenizer configs
+    and the content they point to (:func:`source_fingerprint`)."""
     blob = json.dumps(
-        {"background": asdict(background), "tokenizer": asdict(tokenizer), "v": 1}, sort_keys=True
+        {
+            "background": asdict(cfg.background),
+            "tokenizer": asdict(cfg.tokenizer),
+            "content": source_fingerprint(cfg, remember),
+            "v": 2,
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def corpus_dir(cfg: DataConfig) -> Path:
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return root / f"corpus-{corpus_key(cfg.background, cfg.tokenizer)}"
+def corpus_dir(cfg: DataConfig, remember: bool = False) -> Path:
+    """The cache entry of ``cfg``'s corpus: editing a corpus file (or swapping the tokenizer) gives
+    a new entry, so a rerun rebuilds instead of serving the old shards. ``remember`` keeps the file
+    hashes for the next call (see :func:`file_fingerprint`); read-only callers leave it off."""
+    return cache_root(cfg) / f"corpus-{corpus_key(cfg, remember)}"
 
 
 def _cache_field(cfg: DataConfig) -> str:
@@ -148,7 +215,7 @@ def check_corpus_target(cfg: DataConfig, out: Path | None = None, field: str | N
 
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
-    path = corpus_dir(cfg)
+    path = corpus_dir(cfg, remember=True)
     if not (path / INDEX).is_file():
         check_corpus_target(cfg, path)  # refused before saying that it is being built
         log(f"building background corpus in {path} (once; cached for later runs)")
@@ -241,14 +308,71 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
     out = Path(out)
     field = field or _cache_field(cfg)
     check_corpus_target(cfg, out, field)
+    sources = source_fingerprint(cfg)
+    if cfg.background.source == "tokens":
+        tokenizer = build_tokenizer(cfg.tokenizer)
+        files, spans = token_documents(cfg.background, tokenizer.eos_token_id)
+        _check_token_ids(cfg, files, len(tokenizer))
+        with _staged(out, "corpus", field) as tmp:
+            _write_token_corpus(cfg, tokenizer, files, spans, tmp, field, sources)
+        return out
     # Opened (and its files checked) first: a bad source leaves no directory behind.
     texts = load_texts(cfg.background)
     with _staged(out, "corpus", field) as tmp:
-        _write_corpus(cfg, texts, tmp, num_proc, field)
+        _write_corpus(cfg, texts, tmp, num_proc, field, sources)
     return out
 
 
-def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: int, field: str) -> None:
+def _check_token_ids(cfg: DataConfig, files: list[np.ndarray], vocab_size: int) -> None:
+    for path, tokens in zip(cfg.background.paths, files):
+        top = int(tokens.max())  # one pass over the memory map, never loaded whole
+        if top >= vocab_size:
+            raise SmalllmError(
+                f"{path}: token id {top} is outside the vocabulary of data.tokenizer ({vocab_size} tokens)"
+            )
+
+
+def _write_token_corpus(
+    cfg: DataConfig, tokenizer, files: list[np.ndarray], spans: np.ndarray, tmp: Path, field: str, sources
+) -> None:
+    """Copy pre-tokenized documents, in reading order, into the corpus layout (held-out ones first)."""
+    bg = cfg.background
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    eod = tokenizer.eos_token_id
+    try:
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        holdout = document_tokens(files, spans[: bg.holdout_documents], eod, dtype)
+        with _naming(tmp / HOLDOUT):
+            holdout.tofile(tmp / HOLDOUT)
+        writer, total = _ShardWriter(tmp, dtype), 0
+        for start in range(bg.holdout_documents, len(spans), 100_000):
+            ids = document_tokens(files, spans[start : start + 100_000], eod, dtype)
+            writer.write(ids)
+            total += len(ids)
+        if total == 0:
+            raise SmalllmError(
+                "data.background: the token files hold no training documents after the held-out split"
+            )
+        _write_index(
+            cfg,
+            tmp,
+            dtype,
+            writer.close(),
+            total,
+            len(spans) - bg.holdout_documents,
+            holdout,
+            min(bg.holdout_documents, len(spans)),
+            tokenizer,
+            sources,
+        )
+    except OSError as exc:
+        where = exc.filename or tmp
+        raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
+
+
+def _write_corpus(
+    cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: int, field: str, sources: object
+) -> None:
     bg = cfg.background
     try:
         holdout_docs = list(itertools.islice(texts, bg.holdout_documents))
@@ -258,7 +382,8 @@ def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: in
         del head
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-        eod = tokenizer.eos_token_id
+        # Without end_of_document the documents keep their separators and are simply joined.
+        eod = tokenizer.eos_token_id if bg.end_of_document else None
 
         holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
         with _naming(tmp / HOLDOUT):
@@ -275,24 +400,40 @@ def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: in
             raise SmalllmError(
                 "data.background: the corpus has no training documents after the held-out split"
             )
-        index = {
-            "dtype": np.dtype(dtype).name,
-            "shards": shards,
-            "train_tokens": total,
-            "train_documents": docs,
-            "holdout_tokens": int(len(holdout)),
-            "holdout_documents": len(holdout_docs),
-            "vocab_size": len(tokenizer),
-            "eod_id": eod,
-            "background": asdict(bg),
-            "tokenizer": asdict(cfg.tokenizer),
-        }
-        with _naming(tmp / INDEX):
-            (tmp / INDEX).write_text(json.dumps(index, indent=2))
+        _write_index(cfg, tmp, dtype, shards, total, docs, holdout, len(holdout_docs), tokenizer, sources)
     except OSError as exc:
         # A full disk or a file-size limit: say which file, in one line.
         where = exc.filename or tmp
         raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
+
+
+def _write_index(
+    cfg: DataConfig,
+    tmp: Path,
+    dtype,
+    shards: list[dict],
+    total: int,
+    docs: int,
+    holdout: np.ndarray,
+    holdout_docs: int,
+    tokenizer,
+    sources: object,
+) -> None:
+    index = {
+        "dtype": np.dtype(dtype).name,
+        "shards": shards,
+        "train_tokens": total,
+        "train_documents": docs,
+        "holdout_tokens": int(len(holdout)),
+        "holdout_documents": holdout_docs,
+        "vocab_size": len(tokenizer),
+        "eod_id": tokenizer.eos_token_id,
+        "background": asdict(cfg.background),
+        "tokenizer": asdict(cfg.tokenizer),
+        "sources": sources,
+    }
+    with _naming(tmp / INDEX):
+        (tmp / INDEX).write_text(json.dumps(index, indent=2))
 
 
 @contextmanager
@@ -345,7 +486,8 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np.ndarray:
+def _tokenize(texts: list[str], tokenizer, eod: int | None, dtype, num_proc: int) -> np.ndarray:
+    """The token ids of ``texts`` concatenated, each followed by ``eod`` (nothing when None)."""
     if not texts:
         return np.zeros(0, dtype=dtype)
     if num_proc > 1 and len(texts) >= 10_000:
@@ -362,9 +504,11 @@ def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np
         encoded = ds["ids"]
     else:
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+    extra = 0 if eod is None else 1
+    lengths = np.fromiter((len(e) + extra for e in encoded), dtype=np.int64, count=len(encoded))
     out = np.empty(int(lengths.sum()), dtype=dtype)
-    out[:] = eod
+    if eod is not None:
+        out[:] = eod
     ends = np.cumsum(lengths)
     for start, ids in zip(ends - lengths, encoded):
         out[start : start + len(ids)] = ids

@@ -68,9 +68,9 @@ def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
 
         return len(char_tokenizer())
     if kind == "pretrained":
-        from smalllm.data.tokenizer import load_tokenizer
+        from smalllm.data.tokenizer import load_pretrained
 
-        return len(load_tokenizer(cfg.data.tokenizer.path or "", field="data.tokenizer.path"))
+        return len(load_pretrained(cfg.data.tokenizer.name_or_path or ""))
     return cfg.data.tokenizer.vocab_size
 
 
@@ -159,7 +159,8 @@ def make_plan(
     """
     t = cfg.train
     device, precision, hypothetical = resolve_target(t, strict)
-    vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
+    # The model's embedding rows (the tokenizer's vocabulary padded to model.vocab_multiple).
+    vocab = cfg.model.embedding_rows(vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg))
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):
         raise SmalllmError(
