@@ -101,6 +101,10 @@ SLOW_TESTS = {
     "test_same_seed_same_stream_and_seek_equals_iteration": 4,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
+    "test_pretrained_tokenizer_from_a_local_directory_with_a_padded_embedding": 8,
+    "test_olmo_token_file_trains_as_the_background_in_the_given_order": 4,
+    "test_token_files_and_order_are_checked_with_one_line_errors": 3,
+    "test_dry_run_reports_passes_over_the_background_and_warns_above_one": 3,
 }
 
 

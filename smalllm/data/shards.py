@@ -118,29 +118,31 @@ def file_fingerprint(path: Path, memo_dir: Path | None = None, remember: bool = 
 
     Hashing a large corpus takes a while (about 1 s/GB), so the result is remembered in
     ``memo_dir`` (one small JSON per file, written only with ``remember``) and reused while the
-    file's size and mtime are unchanged; any edit changes the mtime, so it is hashed again.
+    file is untouched (same inode, size, mtime and ctime); any write makes it hashed again.
     """
     resolved = path.resolve()
     stat = resolved.stat()
     facts = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    # The memo is trusted only for the very same inode unchanged since (ctime cannot be set back by
+    # hand, unlike mtime), so an edit that keeps the size and restores the mtime is still hashed.
+    same_file = {**facts, "inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}
     memo = memo_dir / f"{hashlib.sha1(facts['path'].encode()).hexdigest()}.json" if memo_dir else None
     if memo is not None and memo.is_file():
         try:
             known = json.loads(memo.read_text())
         except (OSError, ValueError):
             known = None
-        if isinstance(known, dict) and all(known.get(k) == v for k, v in facts.items()) and "sha256" in known:
+        if isinstance(known, dict) and all(known.get(k) == v for k, v in same_file.items()) and "sha256" in known:
             return {**facts, "sha256": known["sha256"]}
     with open(resolved, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    fingerprint = {**facts, "sha256": digest}
     if memo is not None and remember:
         with contextlib.suppress(OSError):  # only a speed-up: a read-only cache still works
             memo.parent.mkdir(parents=True, exist_ok=True)
             tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps(fingerprint))
+            tmp.write_text(json.dumps({**same_file, "sha256": digest}))
             tmp.rename(memo)
-    return fingerprint
+    return {**facts, "sha256": digest}
 
 
 def source_fingerprint(cfg: DataConfig, remember: bool = False) -> object:
