@@ -15,7 +15,7 @@ from smalllm.data.background import text_documents
 from smalllm.data.shards import corpus_dir, ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.data.tokenizer import byte_tokenizer, char_tokenizer
-from smalllm.errors import ConfigError
+from smalllm.errors import ConfigError, SmalllmError
 from smalllm.model.build import build_model
 from smalllm.model.presets import PRESETS
 from smalllm.train.plan import make_plan
@@ -166,6 +166,37 @@ def test_olmo_token_file_trains_as_the_background_in_the_given_order(tmp_path):
     assert flat(ensure_corpus(as_bin, log=quiet)).tolist() == expected.tolist()
 
 
+def test_olmo_global_indices_order_windows_of_seq_len(tmp_path):
+    # OLMo numbers fixed-length instances file by file (each file's tail dropped); global_indices.npy
+    # orders them. Two files of 100 and 70 tokens at seq_len 32 hold 3 + 2 instances.
+    a, b = np.arange(2, 102, dtype=np.uint16), np.arange(102, 172, dtype=np.uint16)
+    np.save(tmp_path / "a.npy", a)
+    np.save(tmp_path / "b.npy", b)
+    np.save(tmp_path / "global_indices.npy", np.array([4, 1, 3, 0, 2], dtype=np.uint32))
+    cfg = tiny_config(
+        tmp_path / "run",
+        "data.background.source=tokens",
+        f"data.background.paths=[{tmp_path / 'a.npy'}, {tmp_path / 'b.npy'}]",
+        f"data.background.order_file={tmp_path / 'global_indices.npy'}",
+        "data.background.order_unit=window",
+        "data.background.holdout_documents=0",
+        "data.background.shuffle=false",
+        "data.tokenizer.kind=char",  # 103 ids: too few for these token files
+        "data.tasks=[]",
+    ).data
+    with pytest.raises(
+        SmalllmError, match=r"b.npy: token id 171 is outside the vocabulary of data.tokenizer \(103 tokens\)"
+    ):
+        ensure_corpus(cfg, log=quiet)
+    cfg.tokenizer.kind = "byte"  # 258 ids
+    corpus = ensure_corpus(cfg, log=quiet)
+    instances = [a[0:32], a[32:64], a[64:96], b[0:32], b[32:64]]
+    expected = np.concatenate([instances[i] for i in (4, 1, 3, 0, 2)])
+    assert flat(corpus).tolist() == expected.tolist()  # no <eod> added between windows
+    rows = TaskStream(cfg, corpus, 8).rows(0, 5).input_ids
+    assert rows.tolist() == [instances[i].tolist() for i in (4, 1, 3, 0, 2)]
+
+
 def test_token_files_and_order_are_checked_with_one_line_errors(tmp_path):
     path, order, _ = _token_file(tmp_path)
     base = ["data.background.source=tokens", f"data.background.paths=[{path}]", "data.tokenizer.kind=byte"]
@@ -178,7 +209,7 @@ def test_token_files_and_order_are_checked_with_one_line_errors(tmp_path):
     cases = [
         (
             [f"data.background.order_file={bad_order}"],
-            r"data.background.order_file: .* names document 6 .* 6 documents",
+            r"data.background.order_file: .* names piece 6 .* hold 6 of data.background.order_unit",
         ),
         (
             [f"data.background.paths=[{floats}]"],

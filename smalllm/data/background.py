@@ -480,26 +480,34 @@ def read_order(path: Path, num_documents: int) -> np.ndarray:
         raise ConfigError(f"{field}: '{path}' must hold a 1-D list of integer document indices")
     if len(order) and (int(order.min()) < 0 or int(order.max()) >= num_documents):
         raise ConfigError(
-            f"{field}: '{path}' names document {int(order.max())} (or a negative one); "
-            f"the token files hold {num_documents} documents (0..{num_documents - 1})"
+            f"{field}: '{path}' names piece {int(order.max())} (or a negative one); the token files "
+            f"hold {num_documents} of data.background.order_unit (0..{num_documents - 1})"
         )
     return np.asarray(order, dtype=np.int64)
 
 
-def token_documents(cfg: BackgroundConfig, eos_id: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The memory-mapped token files and their documents in reading order.
+def token_documents(
+    cfg: BackgroundConfig, eos_id: int, seq_len: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The memory-mapped token files and their documents (or windows) in reading order.
 
-    Returns ``(files, spans)``: ``spans[k] = (file, start, stop)`` is the k-th document read. A
-    document ends with ``eos_id`` (a file's tail after its last ``eos_id`` is one more document).
-    The order is that of ``paths``, or ``order_file`` over the documents counted in that order.
+    Returns ``(files, spans)``: ``spans[k] = (file, start, stop)`` is the k-th piece read. With
+    ``order_unit=document`` a piece ends with ``eos_id`` (a file's tail after its last ``eos_id`` is
+    one more document); with ``window`` it is ``seq_len`` tokens, OLMo's instances. The order is that
+    of ``paths``, or ``order_file`` over the pieces counted in that order.
     """
     files = check_token_files(cfg)
     spans = []
     for i, tokens in enumerate(files):
-        stops = np.flatnonzero(tokens == eos_id) + 1
-        if len(stops) == 0 or stops[-1] != len(tokens):
-            stops = np.append(stops, len(tokens))
-        starts = np.concatenate([[0], stops[:-1]])
+        if cfg.order_unit == "window":
+            assert seq_len is not None, "windows need data.seq_len"
+            starts = np.arange(len(tokens) // seq_len) * seq_len
+            stops = starts + seq_len
+        else:
+            stops = np.flatnonzero(tokens == eos_id) + 1
+            if len(stops) == 0 or stops[-1] != len(tokens):
+                stops = np.append(stops, len(tokens))
+            starts = np.concatenate([[0], stops[:-1]])
         spans.append(np.stack([np.full(len(stops), i), starts, stops], axis=1))
     all_spans = np.concatenate(spans)
     if cfg.order_file is not None:
@@ -509,13 +517,13 @@ def token_documents(cfg: BackgroundConfig, eos_id: int) -> tuple[list[np.ndarray
     return files, all_spans
 
 
-def document_tokens(files: list[np.ndarray], spans: np.ndarray, eos_id: int, dtype) -> np.ndarray:
-    """The documents ``spans`` concatenated, each ending with ``eos_id`` (added where a file's last
-    document lacks it)."""
+def document_tokens(files: list[np.ndarray], spans: np.ndarray, eos_id: int | None, dtype) -> np.ndarray:
+    """The pieces ``spans`` concatenated, each ending with ``eos_id`` (added where a file's last
+    document lacks it; None adds nothing, for windows)."""
     pieces = []
     for f, start, stop in spans:
         doc = files[f][start:stop]
         pieces.append(doc)
-        if len(doc) == 0 or doc[-1] != eos_id:
+        if eos_id is not None and (len(doc) == 0 or doc[-1] != eos_id):
             pieces.append(np.array([eos_id], dtype=dtype))
     return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)

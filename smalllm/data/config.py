@@ -21,6 +21,7 @@ TokenizerKind = Literal["bpe", "byte", "char", "pretrained"]
 BackgroundSource = Literal["synthetic", "files", "hub", "tokens"]
 TextUnit = Literal["file", "paragraph", "line"]
 TokenDtype = Literal["uint16", "uint32"]
+OrderUnit = Literal["document", "window"]
 ScheduleKind = Literal["uniform", "gap", "piecewise"]
 Unit = Literal["per_token", "token_fraction", "example_fraction"]
 Placement = Literal["prefix", "document"]
@@ -30,6 +31,7 @@ TOKENIZER_KINDS = choices(TokenizerKind)
 SOURCES = choices(BackgroundSource)
 TEXT_UNITS = choices(TextUnit)
 TOKEN_DTYPES = choices(TokenDtype)
+ORDER_UNITS = choices(OrderUnit)
 SCHEDULE_KINDS = choices(ScheduleKind)
 UNITS = choices(Unit)
 PLACEMENTS = choices(Placement)
@@ -102,9 +104,14 @@ class BackgroundConfig:
     """``source=tokens``: dtype of raw ``.bin`` token files (uint16 up to 65,536 ids, else uint32);
     ``.npy`` files carry their own."""
     order_file: str | None = None
-    """``source=tokens``: a ``.npy`` (or text, one per line) list of document indices, counted over
-    the documents of ``paths`` in order, giving the global order to read them in (None: file order).
-    Documents end at the tokenizer's end-of-document id; unlisted documents are left out."""
+    """``source=tokens``: a ``.npy`` (or text, one per line) list of indices, counted over ``paths``
+    in order, giving the global order to read them in (None: file order); unlisted ones are left out.
+    What an index counts is ``order_unit``."""
+    order_unit: OrderUnit = "document"
+    """``source=tokens``: document (the pieces ending at the tokenizer's end-of-document id) or window
+    (``data.seq_len`` tokens: file i holds len_i // seq_len of them, its tail dropped; this is how
+    OLMo numbers the instances of its ``global_indices.npy``, so with ``shuffle=false`` the run reads
+    OLMo's batches in OLMo's order). Held-out documents are counted in the same unit."""
     shuffle: bool = True
     """Shuffle the stream's background windows each pass (seeded by ``data.seed``); false reads the
     corpus in order, keeping a given global order (``order_file``) for the first pass and every pass."""
@@ -134,6 +141,7 @@ class BackgroundConfig:
         )
         one_of(self.text_unit, TEXT_UNITS, f"{prefix}.text_unit")
         one_of(self.token_dtype, TOKEN_DTYPES, f"{prefix}.token_dtype")
+        one_of(self.order_unit, ORDER_UNITS, f"{prefix}.order_unit")
         require(
             self.order_file is None or self.source == "tokens",
             f"{prefix}.order_file",

@@ -132,7 +132,11 @@ def file_fingerprint(path: Path, memo_dir: Path | None = None, remember: bool = 
             known = json.loads(memo.read_text())
         except (OSError, ValueError):
             known = None
-        if isinstance(known, dict) and all(known.get(k) == v for k, v in same_file.items()) and "sha256" in known:
+        if (
+            isinstance(known, dict)
+            and all(known.get(k) == v for k, v in same_file.items())
+            and "sha256" in known
+        ):
             return {**facts, "sha256": known["sha256"]}
     with open(resolved, "rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
@@ -175,6 +179,10 @@ def corpus_key(cfg: DataConfig, remember: bool = False) -> str:
             "background": asdict(cfg.background),
             "tokenizer": asdict(cfg.tokenizer),
             "content": source_fingerprint(cfg, remember),
+            # Windows of token files are cut at seq_len: then it shapes the shards too.
+            "seq_len": cfg.seq_len
+            if cfg.background.source == "tokens" and cfg.background.order_unit == "window"
+            else None,
             "v": 2,
         },
         sort_keys=True,
@@ -313,7 +321,7 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
     sources = source_fingerprint(cfg)
     if cfg.background.source == "tokens":
         tokenizer = build_tokenizer(cfg.tokenizer)
-        files, spans = token_documents(cfg.background, tokenizer.eos_token_id)
+        files, spans = token_documents(cfg.background, tokenizer.eos_token_id, cfg.seq_len)
         _check_token_ids(cfg, files, len(tokenizer))
         with _staged(out, "corpus", field) as tmp:
             _write_token_corpus(cfg, tokenizer, files, spans, tmp, field, sources)
@@ -340,13 +348,16 @@ def _write_token_corpus(
     """Copy pre-tokenized documents, in reading order, into the corpus layout (held-out ones first)."""
     bg = cfg.background
     dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-    eod = tokenizer.eos_token_id
+    # Windows are copied whole (OLMo's instances span documents); documents end with <eod>.
+    eod = tokenizer.eos_token_id if bg.order_unit == "document" else None
     try:
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         holdout = document_tokens(files, spans[: bg.holdout_documents], eod, dtype)
         with _naming(tmp / HOLDOUT):
             holdout.tofile(tmp / HOLDOUT)
-        writer, total = _ShardWriter(tmp, dtype), 0
+        # Shards hold whole windows, so the stream's window k is the k-th window of the order.
+        shard_tokens = SHARD_TOKENS - SHARD_TOKENS % cfg.seq_len if eod is None else SHARD_TOKENS
+        writer, total = _ShardWriter(tmp, dtype, shard_tokens), 0
         for start in range(bg.holdout_documents, len(spans), 100_000):
             ids = document_tokens(files, spans[start : start + 100_000], eod, dtype)
             writer.write(ids)
@@ -451,17 +462,17 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 class _ShardWriter:
-    def __init__(self, root: Path, dtype) -> None:
-        self.root, self.dtype = root, dtype
+    def __init__(self, root: Path, dtype, shard_tokens: int = SHARD_TOKENS) -> None:
+        self.root, self.dtype, self.shard_tokens = root, dtype, shard_tokens
         self.shards: list[dict] = []
         self._fh = None
         self._count = 0
 
     def write(self, ids: np.ndarray) -> None:
         while len(ids):
-            if self._fh is None or self._count >= SHARD_TOKENS:
+            if self._fh is None or self._count >= self.shard_tokens:
                 self._open()
-            take = min(len(ids), SHARD_TOKENS - self._count)
+            take = min(len(ids), self.shard_tokens - self._count)
             with _naming(self.root / self.shards[-1]["file"]):
                 self._fh.write(ids[:take].tobytes())
             self._count += take
