@@ -105,6 +105,32 @@ def test_editing_a_corpus_file_rebuilds_its_shards(tmp_path):
     assert first.path.is_dir()  # the old entry is left alone (another run may be reading it)
 
 
+def test_a_hub_dataset_is_keyed_by_its_fingerprint(tmp_path, monkeypatch):
+    # No download: the dataset is stood in for by an object with the fingerprint datasets would give.
+    from types import SimpleNamespace
+
+    from smalllm.data import shards
+
+    fingerprint = {"value": "aaaa"}
+    monkeypatch.setattr(
+        shards, "load_text_dataset", lambda bg: SimpleNamespace(_fingerprint=fingerprint["value"])
+    )
+    hub = ["data.background.source=hub", "data.background.hub_name=some/corpus"]
+    cfg = tiny_config(tmp_path / "run", *hub).data
+    shards._hub_fingerprint.cache_clear()
+    first = corpus_dir(cfg)
+    assert corpus_dir(cfg) == first
+    fingerprint["value"] = "bbbb"  # the dataset changed upstream and was downloaded again
+    shards._hub_fingerprint.cache_clear()
+    assert corpus_dir(cfg) != first
+    # A streamed dataset has no fingerprint: its name, config and split are the key.
+    streamed = tiny_config(
+        tmp_path / "run", *hub, "data.background.streaming=true", "data.background.max_documents=100"
+    )
+    assert corpus_dir(streamed.data) != corpus_dir(cfg)
+    shards._hub_fingerprint.cache_clear()
+
+
 # ---------------------------------------------------------------------------------------------- token files
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from smalllm.data.background import document_tokens, load_text_dataset, load_texts, token_documents
-from smalllm.data.config import DataConfig
+from smalllm.data.config import BackgroundConfig, DataConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_hash
 from smalllm.errors import SmalllmError
 from smalllm.run_record import (
@@ -165,10 +166,19 @@ def source_fingerprint(cfg: DataConfig, remember: bool = False) -> object:
         # A missing file is left to the source's own checks, which name the field.
         facts["files"] = [file_fingerprint(p, memo, remember) if p.is_file() else str(p) for p in files]
     elif bg.source == "hub" and not bg.streaming:
-        facts["dataset"] = load_text_dataset(bg)._fingerprint
+        facts["dataset"] = _hub_fingerprint(bg.hub_name, bg.hub_config, bg.split)
     if cfg.tokenizer.kind == "pretrained":
         facts["tokenizer"] = tokenizer_hash(build_tokenizer(cfg.tokenizer))
     return facts
+
+
+@functools.lru_cache(maxsize=16)
+def _hub_fingerprint(name: str | None, config: str | None, split: str) -> str:
+    """The ``datasets`` fingerprint of a downloaded hub dataset (opened once per process: a sweep
+    asks for the corpus of every cell)."""
+    return load_text_dataset(
+        BackgroundConfig(source="hub", hub_name=name, hub_config=config, split=split)
+    )._fingerprint
 
 
 def corpus_key(cfg: DataConfig, remember: bool = False) -> str:
