@@ -357,7 +357,7 @@ def cmd_data(args) -> None:
     if args.data_command == "build":
         from smalllm.data.shards import INDEX, build_corpus, corpus_dir, open_corpus
 
-        out = Path(args.out) if args.out else corpus_dir(cfg.data, remember=True)
+        out = Path(args.out) if args.out else corpus_dir(cfg.data)
         kept = args.if_missing and (out / INDEX).is_file()
         if not kept:
             build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)

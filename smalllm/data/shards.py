@@ -114,43 +114,73 @@ def cache_root(cfg: DataConfig) -> Path:
     return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
 
 
-def file_fingerprint(path: Path, memo_dir: Path | None = None, remember: bool = False) -> dict:
+_DIGESTS: dict[tuple, str] = {}
+"""SHA-256 of the files hashed in this process, by (path, size, mtime, inode, ctime)."""
+
+
+def _memo_file(memo_dir: Path, resolved: Path) -> Path:
+    return memo_dir / f"{hashlib.sha1(str(resolved).encode()).hexdigest()}.json"
+
+
+def _identity(resolved: Path) -> dict:
+    # Trusted as "the same bytes" only for the very same inode unchanged since: ctime cannot be set
+    # back by hand (unlike mtime), so an edit that keeps the size and restores the mtime is noticed.
+    stat = resolved.stat()
+    return {
+        "path": str(resolved),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "inode": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
+
+
+def file_fingerprint(path: Path, memo_dir: Path | None = None) -> dict:
     """Size, modification time and SHA-256 of a file's bytes.
 
-    Hashing a large corpus takes a while (about 1 s/GB), so the result is remembered in
-    ``memo_dir`` (one small JSON per file, written only with ``remember``) and reused while the
-    file is untouched (same inode, size, mtime and ctime); any write makes it hashed again.
+    Hashing a large corpus takes a while (about 1 s/GB), so a hash is reused while the file is
+    untouched (same inode, size, mtime and ctime): within the process, and across processes through
+    ``memo_dir`` once :func:`remember_file_hashes` has written it there. Any write means a new hash.
     """
     resolved = path.resolve()
-    stat = resolved.stat()
-    facts = {"path": str(resolved), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    # The memo is trusted only for the very same inode unchanged since (ctime cannot be set back by
-    # hand, unlike mtime), so an edit that keeps the size and restores the mtime is still hashed.
-    same_file = {**facts, "inode": stat.st_ino, "ctime_ns": stat.st_ctime_ns}
-    memo = memo_dir / f"{hashlib.sha1(facts['path'].encode()).hexdigest()}.json" if memo_dir else None
-    if memo is not None and memo.is_file():
-        try:
-            known = json.loads(memo.read_text())
-        except (OSError, ValueError):
-            known = None
-        if (
-            isinstance(known, dict)
-            and all(known.get(k) == v for k, v in same_file.items())
-            and "sha256" in known
-        ):
-            return {**facts, "sha256": known["sha256"]}
-    with open(resolved, "rb") as fh:
-        digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    if memo is not None and remember:
+    identity = _identity(resolved)
+    key = tuple(identity.values())
+    facts = {k: identity[k] for k in ("path", "size", "mtime_ns")}
+    if key not in _DIGESTS and memo_dir is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            known = json.loads(_memo_file(memo_dir, resolved).read_text())
+            if all(known.get(k) == v for k, v in identity.items()) and isinstance(known.get("sha256"), str):
+                _DIGESTS[key] = known["sha256"]
+    if key not in _DIGESTS:
+        with open(resolved, "rb") as fh:
+            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {**facts, "sha256": _DIGESTS[key]}
+
+
+def _source_files(cfg: DataConfig) -> list[Path]:
+    bg = cfg.background
+    if bg.source not in ("files", "tokens"):
+        return []
+    return [Path(p) for p in bg.paths] + ([Path(bg.order_file)] if bg.order_file else [])
+
+
+def remember_file_hashes(cfg: DataConfig) -> None:
+    """Write the hashes of ``cfg``'s corpus files into the cache (``CACHE/file-hashes/``), so the next
+    process need not read the files again. Only after a corpus was built or opened: a bad input
+    leaves the cache as it was."""
+    memo_dir = cache_root(cfg) / FILE_HASHES_DIR
+    for path in _source_files(cfg):
+        fingerprint = file_fingerprint(path, memo_dir)
+        resolved = Path(fingerprint["path"])
         with contextlib.suppress(OSError):  # only a speed-up: a read-only cache still works
-            memo.parent.mkdir(parents=True, exist_ok=True)
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            memo = _memo_file(memo_dir, resolved)
             tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
-            tmp.write_text(json.dumps({**same_file, "sha256": digest}))
+            tmp.write_text(json.dumps({**_identity(resolved), "sha256": fingerprint["sha256"]}))
             tmp.rename(memo)
-    return {**facts, "sha256": digest}
 
 
-def source_fingerprint(cfg: DataConfig, remember: bool = False) -> object:
+def source_fingerprint(cfg: DataConfig) -> object:
     """What identifies the background's content, beyond its config.
 
     Local files (``files``, ``tokens`` and an ``order_file``): each file's size, mtime and byte hash.
@@ -161,15 +191,21 @@ def source_fingerprint(cfg: DataConfig, remember: bool = False) -> object:
     bg = cfg.background
     facts: dict[str, object] = {}
     if bg.source in ("files", "tokens"):
-        memo = cache_root(cfg) / FILE_HASHES_DIR
-        files = [Path(p) for p in bg.paths] + ([Path(bg.order_file)] if bg.order_file else [])
-        # A missing file is left to the source's own checks, which name the field.
-        facts["files"] = [file_fingerprint(p, memo, remember) if p.is_file() else str(p) for p in files]
+        facts["files"] = [_file_fact(p, cache_root(cfg) / FILE_HASHES_DIR) for p in _source_files(cfg)]
     elif bg.source == "hub" and not bg.streaming:
         facts["dataset"] = _hub_fingerprint(bg.hub_name, bg.hub_config, bg.split)
     if cfg.tokenizer.kind == "pretrained":
         facts["tokenizer"] = tokenizer_hash(build_tokenizer(cfg.tokenizer))
     return facts
+
+
+def _file_fact(path: Path, memo_dir: Path) -> object:
+    """A file's fingerprint; a missing or unreadable one is left to the source's own checks, which
+    name the field and the file in one line."""
+    try:
+        return file_fingerprint(path, memo_dir) if path.is_file() else str(path)
+    except OSError:
+        return str(path)
 
 
 @functools.lru_cache(maxsize=16)
@@ -181,14 +217,14 @@ def _hub_fingerprint(name: str | None, config: str | None, split: str) -> str:
     )._fingerprint
 
 
-def corpus_key(cfg: DataConfig, remember: bool = False) -> str:
+def corpus_key(cfg: DataConfig) -> str:
     """Hash of everything that determines the token shards: the background and tokenizer configs
     and the content they point to (:func:`source_fingerprint`)."""
     blob = json.dumps(
         {
             "background": asdict(cfg.background),
             "tokenizer": asdict(cfg.tokenizer),
-            "content": source_fingerprint(cfg, remember),
+            "content": source_fingerprint(cfg),
             # Windows of token files are cut at seq_len: then it shapes the shards too.
             "seq_len": cfg.seq_len
             if cfg.background.source == "tokens" and cfg.background.order_unit == "window"
@@ -200,11 +236,10 @@ def corpus_key(cfg: DataConfig, remember: bool = False) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def corpus_dir(cfg: DataConfig, remember: bool = False) -> Path:
+def corpus_dir(cfg: DataConfig) -> Path:
     """The cache entry of ``cfg``'s corpus: editing a corpus file (or swapping the tokenizer) gives
-    a new entry, so a rerun rebuilds instead of serving the old shards. ``remember`` keeps the file
-    hashes for the next call (see :func:`file_fingerprint`); read-only callers leave it off."""
-    return cache_root(cfg) / f"corpus-{corpus_key(cfg, remember)}"
+    a new entry, so a rerun rebuilds instead of serving the old shards. Only reads."""
+    return cache_root(cfg) / f"corpus-{corpus_key(cfg)}"
 
 
 def _cache_field(cfg: DataConfig) -> str:
@@ -235,12 +270,14 @@ def check_corpus_target(cfg: DataConfig, out: Path | None = None, field: str | N
 
 def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
     """Open the cached corpus for ``cfg``, building it first if it does not exist."""
-    path = corpus_dir(cfg, remember=True)
+    path = corpus_dir(cfg)
     if not (path / INDEX).is_file():
         check_corpus_target(cfg, path)  # refused before saying that it is being built
         log(f"building background corpus in {path} (once; cached for later runs)")
         build_corpus(cfg, path, num_proc=num_proc)
-    return open_corpus(path)
+    corpus = open_corpus(path)
+    remember_file_hashes(cfg)
+    return corpus
 
 
 def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc: int = 1):
@@ -335,11 +372,12 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
         _check_token_ids(cfg, files, len(tokenizer))
         with _staged(out, "corpus", field) as tmp:
             _write_token_corpus(cfg, tokenizer, files, spans, tmp, field, sources)
-        return out
-    # Opened (and its files checked) first: a bad source leaves no directory behind.
-    texts = load_texts(cfg.background)
-    with _staged(out, "corpus", field) as tmp:
-        _write_corpus(cfg, texts, tmp, num_proc, field, sources)
+    else:
+        # Opened (and its files checked) first: a bad source leaves no directory behind.
+        texts = load_texts(cfg.background)
+        with _staged(out, "corpus", field) as tmp:
+            _write_corpus(cfg, texts, tmp, num_proc, field, sources)
+    remember_file_hashes(cfg)
     return out
 
 
