@@ -510,8 +510,9 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 class _ShardWriter:
-    def __init__(self, root: Path, dtype, shard_tokens: int = SHARD_TOKENS) -> None:
-        self.root, self.dtype, self.shard_tokens = root, dtype, shard_tokens
+    def __init__(self, root: Path, dtype, shard_tokens: int | None = None) -> None:
+        self.root, self.dtype = root, dtype
+        self.shard_tokens = shard_tokens or SHARD_TOKENS
         self.shards: list[dict] = []
         self._fh = None
         self._count = 0
