@@ -324,6 +324,10 @@ def test_pretrained_tokenizer_from_a_local_directory_with_a_padded_embedding(tmp
         )
     with pytest.raises(ConfigError, match=r"^model.vocab_multiple: "):
         tiny_config(tmp_path / "run", "model.vocab_multiple=0")
+    # A run saved before the rename (data.tokenizer.path) still loads, from the same directory.
+    old = tiny_config(tmp_path / "run", "data.tokenizer.kind=pretrained", f"data.tokenizer.path={saved}")
+    assert corpus_dir(old.data) != corpus_dir(cfg.data)  # the config differs, the tokenizer does not
+    assert len(ensure_corpus(old.data, log=quiet).tokenizer) == vocab
     # A changed tokenizer in the same directory is a different corpus.
     before = corpus_dir(cfg.data)
     char_tokenizer("abc").save_pretrained(str(saved))

@@ -58,12 +58,19 @@ class TokenizerConfig:
     name_or_path: str | None = None
     """For ``kind=pretrained``: a local tokenizer directory, else a Hugging Face hub name (e.g.
     ``allenai/OLMo-1B-hf``; fetched once into the HF cache, so it needs the network the first time)."""
+    path: str | None = None
+    """Former name of ``name_or_path`` (a local directory), still read so that runs saved with it
+    resume; new configs use ``name_or_path``."""
+
+    def pretrained_source(self) -> str:
+        """Where ``kind=pretrained`` loads from: ``name_or_path``, else the former ``path``."""
+        return self.name_or_path or self.path or ""
 
     def validate(self, prefix: str = "data.tokenizer") -> None:
         one_of(self.kind, TOKENIZER_KINDS, f"{prefix}.kind")
         integer(self.vocab_size, f"{prefix}.vocab_size", ge=64, le=VOCAB_MAX)
         require(
-            self.kind != "pretrained" or bool(self.name_or_path),
+            self.kind != "pretrained" or bool(self.pretrained_source()),
             f"{prefix}.name_or_path",
             f"required when {prefix}.kind=pretrained",
         )

@@ -93,7 +93,7 @@ def build_tokenizer(cfg: TokenizerConfig, texts: Iterable[str] | None = None) ->
     if cfg.kind == "char":
         return char_tokenizer()
     if cfg.kind == "pretrained":
-        return load_pretrained(cfg.name_or_path or "", field="data.tokenizer.name_or_path")
+        return load_pretrained(cfg.pretrained_source(), field="data.tokenizer.name_or_path")
     if texts is None:
         raise ConfigError("data.tokenizer.kind: bpe needs background texts to train on")
     return byte_level_bpe(texts, cfg.vocab_size)

@@ -70,7 +70,7 @@ def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
     if kind == "pretrained":
         from smalllm.data.tokenizer import load_pretrained
 
-        return len(load_pretrained(cfg.data.tokenizer.name_or_path or ""))
+        return len(load_pretrained(cfg.data.tokenizer.pretrained_source()))
     return cfg.data.tokenizer.vocab_size
 
 
