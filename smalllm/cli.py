@@ -169,6 +169,12 @@ def _parser() -> argparse.ArgumentParser:
         help="instances to show",
     )
     ts.add_argument("--seed", action=_Bounded, low=0, high=MAX_SEED, default=0, help="task seed")
+    ts.add_argument(
+        "--config",
+        metavar="CONFIG.yaml",
+        help="draw the task's token tables as a run of this config does (from its background corpus, "
+        "built if needed) and show each table token's background count",
+    )
 
     d = add("data", help="build tokenizers and token shards, inspect the stream")
     dadd = _with_parents(d.add_subparsers(dest="data_command", required=True, metavar="ACTION"), common)
@@ -330,7 +336,20 @@ def cmd_tasks(args) -> None:
     if args.tasks_command == "list":
         print(tasks_table())
         return
-    print(show_task(args.name, n=args.n, params=_task_params(args.params), seed=args.seed))
+    vocab = counts = None
+    if args.config:
+        from smalllm.config import load_config
+        from smalllm.data.shards import ensure_corpus
+        from smalllm.data.task_tokens import background_counts, task_vocab
+
+        data = load_config(args.config).data
+        corpus = ensure_corpus(data)
+        vocab, counts = task_vocab(data, corpus.tokenizer, corpus), background_counts(corpus)
+    print(
+        show_task(
+            args.name, n=args.n, params=_task_params(args.params), seed=args.seed, vocab=vocab, counts=counts
+        )
+    )
 
 
 def _task_params(items: list[str]) -> dict[str, object]:

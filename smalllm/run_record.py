@@ -83,6 +83,22 @@ RUN_NAMES: frozenset[str] = frozenset(
 )
 """Everything smalllm writes at the top of a run directory (plus the atomic writes' temporary files)."""
 
+# Names the sweep report writes at the top of a sweep directory, beside its results table (the rest of
+# a sweep directory's layout is spelled in smalllm.sweep.records). Nothing outside this module spells them.
+FRONTIER_CSV_FILE = "frontier.csv"
+FRONTIER_JSON_FILE = "frontier.json"
+
+
+def frontier_csv_file(sweep_dir: str | Path) -> Path:
+    """The sweep's crossing-frequency table: one row per task (facet), basis and model size."""
+    return Path(sweep_dir) / FRONTIER_CSV_FILE
+
+
+def frontier_json_file(sweep_dir: str | Path) -> Path:
+    """The sweep's frontier estimate in full: f* per size with CIs, and the exchange rates."""
+    return Path(sweep_dir) / FRONTIER_JSON_FILE
+
+
 # Names inside one checkpoint directory.
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "manifest.json"

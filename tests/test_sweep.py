@@ -131,6 +131,74 @@ def test_cli_reports_sweep_errors_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "train.sed: unknown key (did you mean 'seed'?)" in err
 
 
+def test_seed_axis_sets_data_and_init_seeds(tmp_path):
+    grid = {"model.preset": ["micro-w32", "micro-w48"], "data.tasks.0.frequency": [0.01]}
+    spec = load_sweep(write_sweep(tmp_path, [grid], seeds={"data": [0, 1], "init": [5, 6]}))
+    cells = expand(spec)
+    # Independent axes: 2 sizes x 2 data seeds x 2 init seeds, each named by both seeds.
+    assert len(cells) == 8
+    cell = next(c for c in cells if c.name == "micro-w48_frequency-0.01_dseed-1_iseed-6")
+    assert cell.seeds == {"data": 1, "init": 6}
+    assert cell.params == {"model.preset": "micro-w48", "data.tasks.0.frequency": 0.01}
+    cfg = validate_cells(spec, [cell])[cell.name]
+    # TINY_TASKS has two tasks: the data seed reaches both tables and the placement seed.
+    assert (cfg.data.seed, [t.seed for t in cfg.data.tasks], cfg.train.seed) == (1, [1, 1], 6)
+
+    together = expand(load_sweep(write_sweep(tmp_path, [grid], seeds={"data": [3, 4], "init": "data"})))
+    assert [c.name for c in together] == [
+        "micro-w32_frequency-0.01_dseed-3_iseed-3",
+        "micro-w32_frequency-0.01_dseed-4_iseed-4",
+        "micro-w48_frequency-0.01_dseed-3_iseed-3",
+        "micro-w48_frequency-0.01_dseed-4_iseed-4",
+    ]
+    assert together[1].overrides[-4:] == [
+        "data.seed=4",
+        "data.tasks.0.seed=4",
+        "data.tasks.1.seed=4",
+        "train.seed=4",
+    ]
+    # Grids that sweep seeds themselves keep working (names as before).
+    legacy = expand(
+        load_sweep(write_sweep(tmp_path, [{"model.preset": ["micro-w32"], "train.seed": [0, 1]}]))
+    )
+    assert [c.name for c in legacy] == ["micro-w32_seed-0", "micro-w32_seed-1"] and legacy[0].seeds == {}
+
+
+@pytest.mark.parametrize(
+    "seeds, grid, expected",
+    [
+        (
+            {"data": [0, 1]},
+            {"data.tasks.0.seed": [0, 1]},
+            "seeds.data: grids.0 also sets 'data.tasks.0.seed'",
+        ),
+        ({"init": [0]}, {"train.seed": [0]}, "seeds.init: grids.0 also sets 'train.seed'"),
+        ({"data": [0], "init": "data"}, {"overrides": ["train.seed=3"]}, "seeds.init: grids.0.overrides"),
+        ({"data": [0, 0]}, {}, "seeds.data: repeated seed"),
+        ({"data": [0, -1]}, {}, "seeds.data.1: a seed must be an integer in [0, 4294967295], got -1"),
+        ({"init": []}, {}, "seeds.init: expected a non-empty list of seeds"),
+        ({"init": "data"}, {}, "seeds.init: 'data' needs a seeds.data list"),
+        ({"table": [0]}, {}, "seeds.table: unknown key"),
+    ],
+)
+def test_seed_axis_errors_are_one_line(tmp_path, seeds, grid, expected):
+    raw = {"grids": [{"model.preset": ["micro-w32"], **grid}], "seeds": seeds}
+    with pytest.raises(ConfigError) as err:
+        parse_sweep(raw, source=tmp_path / "s.yaml")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dry_run_lists_the_seeds(tmp_path, capsys):
+    path = write_sweep(tmp_path, [{"model.preset": ["micro-w32"]}], seeds={"data": [0, 2], "init": "data"})
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds: data [0, 2]" in out and "init [= data seed]" in out
+    header = next(line for line in out.splitlines() if line.startswith("cell"))
+    assert header.split()[2:6] == ["data", "seed", "init", "seed"]
+    row = next(line for line in out.splitlines() if line.startswith("micro-w32_dseed-2_iseed-2"))
+    assert row.split()[1:4] == ["pending", "2", "2"]
+
+
 # ---------------------------------------------------------------------------------------------- dry run / emit
 
 

@@ -26,6 +26,7 @@ ScheduleKind = Literal["uniform", "gap", "piecewise"]
 Unit = Literal["per_token", "token_fraction", "example_fraction"]
 Placement = Literal["prefix", "document"]
 Pool = Literal["finite", "fresh"]
+TableSource = Literal["background", "vocabulary"]
 
 TOKENIZER_KINDS = choices(TokenizerKind)
 SOURCES = choices(BackgroundSource)
@@ -36,6 +37,7 @@ SCHEDULE_KINDS = choices(ScheduleKind)
 UNITS = choices(Unit)
 PLACEMENTS = choices(Placement)
 POOLS = choices(Pool)
+TABLE_SOURCES = choices(TableSource)
 
 VOCAB_MAX = 2**21
 """Largest tokenizer vocabulary (the biggest released vocabularies are about 256K)."""
@@ -177,6 +179,38 @@ class BackgroundConfig:
 
 
 @dataclass
+class TaskTokensConfig:
+    """Which tokens the tasks' random token tables are drawn from (T_CMP/T_ADD's value table and
+    labels, fact_lookup's entities, sparse_parity's control tokens).
+
+    Huang et al. draw ordinary vocabulary tokens that occur in the data ("address analyze pony"), so
+    that the model knows each table token from the background before the task shapes it. See
+    :mod:`smalllm.data.task_tokens` for the exact rules.
+    """
+
+    source: TableSource = "background"
+    """background (tokens that occur in the run's training background at least ``min_count`` times)
+    or vocabulary (any non-special id, including ids the background never uses)."""
+    min_count: int = 100
+    """For ``source=background``: fewest occurrences in the training background token shards. At 100
+    every table token is also read as ordinary text, at least 100 times per pass over the corpus, so
+    the background trains its embedding too; the default corpus (512-token BPE) still has 232
+    eligible tokens, that of ``configs/demo.yaml`` 222, against the 102 a default ``t_cmp`` needs."""
+    word_initial: bool = False
+    """For ``source=background``: keep only tokens whose text is a space followed by letters (a whole
+    word, like the paper's "address analyze pony"), for tokenizers that have such tokens (byte-level
+    BPE, most pretrained ones; byte and char tokenizers have none, and there the rule is skipped).
+    Off by default because the default 512-token BPE of the built-in corpus has only 94 such tokens
+    in its background, fewer than the 102 a default ``t_cmp`` needs; without it a table token still
+    has a visible text of its own that round-trips (mostly letter pieces such as " t" or "ind")."""
+
+    def validate(self, prefix: str = "data.task_tokens") -> None:
+        one_of(self.source, TABLE_SOURCES, f"{prefix}.source")
+        integer(self.min_count, f"{prefix}.min_count", ge=1, le=COUNT_MAX)
+        require(isinstance(self.word_initial, bool), f"{prefix}.word_initial", "expected true/false")
+
+
+@dataclass
 class ScheduleConfig:
     kind: ScheduleKind = "uniform"
     """uniform (evenly spread), gap (bursts every ``gap_batches``) or piecewise (``points``)."""
@@ -282,6 +316,8 @@ class DataConfig:
     """The corpus the task instances are injected into."""
     tasks: list[TaskConfig] = field(default_factory=list)
     """Injected tasks with their frequencies."""
+    task_tokens: TaskTokensConfig = field(default_factory=TaskTokensConfig)
+    """Which tokens the tasks' random token tables are drawn from."""
     cache_dir: str | None = None
     """Where tokenized shards are cached (None: $SMALLLM_CACHE or ~/.cache/smalllm)."""
 
@@ -295,6 +331,7 @@ class DataConfig:
             f"{prefix}.tokenizer.kind",
             "source=tokens needs the tokenizer that wrote the token files (pretrained, byte or char), not bpe",
         )
+        self.task_tokens.validate(f"{prefix}.task_tokens")
         names: set[str] = set()
         for i, task in enumerate(self.tasks):
             where = f"{prefix}.tasks.{i}"

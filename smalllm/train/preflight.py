@@ -13,8 +13,10 @@ that a run refuses, with the same one-line message, and cannot drift from it:
    (:func:`smalllm.data.tokenizer.bpe_stand_in`), since training it needs the corpus; a corpus
    still to build gets the build's own checks first (its cache directory, and each local corpus
    file read through);
-3. every task against that tokenizer, and the placement feasibility of the whole mixture
-   (:func:`smalllm.data.stream.build_families`);
+3. every task against that tokenizer, its tables drawn from the tokens ``data.task_tokens``
+   allows (counted in the cached corpus; without one, stand-in tables from the whole vocabulary,
+   and the eligible-token check waits for the run), and the placement feasibility of the whole
+   mixture, gap schedules included (:func:`smalllm.data.stream.build_families`);
 4. the plan: batch divisibility and the memory estimate (a plan that does not fit is refused);
 5. with a corpus at hand, the corpus-dependent stream checks (a row longer than the corpus);
 6. the passes over the background corpus the run makes (exact with the corpus, else estimated;
@@ -42,14 +44,15 @@ from smalllm.data.shards import (
     open_corpus,
 )
 from smalllm.data.stream import Family, TaskStream, build_families
+from smalllm.data.task_tokens import task_vocab
 from smalllm.data.tokenizer import bpe_stand_in, build_tokenizer
-from smalllm.tasks import TaskVocab
 from smalllm.train.plan import Plan, make_plan, resolve_target
 
 
 def check_run(
     cfg: RunConfig,
     tokenizer: Any,
+    corpus: TokenShards | None = None,
     world: int = 1,
     sharded: bool = False,
     strict: bool = True,
@@ -57,10 +60,11 @@ def check_run(
 ) -> tuple[list[Family], Plan]:
     """Check the tasks and the plan of ``cfg`` against ``tokenizer``; return both for the trainer.
 
-    ``show`` sees the plan before the memory check refuses it, so a dry run can print what does
-    not fit.
+    ``corpus`` (None in a dry run before the corpus is built) decides which tokens the task tables
+    may use (:func:`smalllm.data.task_tokens.task_vocab`). ``show`` sees the plan before the memory
+    check refuses it, so a dry run can print what does not fit.
     """
-    families = build_families(cfg.data, TaskVocab(tokenizer), cfg.train.global_batch_size)
+    families = build_families(cfg.data, task_vocab(cfg.data, tokenizer, corpus), cfg.train.global_batch_size)
     plan = make_plan(cfg, vocab_size=len(tokenizer), world=world, sharded=sharded, strict=strict)
     if show is not None:
         show(plan)
@@ -87,7 +91,12 @@ def check_config(
         else cached_corpus(cfg.data)
     )
     tokenizer = corpus.tokenizer if corpus is not None else planned_tokenizer(cfg.data)
-    families, plan = check_run(cfg, tokenizer, strict=strict, show=show)
+    if corpus is None and cfg.data.tasks and cfg.data.task_tokens.source == "background":
+        log(
+            "note: no built corpus yet, so task tables are stand-ins drawn from the whole vocabulary; "
+            "the run draws them from background tokens (data.task_tokens) and checks there are enough"
+        )
+    families, plan = check_run(cfg, tokenizer, corpus, strict=strict, show=show)
     rows = plan.steps * plan.global_batch
     if corpus is not None:
         stream = TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)

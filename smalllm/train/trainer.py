@@ -132,7 +132,7 @@ class Trainer:
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         # The dry run's checks (preflight.check_config runs this same check_run), with the real world
         # size; `train` sets the trainer up before it touches the run directory.
-        families, self.plan = check_run(cfg, self.tokenizer, world=self.world, sharded=self.sharded)
+        families, self.plan = check_run(cfg, self.tokenizer, corpus, world=self.world, sharded=self.sharded)
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
         self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
