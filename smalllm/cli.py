@@ -211,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tokenizer processes",
     )
     db.add_argument("--out", help="build into this directory instead of the cache")
+    db.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep a corpus already built there (cache entries are keyed by content, so it is current)",
+    )
     dt = dadd("tokenizer", help="train/build the tokenizer of a config and save it")
     _config_args(dt)
     dt.add_argument("--out", required=True, help="directory to save the tokenizer to")
@@ -415,13 +420,15 @@ def _task_params(items: list[str]) -> dict[str, object]:
 def cmd_data(args) -> None:
     cfg = _load(args)
     if args.data_command == "build":
-        from smalllm.data.shards import build_corpus, corpus_dir, open_corpus
+        from smalllm.data.shards import INDEX, build_corpus, corpus_dir, open_corpus
 
         out = Path(args.out) if args.out else corpus_dir(cfg.data)
-        build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
+        kept = args.if_missing and (out / INDEX).is_file()
+        if not kept:
+            build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
         corpus = open_corpus(out)
         print(
-            f"built {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "
+            f"{'kept' if kept else 'built'} {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "
             f"{corpus.index['holdout_tokens']:,} held-out tokens, vocabulary {corpus.index['vocab_size']}"
         )
     elif args.data_command == "tokenizer":

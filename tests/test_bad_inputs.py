@@ -696,9 +696,9 @@ override_case(
 )
 override_case(
     "pretrained-tokenizer-missing",
-    "data.tokenizer.path: tokenizer directory",
+    "data.tokenizer.name_or_path: tokenizer directory",
     "data.tokenizer.kind=pretrained",
-    "data.tokenizer.path=/nonexistent/tok",
+    "data.tokenizer.name_or_path=/nonexistent/tok",
 )
 override_case(
     "background-file-missing",

@@ -1,8 +1,8 @@
 """The training stream: background windows with task instances placed exactly (see ``mixture``).
 
 Row g of the stream is a pure function of (data config, g): its background window comes from a
-seeded per-epoch permutation of non-overlapping ``seq_len`` windows of the token shards, and its
-task instances from the placement rules. So batch k is produced directly (resume replays nothing),
+seeded per-epoch permutation (or, with ``background.shuffle=false``, the order) of non-overlapping
+``seq_len`` windows of the token shards, and its task instances from the placement rules. So batch k is produced directly (resume replays nothing),
 and data-parallel rank r of W takes rows ``r·B/W … (r+1)·B/W − 1`` of every global batch: the
 ranks are disjoint and together cover every instance exactly once.
 
@@ -207,9 +207,16 @@ class TaskStream:
             windows[sel] = self._permutation(int(epoch))[rows[sel] % self.n_windows]
         return self.corpus.train.windows(windows, self.seq_len)
 
+    def background_passes(self, num_rows: int) -> float:
+        """Passes over the background corpus that ``num_rows`` rows make (one window per row)."""
+        return num_rows / self.n_windows
+
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.cfg.seed, epoch, 0xB6]).permutation(self.n_windows)
+            if self.cfg.background.shuffle:
+                self._perm = np.random.default_rng([self.cfg.seed, epoch, 0xB6]).permutation(self.n_windows)
+            else:  # the corpus's own order (a given global order), pass after pass
+                self._perm = np.arange(self.n_windows)
             self._perm_epoch = epoch
         return self._perm
 

@@ -21,6 +21,12 @@ sweep T_CMP and T_ADD over different sizes and frequencies)::
     target: {device: gpu, gpu: H100, gpus_per_cell: 8, mfu: 0.4}   # for --dry-run estimates and --emit
     slurm: {options: {partition: gpu, time: "48:00:00"}, max_parallel: 4, setup: "source .venv/bin/activate"}
 
+``target.accelerate`` picks the ``accelerate launch --config_file`` of each cell in emitted scripts
+(see :class:`AccelerateChoice`): DDP for the small cells, FSDP from a given size up::
+
+    target: {accelerate: {default: ../accelerate/ddp_8gpu.yaml,
+                          fsdp: ../accelerate/fsdp_8gpu.yaml, fsdp_from: 300m}}
+
 **Seeds.** ``seeds`` is the sweep's seed axis, crossed with every grid. Two kinds of randomness:
 
 * ``data``: the *data seed* sets ``data.seed`` (where task instances are placed in the stream and the
@@ -55,6 +61,7 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
+from smalllm.model.presets import PRESETS
 from smalllm.safe_yaml import load_yaml_file, load_yaml_text
 from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
 from smalllm.validation import seed as check_seed
@@ -78,7 +85,8 @@ _DATA_SEED_KEY = re.compile(r"^data\.(seed|tasks\.\d+\.seed)$")
 _INIT_SEED_KEY = "train.seed"
 GRID_KEYS = ("name", "overrides")
 AXES_KEYS = ("size", "tasks")
-TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s")
+TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s", "accelerate")
+ACCELERATE_KEYS = ("default", "fsdp", "fsdp_from")
 SLURM_KEYS = ("options", "max_parallel", "setup")
 TARGET_DEVICES = ("current", "cpu", "gpu")
 
@@ -108,6 +116,33 @@ class Target:
     """Peak FLOP/s per device (None: the device table / the cell's train.peak_flops)."""
     overhead_s: float | None = None
     """Fixed seconds per cell for start-up (process, imports, corpus) added to estimates."""
+    accelerate: AccelerateChoice | None = None
+    """Which ``accelerate launch --config_file`` each emitted cell gets (None: flags from
+    ``gpus_per_cell`` alone, ``--multi_gpu`` above one GPU)."""
+
+
+@dataclass
+class AccelerateChoice:
+    """``target.accelerate``: the accelerate config of each cell of an emitted script.
+
+    The rule: a cell whose model has at least as many non-embedding parameters as the preset
+    ``fsdp_from`` runs under ``fsdp``; every other cell under ``default``. Paths are relative to the
+    sweep file. A plain string ``target.accelerate: PATH`` is ``{default: PATH}``.
+    """
+
+    default: Path | None = None
+    """accelerate config of the cells below ``fsdp_from`` (None: flags from ``gpus_per_cell``)."""
+    fsdp: Path | None = None
+    """accelerate config (normally FSDP) of the cells of ``fsdp_from``'s size and above."""
+    fsdp_from: str | None = None
+    """Smallest preset (``smalllm models``) that runs under ``fsdp``; required with ``fsdp``."""
+
+    def config_for(self, preset: str) -> Path | None:
+        """The accelerate config file of a cell training ``preset``."""
+        large = self.fsdp_from is not None and (
+            PRESETS[preset].non_embedding_params() >= PRESETS[self.fsdp_from].non_embedding_params()
+        )
+        return self.fsdp if large and self.fsdp is not None else self.default
 
 
 @dataclass
@@ -382,7 +417,8 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
     if not isinstance(target_raw, dict):
         raise ConfigError(_where(source, "target: expected a mapping"))
     _check_keys(target_raw, TARGET_KEYS, "target.", source)
-    target = Target(**target_raw)
+    target = Target(**{k: v for k, v in target_raw.items() if k != "accelerate"})
+    target.accelerate = _parse_accelerate(target_raw.get("accelerate"), source)
     if target.device not in TARGET_DEVICES:
         raise ConfigError(
             _where(source, f"target.device: '{target.device}' is not one of {', '.join(TARGET_DEVICES)}")
@@ -413,6 +449,48 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
         description=str(raw.get("description") or ""),
         seeds=seeds,
     )
+
+
+def _accelerate_file(raw: Any, key: str, source: Path | None) -> Path | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(_where(source, f"{key}: expected the path of an accelerate config, got {raw!r}"))
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and source is not None:
+        path = source.parent / path
+    if not path.is_file():
+        raise ConfigError(_where(source, f"{key}: accelerate config '{path}' not found"))
+    return path.resolve()
+
+
+def _parse_accelerate(raw: Any, source: Path | None) -> AccelerateChoice | None:
+    """``target.accelerate``: a path (every cell) or ``{default, fsdp, fsdp_from}``."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"default": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(_where(source, "target.accelerate: expected a path or a mapping"))
+    _check_keys(raw, ACCELERATE_KEYS, "target.accelerate.", source)
+    fsdp_from = raw.get("fsdp_from")
+    if fsdp_from is not None and str(fsdp_from) not in PRESETS:
+        raise ConfigError(
+            _where(
+                source,
+                f"target.accelerate.fsdp_from: unknown preset '{fsdp_from}'{did_you_mean(str(fsdp_from), PRESETS)}",
+            )
+        )
+    choice = AccelerateChoice(
+        default=_accelerate_file(raw.get("default"), "target.accelerate.default", source),
+        fsdp=_accelerate_file(raw.get("fsdp"), "target.accelerate.fsdp", source),
+        fsdp_from=str(fsdp_from) if fsdp_from is not None else None,
+    )
+    if (choice.fsdp is None) != (choice.fsdp_from is None):
+        raise ConfigError(
+            _where(source, "target.accelerate.fsdp_from: give both fsdp and fsdp_from, or neither")
+        )
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------- cells

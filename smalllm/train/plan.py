@@ -118,9 +118,9 @@ def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
 
         return len(char_tokenizer())
     if kind == "pretrained":
-        from smalllm.data.tokenizer import load_tokenizer
+        from smalllm.data.tokenizer import load_pretrained
 
-        return len(load_tokenizer(cfg.data.tokenizer.path or "", field="data.tokenizer.path"))
+        return len(load_pretrained(cfg.data.tokenizer.pretrained_source()))
     return cfg.data.tokenizer.vocab_size
 
 
@@ -245,7 +245,8 @@ def make_plan(
     if target.sharding not in SHARDINGS:
         raise SmalllmError(f"sharding: {target.sharding!r} is not one of {', '.join(SHARDINGS)}")
     world = target.world
-    vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
+    # The model's embedding rows (the tokenizer's vocabulary padded to model.vocab_multiple).
+    vocab = cfg.model.embedding_rows(vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg))
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):
         raise SmalllmError(

@@ -19,7 +19,9 @@ that a run refuses, with the same one-line message, and cannot drift from it:
    and the eligible-token check waits for the run), and the placement feasibility of the whole
    mixture, gap schedules included (:func:`smalllm.data.stream.build_families`);
 4. the plan: batch divisibility and the memory estimate (a plan that does not fit is refused);
-5. with a corpus at hand, the corpus-dependent stream checks (a row longer than the corpus).
+5. with a corpus at hand, the corpus-dependent stream checks (a row longer than the corpus);
+6. the passes over the background corpus the run makes (exact with the corpus, else estimated;
+   :mod:`smalllm.data.passes`), logged with a warning above one.
 
 Only building the corpus (for a dry run) and training are left out.
 """
@@ -32,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 from smalllm.config import RunConfig
-from smalllm.data.background import check_source_files
+from smalllm.data.background import check_source_files, check_token_files
 from smalllm.data.config import DataConfig
+from smalllm.data.passes import estimated_background_tokens, passes_line
 from smalllm.data.shards import (
     INDEX,
     TokenShards,
@@ -112,8 +115,13 @@ def check_config(
             "the run draws them from background tokens (data.task_tokens) and checks there are enough"
         )
     families, plan = check_run(cfg, tokenizer, corpus, target=target, strict=strict, show=show)
+    rows = plan.steps * plan.global_batch
     if corpus is not None:
-        TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
+        stream = TaskStream(cfg.data, corpus, cfg.train.global_batch_size, families=families)
+        log(passes_line(rows, stream.n_windows, exact=True))
+    else:
+        tokens = estimated_background_tokens(cfg.data)
+        log(passes_line(rows, tokens // cfg.data.seq_len if tokens else None, exact=False))
     return plan
 
 
@@ -132,6 +140,8 @@ def planned_tokenizer(cfg: DataConfig) -> Any:
     check_corpus_target(cfg)
     if cfg.background.source == "files":
         check_source_files(cfg.background)
+    if cfg.background.source == "tokens":
+        check_token_files(cfg.background)
     if cfg.tokenizer.kind == "bpe":
         return bpe_stand_in(cfg.tokenizer.vocab_size)
     return build_tokenizer(cfg.tokenizer)

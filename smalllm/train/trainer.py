@@ -38,6 +38,7 @@ from transformers.utils import logging as hf_logging
 from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.eval_sets import TaskEvalSet
+from smalllm.data.passes import passes_line
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import SmalllmError
@@ -146,6 +147,7 @@ class Trainer:
         families, self.plan = check_run(cfg, self.tokenizer, corpus, target=self.target)
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
+        self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
 
         set_seed(t.seed)
         model = build_model(
@@ -599,6 +601,8 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "frequencies": self.stream.frequency_table(total_rows),
             "environment": self.environment,
+            # Epochs over the background corpus so far (above 1: documents were seen again).
+            "background_passes": self.stream.background_passes(total_rows),
         }
         summary.update(self._summary_fields)  # what the callbacks contributed (eval time, emergence)
         if self.error is not None:  # diverged, failed, or interrupted by an exception
@@ -624,6 +628,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "skipped_steps",
         "frequencies",
         "environment",
+        "background_passes",
         "error",
         "failed_at_step",
         "attempt",
