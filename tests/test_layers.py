@@ -221,6 +221,8 @@ def test_only_the_run_record_spells_run_directory_names() -> None:
         rr.CHECKPOINT_MANIFEST,
         rr.CHECKPOINT_STATE,
         rr.LOCK_FILE,
+        rr.FRONTIER_CSV_FILE,
+        rr.FRONTIER_JSON_FILE,
     ]
     spelled = []
     for module, path in MODULES.items():

@@ -30,6 +30,8 @@ class TaskEvalSet:
     """Held-out instances (never seen in training)."""
     chance_loss: list[float]
     """Loss in nats per answer token of a guesser uniform over the valid answers, per skill."""
+    prefix: tuple[int, ...] = ()
+    """Tokens placed before every prompt when scoring, where training put the task: () for position 0 (prefix placement), (eod,) for a document start."""
 
 
 def save_eval_sets(sets: list[TaskEvalSet], path: str | Path, background: np.ndarray | None = None) -> None:
