@@ -4,16 +4,21 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
+# A PyTorch wheel index selects the build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu124
+TORCH_INDEX ?=
 
-.PHONY: install test test-fast demo bench lint format clean
+.PHONY: install test test-fast demo bench lint format clean toy
 
+# The torch step runs on every `make install` (it is idempotent), so TORCH_INDEX takes effect on an
+# installed environment too, and a GPU machine with a CPU torch is told which command fixes it.
 install: $(STAMP)
+	@sh scripts/install_torch.sh $(BIN) $(TORCH_VERSION) "$(TORCH_INDEX)"
 
 # torch is pinned first: a bare `torch` requirement would pull a multi-GB CUDA wheel.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --quiet torch==$(TORCH_VERSION)
+	sh scripts/install_torch.sh $(BIN) $(TORCH_VERSION) "$(TORCH_INDEX)"
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
@@ -25,6 +30,10 @@ test-fast: install
 
 demo: install
 	$(BIN)/smalllm demo
+
+# The linear-mixture toy's four experiments on the quick preset (docs/toy.md); figures in runs/toy-quick/report.
+toy: install
+	$(BIN)/smalllm toy all --preset quick --out runs/toy-quick --overwrite
 
 bench: install
 	$(BIN)/python scripts/bench.py

@@ -146,7 +146,29 @@ def _parser() -> argparse.ArgumentParser:
 
     t = add("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
-    t.add_argument("--dry-run", action="store_true", help="print the plan (sizes, steps, memory) and exit")
+    t.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (sizes, steps, memory per GPU) and exit: 0 if it fits, 3 if it does not",
+    )
+    t.add_argument(
+        "--accelerate-config",
+        metavar="FILE",
+        help="dry run: plan for this accelerate config's processes and sharding (e.g. FSDP)",
+    )
+    t.add_argument(
+        "--num-processes",
+        action=_Bounded,
+        low=1,
+        high=MAX_PROCESSES * 64,
+        default=None,
+        help="dry run: plan for this many processes (GPUs)",
+    )
+    t.add_argument(
+        "--gpu",
+        metavar="NAME",
+        help="dry run: plan for this GPU: H100-80GB, H200-141GB, A100-80GB, A100-40GB, L40S-48GB, ...",
+    )
     start = t.add_mutually_exclusive_group()  # continue the run, or replace it: not both
     start.add_argument(
         "--resume", action="store_true", help="continue the run in run_dir from its latest checkpoint"
@@ -169,6 +191,12 @@ def _parser() -> argparse.ArgumentParser:
         help="instances to show",
     )
     ts.add_argument("--seed", action=_Bounded, low=0, high=MAX_SEED, default=0, help="task seed")
+    ts.add_argument(
+        "--config",
+        metavar="CONFIG.yaml",
+        help="draw the task's token tables as a run of this config does (from its background corpus, "
+        "built if needed) and show each table token's background count",
+    )
 
     d = add("data", help="build tokenizers and token shards, inspect the stream")
     dadd = _with_parents(d.add_subparsers(dest="data_command", required=True, metavar="ACTION"), common)
@@ -183,6 +211,11 @@ def _parser() -> argparse.ArgumentParser:
         help="tokenizer processes",
     )
     db.add_argument("--out", help="build into this directory instead of the cache")
+    db.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="keep a corpus already built there (cache entries are keyed by content, so it is current)",
+    )
     dt = dadd("tokenizer", help="train/build the tokenizer of a config and save it")
     _config_args(dt)
     dt.add_argument("--out", required=True, help="directory to save the tokenizer to")
@@ -232,7 +265,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
     add("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
+    add("env", help="the torch build, devices, library versions, world size and smalllm commit")
+    _toy_args(add("toy", help="the linear-mixture toy and its exact theory (docs/toy.md)"))
     return p
+
+
+def _toy_args(p: argparse.ArgumentParser) -> None:
+    from smalllm.toy import CHOICES
+    from smalllm.toy.config import PRESETS
+
+    p.add_argument(
+        "experiment", choices=CHOICES, help="heatmap (a), signal (b), retention (c), rank1 (d) or all"
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default="quick", help="paper or quick (default quick)")
+    p.add_argument("--config", help="YAML file laid over the preset (sections tasks, train, metrics, ...)")
+    p.add_argument("--out", help="run directory (default runs/toy-EXPERIMENT-PRESET)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing toy run in --out")
+    p.add_argument("--no-tensorboard", action="store_true", help="skip the TensorBoard event files")
 
 
 def _with_parents(
@@ -302,13 +352,22 @@ def cmd_train(args) -> None:
     if args.resume and run.has_config():
         # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
         cfg = load_config(run.config_file, overrides)
+    planning = [flag for flag, value in _dry_run_flags(args) if value is not None]
+    if planning and not args.dry_run:
+        raise SmalllmError(f"{planning[0]}: only with --dry-run (a run takes them from accelerate launch)")
     if args.dry_run:
+        from smalllm.train.launch import dry_run_target
         from smalllm.train.preflight import check_config
 
+        if os.environ.get("RANK", "0") != "0":
+            return  # under `accelerate launch`, one process plans for all of them
         # The run's own checks (the run directory read only, then config, tasks and plan) without
-        # building the corpus; a plan that does not fit is refused like the run refuses it.
+        # building the corpus; a plan that does not fit is refused like the run refuses it (exit 3).
         run.check_start(resume=args.resume, overwrite=args.overwrite)
-        check_config(cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()))
+        target = dry_run_target(cfg, args.accelerate_config, args.num_processes, args.gpu)
+        check_config(
+            cfg, build_corpus=False, strict=False, show=lambda plan: print(plan.describe()), target=target
+        )
         return
     from smalllm.train.trainer import train
 
@@ -319,13 +378,40 @@ def cmd_train(args) -> None:
         )
 
 
+def _dry_run_flags(args) -> list[tuple[str, object]]:
+    return [
+        ("--accelerate-config", args.accelerate_config),
+        ("--num-processes", args.num_processes),
+        ("--gpu", args.gpu),
+    ]
+
+
+def cmd_env(args) -> None:
+    from smalllm.train.environment import collect_environment, describe_environment
+
+    print(describe_environment(collect_environment()))
+
+
 def cmd_tasks(args) -> None:
     from smalllm.task_display import show_task, tasks_table
 
     if args.tasks_command == "list":
         print(tasks_table())
         return
-    print(show_task(args.name, n=args.n, params=_task_params(args.params), seed=args.seed))
+    vocab = counts = None
+    if args.config:
+        from smalllm.config import load_config
+        from smalllm.data.shards import ensure_corpus
+        from smalllm.data.task_tokens import background_counts, task_vocab
+
+        data = load_config(args.config).data
+        corpus = ensure_corpus(data)
+        vocab, counts = task_vocab(data, corpus.tokenizer, corpus), background_counts(corpus)
+    print(
+        show_task(
+            args.name, n=args.n, params=_task_params(args.params), seed=args.seed, vocab=vocab, counts=counts
+        )
+    )
 
 
 def _task_params(items: list[str]) -> dict[str, object]:
@@ -350,13 +436,15 @@ def _task_params(items: list[str]) -> dict[str, object]:
 def cmd_data(args) -> None:
     cfg = _load(args)
     if args.data_command == "build":
-        from smalllm.data.shards import build_corpus, corpus_dir, open_corpus
+        from smalllm.data.shards import INDEX, build_corpus, corpus_dir, open_corpus
 
         out = Path(args.out) if args.out else corpus_dir(cfg.data)
-        build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
+        kept = args.if_missing and (out / INDEX).is_file()
+        if not kept:
+            build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
         corpus = open_corpus(out)
         print(
-            f"built {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "
+            f"{'kept' if kept else 'built'} {out}: {corpus.num_tokens:,} training tokens in {len(corpus.index['shards'])} shard(s), "
             f"{corpus.index['holdout_tokens']:,} held-out tokens, vocabulary {corpus.index['vocab_size']}"
         )
     elif args.data_command == "tokenizer":
@@ -421,6 +509,15 @@ def cmd_demo(args) -> None:
     run_demo()
 
 
+def cmd_toy(args) -> None:
+    from smalllm.toy.run import load_toy_config, run_toy
+
+    cfg = load_toy_config(args.preset, args.config)
+    out = args.out or f"runs/toy-{args.experiment}-{args.preset}"
+    summary = run_toy(args.experiment, cfg, out, args.device, args.overwrite, not args.no_tensorboard)
+    print(f"toy {args.experiment} finished in {summary['wall_time_s']:.0f} s; figures in {out}/report")
+
+
 COMMANDS = {
     "models": cmd_models,
     "train": cmd_train,
@@ -430,11 +527,14 @@ COMMANDS = {
     "report": cmd_report,
     "sweep": cmd_sweep,
     "demo": cmd_demo,
+    "env": cmd_env,
+    "toy": cmd_toy,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; return the exit status (0 ok, 1 unexpected error, 2 user error, 130 interrupt)."""
+    """Run one command; return the exit status (0 ok, 1 unexpected error, 2 user error, 3 a plan that
+    does not fit the device's memory, 130 interrupt)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help (0), or a usage error already printed as one line (2)
@@ -448,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"smalllm: error: {_one_line(str(exc))}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except Exception as exc:
         if isinstance(exc, BrokenPipeError) and _stdout_gone():
             # The reader went away (`smalllm tasks show … | head`): stop quietly, like other Unix tools.

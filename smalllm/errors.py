@@ -14,6 +14,9 @@ from collections.abc import Iterable
 class SmalllmError(Exception):
     """An error caused by user input; its message is one line naming the offending field or file."""
 
+    exit_status = 2
+    """What the ``smalllm`` command exits with on this error."""
+
 
 class ConfigError(SmalllmError):
     """A configuration value is unknown, mistyped or out of range."""

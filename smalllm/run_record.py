@@ -83,6 +83,22 @@ RUN_NAMES: frozenset[str] = frozenset(
 )
 """Everything smalllm writes at the top of a run directory (plus the atomic writes' temporary files)."""
 
+# Names the sweep report writes at the top of a sweep directory, beside its results table (the rest of
+# a sweep directory's layout is spelled in smalllm.sweep.records). Nothing outside this module spells them.
+FRONTIER_CSV_FILE = "frontier.csv"
+FRONTIER_JSON_FILE = "frontier.json"
+
+
+def frontier_csv_file(sweep_dir: str | Path) -> Path:
+    """The sweep's crossing-frequency table: one row per task (facet), basis and model size."""
+    return Path(sweep_dir) / FRONTIER_CSV_FILE
+
+
+def frontier_json_file(sweep_dir: str | Path) -> Path:
+    """The sweep's frontier estimate in full: f* per size with CIs, and the exchange rates."""
+    return Path(sweep_dir) / FRONTIER_JSON_FILE
+
+
 # Names inside one checkpoint directory.
 CHECKPOINT_PREFIX = "step_"
 CHECKPOINT_MANIFEST = "manifest.json"
@@ -567,16 +583,18 @@ class RunDir:
         """The one rule for "this run (or sweep cell) needs no more work": it completed."""
         return self.recorded_status() == "completed"
 
-    def mark_running(self, step: int) -> None:
+    def mark_running(self, step: int, environment: dict | None = None) -> None:
+        """Record a (re)started attempt; ``environment``: the machine and launch facts of the run."""
         previous = self.read_summary()
-        self.write_summary(
-            {
-                "status": "running",
-                "step": step,
-                "started": time.time(),
-                "attempt": int(previous.get("attempt", 0)) + 1,
-            }
-        )
+        record = {
+            "status": "running",
+            "step": step,
+            "started": time.time(),
+            "attempt": int(previous.get("attempt", 0)) + 1,
+        }
+        if environment is not None:
+            record["environment"] = environment
+        self.write_summary(record)
 
     def mark_failed(self, error: str, step: int, summary: dict | None = None) -> None:
         """Record a failure with its one-line error and the step it happened at."""

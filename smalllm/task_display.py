@@ -79,15 +79,25 @@ def _skill_list(skills: list[str]) -> str:
 
 
 def show_task(
-    name: str, n: int = 8, params: dict[str, Any] | None = None, tokenizer: Any = None, seed: int = 0
+    name: str,
+    n: int = 8,
+    params: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    seed: int = 0,
+    vocab: TaskVocab | None = None,
+    counts: np.ndarray | None = None,
 ) -> str:
-    """``n`` sample instances of task ``name`` as text, answers marked ``⟨…⟩``, and its parameters.
+    """``n`` sample instances of task ``name`` as text, answers marked ``⟨…⟩``, its parameters and
+    its token tables (id, text and, given ``counts``, background count).
 
     Samples cycle through the sub-skills so that each one shows up; ``seed`` is the task seed (its
-    fixed tables) and also seeds the sampling.
+    fixed tables) and also seeds the sampling. ``vocab`` (a run's, see
+    :func:`smalllm.data.task_tokens.task_vocab`) overrides ``tokenizer``; without either the byte
+    tokenizer is used and tables come from its whole vocabulary.
     """
     cls = get_task(name)
-    vocab = TaskVocab(tokenizer if tokenizer is not None else _default_tokenizer())
+    if vocab is None:
+        vocab = TaskVocab(tokenizer if tokenizer is not None else _default_tokenizer())
     task = build_task(name, dict(params or {}), vocab, seed=seed)
     skills = task.skills
     space = task.instance_space()
@@ -104,6 +114,17 @@ def show_task(
         value = getattr(task.params, pname)
         note = "" if value == default else f" (default {_format_default(default)})"
         lines.append(f"  {pname}: {ptype} = {_format_default(value)}{note}  — {doc}")
+    table = task.table_tokens()
+    if table:
+        from smalllm.data.task_tokens import table_lines
+
+        where = (
+            ""
+            if counts is not None
+            else "; tasks show --config CONFIG.yaml counts them in a run's background"
+        )
+        lines.append(f"token table ({len(table)} tokens, from {vocab.table_rule}{where}): id 'text' ×count")
+        lines += table_lines(vocab, table, counts)
     lines.append(f"samples (seed {seed}):")
     rng = np.random.default_rng(seed)
     samples = [(i % len(skills), task.generate(rng, i % len(skills))) for i in range(n)]

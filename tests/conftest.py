@@ -74,7 +74,14 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    "test_sweep_report_writes_the_frontier_estimate": 20,
+    # The toy's acceptance runs (quick preset): 35 + 30 s at load average ~8, 10 + 10 s at ~2.
+    "test_quick_critical_widths_within_one_rung": 65,
+    "test_quick_rank1_matches_theory": 10,
+    "test_cli_all_writes_a_run_directory": 14,
+    "test_widths_train_independently_and_repeat_exactly": 3,
     "test_sigkill_and_resume_is_bit_identical": 73,
+    "test_too_few_table_tokens_same_message_dry_run_and_run": 9,
     "test_tiny_grid_end_to_end": 54,
     "test_killed_sweep_resumes_without_rerunning_finished_cells": 51,
     "test_failing_cell_is_recorded_and_the_others_finish": 35,
@@ -83,8 +90,8 @@ SLOW_TESTS = {
     "test_a_skill_name_with_a_slash_reaches_every_table_whole": 26,
     "test_sigterm_and_sigint_stop_cleanly_and_resume": 25,
     "test_outside_plugin_is_discovered_and_trains": 25,
-    "test_emitted_shell_script_runs_a_cell": 19,
-    "test_two_processes_match_one": 16,
+    "test_emitted_shell_script_leaves_the_same_records_as_smalllm_sweep": 150,
+    "test_two_processes_match_one": 46,
     "test_memory_estimate_is_within_30_percent_of_a_measured_training_step": 14,
     "test_bad_input_subprocess": 40,
     "test_broken_plugins_are_named_and_the_other_tasks_still_list": 10,
@@ -98,9 +105,31 @@ SLOW_TESTS = {
     "test_dry_run_that_does_not_fit_prints_the_plan_and_refuses": 5,
     "test_closed_pipe_stops_quietly": 4,
     "test_two_distributions_with_one_task_name_is_an_error_naming_both": 8,
-    "test_same_seed_same_stream_and_seek_equals_iteration": 4,
+    "test_same_seed_same_stream_and_seek_equals_iteration": 11,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
+    # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
+    # faster tests of the same code in the fast tier.
+    "test_training_does_not_import_matplotlib": 9,
+    "test_overwrite_refuses_a_run_holding_a_users_file_below_its_top_level": 5,
+    "test_eval_of_a_run_in_training_before_its_first_checkpoint": 2.5,
+    "test_a_foreign_sweep_dir_is_refused_and_left_untouched": 2,
+    "test_all_corrupt_gives_none_and_resume_refuses": 1.6,
+    "test_corpus_and_tokenizer_outputs_carry_markers_and_are_replaced": 1.5,
+    "test_a_second_live_sweep_on_the_same_dir_is_refused": 1.4,
+    "test_resume_without_a_checkpoint_is_an_error": 1.4,
+    "test_multi_shard_corpus_windows_match_one_stream": 1.35,
+    "test_write_report": 1.3,
+    # tests/test_launch.py (s, on a busy machine)
+    "test_stdout_to_a_file_gets_one_plain_progress_line_per_log_interval": 34,
+    "test_accelerate_launch_cpu_with_two_processes_is_an_error": 26,
+    "test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu": 17,
+    "test_summary_records_device_world_size_precision_versions_and_commit": 7,
+    "test_progress_seconds_adds_lines_between_records": 13,
+    "test_pretrained_tokenizer_from_a_local_directory_with_a_padded_embedding": 8,
+    "test_olmo_token_file_trains_as_the_background_in_the_given_order": 4,
+    "test_token_files_and_order_are_checked_with_one_line_errors": 3,
+    "test_dry_run_reports_passes_over_the_background_and_warns_above_one": 3,
 }
 
 

@@ -493,6 +493,13 @@ override_case(
     "frequency-over-capacity", "data.tasks: at these frequencies a row may need", "data.tasks.0.frequency=0.5"
 )
 override_case(
+    # 0.32 t_cmp instances per 32-token row fit spread out; a 40-batch period in one batch does not.
+    "gap-period-overflows-first-batch",
+    "data.tasks.0.schedule.gap_batches: a period's instances all arrive in its first batch, so a row may need",
+    "data.tasks.0.schedule.kind=gap",
+    "data.tasks.0.schedule.gap_batches=40",
+)
+override_case(
     "skill-weights-count",
     "data.tasks.0.skill_weights: 2 weights for 1 sub-skills",
     "data.tasks.0.skill_weights=[1, 2]",
@@ -677,7 +684,7 @@ def _(ctx: Ctx) -> tuple[list[str], str]:
 
 override_case(
     "vocab-too-small-for-task",
-    "data.tasks.0.params: task 't_cmp': task needs 400 distinct tokens",
+    "data.tasks.0.params: task 't_cmp': task needs 400 distinct table tokens",
     "data.tasks.0.params.num_values=400",
 )
 override_case(
@@ -692,9 +699,9 @@ override_case(
 )
 override_case(
     "pretrained-tokenizer-missing",
-    "data.tokenizer.path: tokenizer directory",
+    "data.tokenizer.name_or_path: tokenizer directory",
     "data.tokenizer.kind=pretrained",
-    "data.tokenizer.path=/nonexistent/tok",
+    "data.tokenizer.name_or_path=/nonexistent/tok",
 )
 override_case(
     "background-file-missing",
@@ -1134,7 +1141,6 @@ BAD_TASK_SPECS = {
     "parameter-out-of-range": ["data.tasks.0.params.num_values=1"],
     "skill-weights-wrong-length": ["data.tasks.0.skill_weights=[1, 2]"],
     "skill-weight-inf": ["data.tasks.0.skill_weights=[.inf]"],
-    "too-many-distinct-tokens": ["data.tasks.0.params.num_values=400"],
     "instance-longer-than-row": ["data.tasks.1.params.length=40"],
     "family-weights-wrong-length": ["data.tasks=[{name: addition, frequency: 0.01, skill_weights: [1, 1]}]"],
     "model-too-big": ["model.preset=4b", "data.seq_len=2048"],
@@ -1166,6 +1172,33 @@ def test_bad_task_spec_same_message_dry_run_and_run(
         lines.append(re.sub(r"[0-9.]+ GiB is usable", "<free> GiB is usable", err.strip()))
     assert lines[0] == lines[1] == lines[2], "\n".join(lines)
     assert_unchanged(scratch, tree_snapshot(tmp_path), tmp_path)
+
+
+def test_too_few_table_tokens_same_message_dry_run_and_run(
+    tmp_path: Path, finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A table larger than the eligible background tokens: the dry run against the cached corpus and
+    the run refuse with the identical line and count; a dry run before any corpus exists has no
+    counts, and refuses it against the whole vocabulary (the most that could be eligible)."""
+    empty_cache = tmp_path / "empty-cache"
+    empty_cache.mkdir()
+    argv = ["train", *BASE, f"run_dir={tmp_path / 'run'}", "data.tasks.0.params.num_values=400"]
+    lines = []
+    for variant in ([*argv, "--dry-run"], argv, [*argv, f"data.cache_dir={empty_cache}", "--dry-run"]):
+        capsys.readouterr()
+        rc = main(variant)
+        out, err = capsys.readouterr()
+        assert_one_line_error(
+            rc, out, err, "data.tasks.0.params: task 't_cmp': task needs 400 distinct table tokens"
+        )
+        lines.append(err.strip())
+    assert (
+        lines[0] == lines[1]
+        and "only 65 are eligible (data.task_tokens: seen >= 100 times in the background, round-trip)"
+        in lines[0]
+    )
+    assert "only 298 are eligible (at most" in lines[2]
+    assert not (tmp_path / "run").exists()
 
 
 def test_alias_bomb_is_refused_at_once() -> None:

@@ -61,7 +61,9 @@ def _field_docs(cls: type) -> set[str]:
 LITERALS = {
     (model_config.ModelConfig, "arch"): ("olmo", "llama", "gpt2", "gpt_neox"),
     (data_config.TokenizerConfig, "kind"): ("bpe", "byte", "char", "pretrained"),
-    (data_config.BackgroundConfig, "source"): ("synthetic", "files", "hub"),
+    (data_config.BackgroundConfig, "source"): ("synthetic", "files", "hub", "tokens"),
+    (data_config.BackgroundConfig, "text_unit"): ("file", "paragraph", "line"),
+    (data_config.BackgroundConfig, "token_dtype"): ("uint16", "uint32"),
     (data_config.ScheduleConfig, "kind"): ("uniform", "gap", "piecewise"),
     (data_config.TaskConfig, "unit"): ("per_token", "token_fraction", "example_fraction"),
     (data_config.TaskConfig, "placement"): ("prefix", "document"),

@@ -179,6 +179,9 @@ def test_two_processes_match_one(tmp_path: Path, reference: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     final = weights_file(run_dir).parent
     assert torch.load(final / ckpt.STATE, weights_only=True)["world"] == 2
+    environment = RunDir(run_dir).read_summary()["environment"]
+    assert (environment["world_size"], environment["distributed_type"]) == (2, "MULTI_CPU")
+    assert proc.stdout.startswith("device cpu, precision fp32, world size 2 (MULTI_CPU, sharding none)\n")
 
     one, two = losses(reference), losses(run_dir)
     assert sorted(two) == sorted(one)

@@ -9,6 +9,7 @@ Layers, bottom to top; a module may import its own layer and the layers below it
     eval    evaluator, emergence, run reports
     train   trainer, callbacks, plan, and config.RunConfig composing every layer's config section
     sweep   grids, runner, sweep reports
+    toy     the linear-mixture toy and its theory (imports only the shared layer; only top imports it)
     top     cli, demo, task views
 
 Every ``import`` counts for the layers, wherever it is written (a function-level import is still a
@@ -24,7 +25,7 @@ from pathlib import Path
 import smalllm
 
 ROOT = Path(smalllm.__file__).parent
-LAYERS = ["shared", "tasks", "data", "model", "eval", "train", "sweep", "top"]
+LAYERS = ["shared", "tasks", "data", "model", "eval", "train", "sweep", "toy", "top"]
 TOP_LEVEL = {
     "smalllm": "shared",
     "smalllm.errors": "shared",
@@ -220,6 +221,8 @@ def test_only_the_run_record_spells_run_directory_names() -> None:
         rr.CHECKPOINT_MANIFEST,
         rr.CHECKPOINT_STATE,
         rr.LOCK_FILE,
+        rr.FRONTIER_CSV_FILE,
+        rr.FRONTIER_JSON_FILE,
     ]
     spelled = []
     for module, path in MODULES.items():

@@ -70,7 +70,7 @@ def test_dry_run_of_1b_prints_a_plan(capsys):
 
 def test_dry_run_that_does_not_fit_prints_the_plan_and_refuses(capsys):
     argv = ["train", "model.preset=4b", "data.seq_len=2048", "train.device=cpu", "--dry-run"]
-    assert main(argv) == 2
+    assert main(argv) == 3  # the exit status of a plan that does not fit
     captured = capsys.readouterr()
     assert "DOES NOT FIT" in captured.out and "optimizer (AdamW)" in captured.out
     (line,) = captured.err.strip().splitlines()

@@ -117,10 +117,19 @@ def test_memory_estimate_terms():
     n = p.params(258)
     base = estimate_memory(p, 258, 64, 4, "fp32")
     per_layer = 4 * 64 * (10 * 32 + 6 * 128)
-    # Sharding splits the fp32 state; bf16 adds a 2-byte working copy and halves activations.
-    sharded = estimate_memory(p, 258, 64, 4, "bf16", shards=2)
-    assert (sharded.parameters, sharded.gradients, sharded.optimizer) == (2 * n + 2 * n, 2 * n, 4 * n)
-    assert sharded.activations == base.activations / 2
+    assert (base.parameters, base.working, base.gradients, base.optimizer) == (4 * n, 0, 4 * n, 8 * n)
+    # Unsharded bf16 autocast keeps a 2-byte copy of every weight and halves activations.
+    half = estimate_memory(p, 258, 64, 4, "bf16")
+    assert (half.parameters, half.working) == (4 * n, 2 * n)
+    assert half.activations == base.activations / 2
+    # Full sharding splits the fp32 state; only the gathered units (root + two layers) are in bf16.
+    layer = 4 * 32 * 32 + 3 * 32 * 128
+    sharded = estimate_memory(p, 258, 64, 4, "bf16", world=2, sharding="full_shard")
+    assert (sharded.parameters, sharded.gradients, sharded.optimizer) == (2 * n, 2 * n, 4 * n)
+    assert sharded.working == 2 * (2 * 258 * 32 + 2 * layer)
+    # SHARD_GRAD_OP keeps every weight gathered from forward to backward.
+    grad_op = estimate_memory(p, 258, 64, 4, "bf16", world=2, sharding="shard_grad_op")
+    assert (grad_op.parameters, grad_op.working, grad_op.optimizer) == (2 * n, 2 * n, 4 * n)
     # Recompute keeps each layer's input and one layer's activations.
     ckpt = estimate_memory(p, 258, 64, 4, "fp32", gradient_checkpointing=True)
     assert ckpt.activations == 4 * (4 * 4 * 64 * 32 + per_layer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,21 +54,23 @@ def count_instances(batch) -> dict[int, int]:
     ],
     ids=["uniform", "gap", "piecewise"],
 )
-def test_realised_counts_within_one_instance_per_window(unit, freq, schedule):
+def test_realised_counts_within_one_instance_per_block(unit, freq, schedule):
     cfg = TaskConfig(name="t_cmp", frequency=freq, unit=unit, schedule=schedule)
     rule = make_rule(cfg, 0, seq_len=64, batch_rows=16, mean_length=4.0, seed=3)
     rows = np.arange(0, 16 * 200 + 1)
     counts, expected = rule.count(rows), rule.expected(rows)
-    if schedule.kind != "gap":
-        # Every prefix and, by difference, every window [a, b) is within one instance.
-        assert np.all(np.abs(counts - expected) < 1)
-        rng = np.random.default_rng(0)
-        a, b = np.sort(rng.integers(0, len(rows), size=(2, 500)), axis=0)
-        assert np.all(np.abs((counts[b] - counts[a]) - (expected[b] - expected[a])) < 1)
-    else:
-        # Accounting window of a gap schedule = its period: exact at every period boundary.
-        ends = rows[:: 16 * 7]
-        assert np.all(np.abs(counts[ends] - expected[ends]) < 1)
+    # A block is one batch, or one period of a gap schedule: exact at every block boundary, and by
+    # difference over every run of whole blocks.
+    period = 16 * (7 if schedule.kind == "gap" else 1)
+    ends = rows[::period]
+    assert np.all(np.abs(counts[ends] - expected[ends]) < 1)
+    rng = np.random.default_rng(0)
+    a, b = np.sort(rng.integers(0, len(ends), size=(2, 500)), axis=0)
+    assert np.all(np.abs((counts[ends[b]] - counts[ends[a]]) - (expected[ends[b]] - expected[ends[a]])) < 1)
+    # Inside a block the count only moves between the block's two boundary counts.
+    first = (rows // period) * period
+    last = np.minimum(first + period, rows[-1])
+    assert np.all((counts[first] <= counts) & (counts <= counts[last]))
     assert np.all(np.diff(counts) >= 0)
 
 
@@ -352,10 +355,163 @@ def test_multi_shard_corpus_windows_match_one_stream(tmp_path, monkeypatch):
             "[{name: copy, frequency: 0.9, params: {length: 8}}]",
             "data.tasks: at these frequencies a row may need",
         ),
-        ("[{name: t_cmp, frequency: 0.01, params: {num_values: 400}}]", "distinct tokens"),
+        (
+            "[{name: t_cmp, frequency: 0.01, params: {num_values: 400}}]",
+            "needs 400 distinct table tokens but only",
+        ),
     ],
 )
 def test_bad_task_specs_name_the_field(corpus, tmp_path, tasks, message):
     with pytest.raises(ConfigError) as err:
         make_stream(corpus, tmp_path, tasks)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- independent placement
+
+
+def test_two_tasks_share_a_row_at_the_product_of_their_rates():
+    # Per-row rates 0.3 and 0.2 (example fractions), 16-row batches, 1,500 batches = 24,000 rows.
+    rows = np.arange(0, 16 * 1500 + 1)
+    per_row = []
+    for index, freq in enumerate((0.3, 0.2)):
+        cfg = TaskConfig(name="t_cmp", frequency=freq, unit="example_fraction")
+        rule = make_rule(cfg, index, seq_len=64, batch_rows=16, mean_length=4.0, seed=5)
+        per_row.append(np.diff(rule.count(rows)))
+    first, second = per_row
+    assert first.sum() == round(0.3 * 24_000) and second.sum() == round(0.2 * 24_000)
+    both = np.mean((first > 0) & (second > 0))
+    # Independent placement: 0.3 · 0.2 = 0.06 (binomial sd over 24,000 rows is about 0.0015; the
+    # exact per-batch counts make it smaller). Locked rows would give 0.2, disjoint rows 0.
+    assert abs(both - 0.06) < 0.006
+    # Each task still gets exactly its count in every batch: 0.3·16 = 4.8 -> 4 or 5, 0.2·16 -> 3 or 4.
+    assert set(np.add.reduceat(first, np.arange(0, 24_000, 16)).tolist()) == {4, 5}
+    assert set(np.add.reduceat(second, np.arange(0, 24_000, 16)).tolist()) == {3, 4}
+
+
+def test_rows_inside_a_block_depend_on_the_data_seed_and_task():
+    cfg = TaskConfig(name="t_cmp", frequency=0.25, unit="example_fraction")
+    rows = np.arange(0, 16 * 50 + 1)
+    runs = {
+        (seed, index): tuple(np.diff(make_rule(cfg, index, 64, 16, 4.0, seed).count(rows)))
+        for seed in (0, 1)
+        for index in (0, 1)
+    }
+    assert len(set(runs.values())) == 4
+    again = make_rule(cfg, 1, 64, 16, 4.0, 1).count(rows)
+    assert tuple(np.diff(again)) == runs[(1, 1)]
+
+
+def test_rate_above_one_packs_floor_or_ceil_instances_per_row():
+    # Huang et al.'s scale in small: 2.5 instances per row -> every row gets 2 or 3.
+    cfg = TaskConfig(name="t_cmp", frequency=2.5 / 64, unit="per_token")
+    rule = make_rule(cfg, 0, seq_len=64, batch_rows=8, mean_length=4.0, seed=0)
+    per_row = np.diff(rule.count(np.arange(0, 8 * 100 + 1)))
+    assert set(per_row.tolist()) == {2, 3} and per_row.sum() == 2000
+    assert rule.max_per_row() == 3
+
+
+def test_gap_period_that_overflows_its_first_batch_names_gap_batches(corpus, tmp_path):
+    # 0.01 per token · 16 tokens = 0.16 per row: spread out, one 4-token instance per row at most;
+    # a 40-batch period delivered in its first batch is 6.4 per row -> 7 · 4 = 28 tokens > 16.
+    tasks = (
+        "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}, schedule: {kind: gap, gap_batches: 40}}]"
+    )
+    with pytest.raises(ConfigError) as err:
+        make_stream(corpus, tmp_path, tasks, seq_len=16)
+    message = str(err.value)
+    assert message.startswith("data.tasks.0.schedule.gap_batches: ") and "need 28 task tokens" in message
+    # 2 batches: 0.32 per row -> at most 1 instance per row, which fits.
+    make_stream(corpus, tmp_path, tasks.replace("gap_batches: 40", "gap_batches: 2"), seq_len=16)
+
+
+def test_eval_sets_start_where_training_put_the_task(corpus, tmp_path):
+    stream = make_stream(corpus, tmp_path, TWO_PLACEMENTS)
+    prefixes = {s.task: s.prefix for s in stream.eval_sets()}
+    assert prefixes == {"t_cmp": (), "copy": (stream.eod,)}
+
+
+TWO_PLACEMENTS = (
+    "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}},"
+    " {name: copy, frequency: 0.1, unit: example_fraction, placement: document, params: {length: 3}}]"
+)
+
+
+# ----------------------------------------------------------------------------- task token tables
+
+
+def test_default_table_holds_only_background_tokens_with_a_text_form(corpus, tmp_path):
+    from smalllm.data.task_tokens import background_counts, round_trips
+
+    stream = make_stream(corpus, tmp_path, "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}}]")
+    task = stream.families[0].task
+    counts = background_counts(corpus)
+    table = task.table_tokens()
+    assert len(table) == 22 == len(set(table))
+    assert min(int(counts[t]) for t in table) >= 100
+    tok = corpus.tokenizer
+    for t in table:
+        assert tok.encode(tok.decode([t]), add_special_tokens=False) == [t] and round_trips(tok, t)
+    # Whole-vocabulary drawing stays available, and there some table ids never occur at all.
+    cfg = tiny_config(
+        tmp_path, "data.tasks=[{name: t_cmp, frequency: 0.01}]", "data.task_tokens.source=vocabulary"
+    )
+    wide = TaskStream(cfg.data, corpus, 8).families[0].task.table_tokens()
+    assert min(int(counts[t]) for t in wide) == 0
+
+
+def test_tables_are_a_pure_function_of_seed_tokenizer_and_corpus(corpus, tmp_path):
+    tasks = "[{name: t_cmp, frequency: 0.01, params: {num_values: 20}, seed: 3}, {name: t_add, frequency: 0.01, params: {num_values: 20}, seed: 3}]"
+    first = make_stream(corpus, tmp_path, tasks)
+    second = make_stream(corpus, tmp_path, tasks)
+    cmp_a, add_a = (f.task for f in first.families)
+    cmp_b, _ = (f.task for f in second.families)
+    assert cmp_a.table_tokens() == cmp_b.table_tokens()
+    assert cmp_a.table == add_a.table  # one seed, one shared value table
+
+
+def test_word_initial_tables_use_words_only(corpus, tmp_path):
+    from smalllm.config import load_config  # noqa: F401 - the config types come from there
+    from smalllm.data.task_tokens import background_counts, eligible_table_tokens
+
+    cfg = tiny_config(tmp_path, "data.task_tokens.word_initial=true", "data.task_tokens.min_count=1")
+    ids = eligible_table_tokens(cfg.data.task_tokens, corpus.tokenizer, background_counts(corpus))
+    texts = [corpus.tokenizer.decode([int(i)]) for i in ids]
+    assert texts and all(t[0] == " " and t[1:].isalpha() for t in texts)
+
+
+def test_data_inspect_and_tasks_show_list_the_run_table_with_counts(corpus, tmp_path, capsys):
+    from smalllm.cli import main
+    from smalllm.data.inspect import inspect_stream
+    from smalllm.data.task_tokens import background_counts
+
+    cfg = tiny_config(tmp_path, "data.tasks=[{name: t_cmp, frequency: 0.01, params: {num_values: 20}}]")
+    counts = background_counts(corpus)
+    table = TaskStream(cfg.data, corpus, 8).families[0].task.table_tokens()
+    expected = sorted((i, int(counts[i])) for i in table)
+    out = inspect_stream(cfg.data, 8, 8 * 32 * 4, rows=1)
+    section = out.split("t_cmp token table (22 tokens, data.task_tokens: seen >= 100 times")[1]
+    assert sorted((int(i), int(n)) for i, n in re.findall(r"(\d+) '[^']*'\s+×(\d+)", section)) == expected
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data:\n  seq_len: 32\n  tokenizer: {kind: bpe, vocab_size: 300}\n"
+        "  background: {holdout_documents: 50, synthetic: {num_words: 200, num_documents: 1500}}\n"
+    )
+    capsys.readouterr()
+    assert main(["tasks", "show", "t_cmp", "num_values=20", "--config", str(config)]) in (0, None)
+    shown = capsys.readouterr().out.split("\ntoken table ")[1].split("\nsamples")[0]
+    assert sorted((int(i), int(n)) for i, n in re.findall(r"(\d+) '[^']*'\s+×(\d+)", shown)) == expected
+
+
+def test_background_counts_read_the_training_shards_only(corpus, monkeypatch):
+    import dataclasses
+
+    from smalllm.data import task_tokens
+
+    size = len(corpus.tokenizer)
+    whole = np.bincount(np.concatenate([np.asarray(p) for p in corpus.train.parts]), minlength=size)
+    assert np.array_equal(task_tokens.background_counts(dataclasses.replace(corpus)), whole)
+    assert whole.sum() == corpus.num_tokens  # the held-out tokens are not counted
+    monkeypatch.setattr(task_tokens, "COUNTED_TOKENS", 1000)
+    prefix = np.bincount(np.asarray(corpus.train.parts[0][:1000]), minlength=size)
+    assert np.array_equal(task_tokens.background_counts(dataclasses.replace(corpus)), prefix)

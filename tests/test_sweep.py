@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -130,6 +131,74 @@ def test_cli_reports_sweep_errors_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "train.sed: unknown key (did you mean 'seed'?)" in err
 
 
+def test_seed_axis_sets_data_and_init_seeds(tmp_path):
+    grid = {"model.preset": ["micro-w32", "micro-w48"], "data.tasks.0.frequency": [0.01]}
+    spec = load_sweep(write_sweep(tmp_path, [grid], seeds={"data": [0, 1], "init": [5, 6]}))
+    cells = expand(spec)
+    # Independent axes: 2 sizes x 2 data seeds x 2 init seeds, each named by both seeds.
+    assert len(cells) == 8
+    cell = next(c for c in cells if c.name == "micro-w48_frequency-0.01_dseed-1_iseed-6")
+    assert cell.seeds == {"data": 1, "init": 6}
+    assert cell.params == {"model.preset": "micro-w48", "data.tasks.0.frequency": 0.01}
+    cfg = validate_cells(spec, [cell])[cell.name]
+    # TINY_TASKS has two tasks: the data seed reaches both tables and the placement seed.
+    assert (cfg.data.seed, [t.seed for t in cfg.data.tasks], cfg.train.seed) == (1, [1, 1], 6)
+
+    together = expand(load_sweep(write_sweep(tmp_path, [grid], seeds={"data": [3, 4], "init": "data"})))
+    assert [c.name for c in together] == [
+        "micro-w32_frequency-0.01_dseed-3_iseed-3",
+        "micro-w32_frequency-0.01_dseed-4_iseed-4",
+        "micro-w48_frequency-0.01_dseed-3_iseed-3",
+        "micro-w48_frequency-0.01_dseed-4_iseed-4",
+    ]
+    assert together[1].overrides[-4:] == [
+        "data.seed=4",
+        "data.tasks.0.seed=4",
+        "data.tasks.1.seed=4",
+        "train.seed=4",
+    ]
+    # Grids that sweep seeds themselves keep working (names as before).
+    legacy = expand(
+        load_sweep(write_sweep(tmp_path, [{"model.preset": ["micro-w32"], "train.seed": [0, 1]}]))
+    )
+    assert [c.name for c in legacy] == ["micro-w32_seed-0", "micro-w32_seed-1"] and legacy[0].seeds == {}
+
+
+@pytest.mark.parametrize(
+    "seeds, grid, expected",
+    [
+        (
+            {"data": [0, 1]},
+            {"data.tasks.0.seed": [0, 1]},
+            "seeds.data: grids.0 also sets 'data.tasks.0.seed'",
+        ),
+        ({"init": [0]}, {"train.seed": [0]}, "seeds.init: grids.0 also sets 'train.seed'"),
+        ({"data": [0], "init": "data"}, {"overrides": ["train.seed=3"]}, "seeds.init: grids.0.overrides"),
+        ({"data": [0, 0]}, {}, "seeds.data: repeated seed"),
+        ({"data": [0, -1]}, {}, "seeds.data.1: a seed must be an integer in [0, 4294967295], got -1"),
+        ({"init": []}, {}, "seeds.init: expected a non-empty list of seeds"),
+        ({"init": "data"}, {}, "seeds.init: 'data' needs a seeds.data list"),
+        ({"table": [0]}, {}, "seeds.table: unknown key"),
+    ],
+)
+def test_seed_axis_errors_are_one_line(tmp_path, seeds, grid, expected):
+    raw = {"grids": [{"model.preset": ["micro-w32"], **grid}], "seeds": seeds}
+    with pytest.raises(ConfigError) as err:
+        parse_sweep(raw, source=tmp_path / "s.yaml")
+    assert expected in str(err.value) and "\n" not in str(err.value)
+
+
+def test_dry_run_lists_the_seeds(tmp_path, capsys):
+    path = write_sweep(tmp_path, [{"model.preset": ["micro-w32"]}], seeds={"data": [0, 2], "init": "data"})
+    assert main(["sweep", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds: data [0, 2]" in out and "init [= data seed]" in out
+    header = next(line for line in out.splitlines() if line.startswith("cell"))
+    assert header.split()[2:6] == ["data", "seed", "init", "seed"]
+    row = next(line for line in out.splitlines() if line.startswith("micro-w32_dseed-2_iseed-2"))
+    assert row.split()[1:4] == ["pending", "2", "2"]
+
+
 # ---------------------------------------------------------------------------------------------- dry run / emit
 
 
@@ -180,24 +249,99 @@ def test_emit_slurm_writes_an_accelerate_array_script(tmp_path, capsys):
     assert (tmp_path / "sweep" / "sweep.json").is_file()
 
 
-def test_emitted_shell_script_runs_a_cell(tmp_path, capsys):
-    path = write_sweep(tmp_path, [{"model.preset": ["micro-w32", "micro-w48"]}])
+def test_emitted_shell_script_leaves_the_same_records_as_smalllm_sweep(tmp_path, capsys):
+    # The script builds the corpus once, then runs both cells through accelerate with the cell's
+    # accelerate config (a CPU one here); `smalllm sweep` on the same grid must agree cell by cell.
+    accel = tmp_path / "cpu accel.yaml"
+    accel.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nuse_cpu: true\nnum_processes: 1\n"
+    )
+    grid = [{"model.preset": ["micro-w32", "micro-w48"]}]
+    path = write_sweep(tmp_path, grid, target={"accelerate": {"default": str(accel)}})
     assert main(["sweep", str(path), "--emit", "shell"]) == 0
     script = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert "accelerate launch --cpu" in script.read_text()
+    text = script.read_text()
+    assert f"ACCEL=(--config_file '{accel.resolve()}')" in text and "accelerate launch" in text
+    assert text.count("-m smalllm.cli data build --if-missing") == 1  # one corpus for both cells
     env = dict(
         os.environ,
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         PYTHON=sys.executable,
     )
-    done = subprocess.run(["bash", str(script), "0"], env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr
-    sweep_dir = tmp_path / "sweep"
-    assert cell_state(sweep_dir, "micro-w32") == "done"
-    assert read_status(sweep_dir, "micro-w32")["state"] == "done"
-    # A second run of the same cell is a no-op.
-    again = subprocess.run(["bash", str(script), "0"], env=env, capture_output=True, text=True, timeout=60)
-    assert "already done" in again.stdout and log_attempts(sweep_dir, "micro-w32") == 1
+    assert "0 of 2 cell(s) failed" in done.stdout
+
+    local = write_sweep(tmp_path, grid, name="local", sweep_dir=str(tmp_path / "local"))
+    results = run_sweep(local)
+    assert results is not None and {r["state"] for r in results.values()} == {"done"}
+    for cell in ("micro-w32", "micro-w48"):
+        emitted, ran = tmp_path / "sweep", tmp_path / "local"
+        assert cell_state(emitted, cell) == cell_state(ran, cell) == "done"
+        assert read_status(emitted, cell)["state"] == read_status(ran, cell)["state"] == "done"
+        files = {p.relative_to(emitted / "cells" / cell) for p in (emitted / "cells" / cell).rglob("*")}
+        assert files == {p.relative_to(ran / "cells" / cell) for p in (ran / "cells" / cell).rglob("*")}
+        a = json.loads((run_dir_of(emitted, cell) / "summary.json").read_text())
+        b = json.loads((run_dir_of(ran, cell) / "summary.json").read_text())
+        assert (
+            (a["status"], a["steps"], a["tokens"])
+            == (b["status"], b["steps"], b["tokens"])
+            == ("completed", 32, 8192)
+        )
+        # Same data, same seeds, one thread: the same losses.
+        assert a["background_passes"] == pytest.approx(b["background_passes"])
+        metrics = [run_dir_of(d, cell) / "metrics.jsonl" for d in (emitted, ran)]
+        records = [[json.loads(line) for line in m.read_text().splitlines()] for m in metrics]
+        losses = [[r["loss"] for r in rs if "loss" in r] for rs in records]
+        assert len(losses[0]) == 16 and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    # A second run of a finished cell is a no-op.
+    again = subprocess.run(["bash", str(script), "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert "already done" in again.stdout and log_attempts(tmp_path / "sweep", "micro-w32") == 1
+
+
+def test_emitted_scripts_pick_fsdp_for_large_cells_and_build_first(tmp_path, capsys):
+    root = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    ddp, fsdp = root / "ddp_8gpu.yaml", root / "fsdp_8gpu.yaml"
+    target = {
+        "device": "gpu",
+        "gpus_per_cell": 8,
+        "accelerate": {"default": str(ddp), "fsdp": str(fsdp), "fsdp_from": "1b"},
+    }
+    path = write_sweep(tmp_path, [{"model.preset": ["150m", "1b", "4b"]}], target=target)
+    spec = load_sweep(path)
+    cells = expand(spec)
+    configs = validate_cells(spec, cells)
+    text = slurm_script(spec, cells, configs)
+    lines = {c.name: next(line for line in text.splitlines() if f"CELL={c.name};" in line) for c in cells}
+    assert f"ACCEL=(--config_file {ddp})" in lines["150m"]
+    assert f"ACCEL=(--config_file {fsdp})" in lines["1b"] and f"ACCEL=(--config_file {fsdp})" in lines["4b"]
+    assert "--multi_gpu" not in text  # the config files decide DDP or FSDP
+    assert "--num_processes 8" in text
+    assert 'if [ "${1:-}" = build ]; then build_corpora; exit $?; fi' in text
+    assert main(["sweep", str(path), "--emit", "slurm"]) == 0
+    submit = tmp_path / "sweep" / "launch" / "submit.sh"
+    slurm = shlex.quote(str((tmp_path / "sweep" / "launch" / "slurm.sh").resolve()))
+    assert f"--array=0 --job-name=tiny-data {slurm} build)" in submit.read_text()
+    assert f'sbatch --dependency="afterok:$build" {slurm}' in submit.read_text()
+    for script in (submit, tmp_path / "sweep" / "launch" / "slurm.sh"):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    # Without target.accelerate a multi-GPU cell is DDP by flag, as before.
+    spec.target.accelerate = None
+    assert "ACCEL=(--multi_gpu)" in slurm_script(spec, cells, configs)
+
+    bad = [
+        ({"fsdp": str(fsdp), "fsdp_from": "2b"}, r"target.accelerate.fsdp_from: unknown preset '2b'"),
+        ({"fsdp": str(fsdp)}, r"target.accelerate.fsdp_from: give both fsdp and fsdp_from"),
+        (
+            {"default": "missing.yaml"},
+            r"target.accelerate.default: accelerate config '.*missing.yaml' not found",
+        ),
+        ({"defualt": str(ddp)}, r"target.accelerate.defualt: unknown key"),
+    ]
+    for accelerate, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            write_sweep(tmp_path, [{"model.preset": ["150m"]}], target={"accelerate": accelerate})
+            load_sweep(tmp_path / "tiny.yaml")
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -499,11 +643,19 @@ def test_unsafe_names_are_refused_at_parse_time(tmp_path, monkeypatch, capsys, h
 
 
 def _fake_accelerate(bin_dir: Path) -> None:
-    """An ``accelerate`` that records its arguments (NUL-separated) instead of training."""
+    """An ``accelerate`` that records its arguments (NUL-separated) instead of training, and a
+    ``python`` that records those of ``smalllm.cli data build`` (into ``$BUILD_OUT``) instead of
+    building; every other python call runs the real one."""
     bin_dir.mkdir()
     fake = bin_dir / "accelerate"
     fake.write_text('#!/bin/bash\nprintf \'%s\\0\' "$@" > "$ARGS_OUT"\n')
     fake.chmod(0o755)
+    python = bin_dir / "python"
+    python.write_text(
+        '#!/bin/bash\nif [ "$3 $4" = "data build" ]; then printf \'%s\\0\' "$@" > "$BUILD_OUT"; exit 0; fi\n'
+        f'exec {shlex.quote(sys.executable)} "$@"\n'
+    )
+    python.chmod(0o755)
 
 
 def test_emitted_scripts_quote_every_value(tmp_path, monkeypatch):
@@ -525,7 +677,7 @@ def test_emitted_scripts_quote_every_value(tmp_path, monkeypatch):
     spec.name = "x; touch pwned"  # past the parser, as a second line of defence
     spec.slurm = {"setup": ":"}  # no venv activation, so that the fake accelerate below is found
     shell = tmp_path / "run_all.sh"
-    shell.write_text(shell_script(spec, cells))
+    shell.write_text(shell_script(spec, cells, configs))
     slurm = tmp_path / "slurm.sh"
     slurm.write_text(slurm_script(spec, cells, configs))
     assert "#SBATCH --job-name='x; touch pwned'" in slurm.read_text()
@@ -533,12 +685,13 @@ def test_emitted_scripts_quote_every_value(tmp_path, monkeypatch):
         assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
 
     _fake_accelerate(tmp_path / "bin")
-    out = tmp_path / "args"
+    out, build_out = tmp_path / "args", tmp_path / "build_args"
     env = dict(
         os.environ,
         PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
-        PYTHON=sys.executable,
+        PYTHON=str(tmp_path / "bin" / "python"),
         ARGS_OUT=str(out),
+        BUILD_OUT=str(build_out),
         SLURM_ARRAY_TASK_ID="0",
     )
     for script in (shell, slurm):
@@ -548,14 +701,24 @@ def test_emitted_scripts_quote_every_value(tmp_path, monkeypatch):
         train = args.index("smalllm.cli") + 2
         sweep_dir = (tmp_path / spec.sweep_dir).resolve()
         assert args[train:] == [*hostile, f"run_dir={run_dir_of(sweep_dir, 'micro-w32')}"]
+        # The corpus build before the cell gets the same words, unharmed.
+        assert build_out.read_bytes().decode().split("\0")[:-1] == [
+            "-m",
+            "smalllm.cli",
+            "data",
+            "build",
+            "--if-missing",
+            *hostile,
+        ]
         out.unlink()
+        build_out.unlink()
     assert not list(tmp_path.rglob("pwned"))
 
     # A cell name that got past the parser still never reaches a script, and a line-based #SBATCH
     # value cannot smuggle in a second line.
     cells[0].name = "$(touch pwned)"
     with pytest.raises(SmalllmError, match=r"cell: use letters, digits"):
-        shell_script(spec, cells)
+        shell_script(spec, cells, configs)
     cells[0].name = "micro-w32"
     spec.slurm = {"options": {"comment": "ok\ntouch pwned"}}
     with pytest.raises(ConfigError, match=r"^slurm.options.comment: control characters"):

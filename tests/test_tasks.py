@@ -447,7 +447,7 @@ def test_char_tokenizer() -> None:
         try:
             task = build_task(name, {}, v)
         except ConfigError as exc:  # t_cmp needs 102 distinct tokens; printable ASCII has 100
-            assert name == "t_cmp" and "distinct tokens" in str(exc)
+            assert name == "t_cmp" and "needs 102 distinct table tokens but only 100" in str(exc)
             continue
         CHECKERS[name](task, task.generate(np.random.default_rng(0)), v)
 
@@ -513,7 +513,7 @@ def test_unknown_task() -> None:
 
 
 def test_too_few_tokens() -> None:
-    with pytest.raises(ConfigError, match="distinct tokens"):
+    with pytest.raises(ConfigError, match="needs 300 distinct table tokens but only 256 are eligible"):
         build_task("t_cmp", {"num_values": 300}, vocab("byte"))
 
 
@@ -542,3 +542,20 @@ def test_show_task_plain_text_and_overrides() -> None:
     out = show_task("addition", 3, {"num_digits": 2})
     assert re.search(r"\[addition/digit0\] \d\d\+\d\d,0= ⟨\d⟩", out)
     assert "num_digits: int = 2 (default 3)" in out
+
+
+def test_show_task_lists_the_table_with_background_counts() -> None:
+    # Five eligible ids with made-up counts (count of id i = 10·i): the table is all of them, the two
+    # labels included, each shown with its id, text and count.
+    tok = byte_tokenizer()
+    letter = {tok.convert_tokens_to_ids(c): c for c in "abcde"}
+    eligible = sorted(letter)
+    counts = np.arange(258) * 10
+    restricted = TaskVocab(tok, eligible, "five letters")
+    out = show_task("t_cmp", 1, {"num_values": 3}, vocab=restricted, counts=counts)
+    header, *rows = out.split("\ntoken table ")[1].split("\nsamples")[0].splitlines()
+    assert header.startswith("(5 tokens, from five letters): id 'text' ×count")
+    cells = re.findall(r"(\d+) '(\w)'\s+×(\d+)", " ".join(rows))
+    assert sorted(cells) == sorted((str(i), letter[i], str(10 * i)) for i in eligible)
+    # Without counts the table is still shown, each count as "?".
+    assert "×?" in show_task("t_cmp", 1, {"num_values": 3}, vocab=restricted)

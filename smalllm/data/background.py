@@ -4,15 +4,22 @@
   parts of speech, Zipfian word choice within each, and a small sentence grammar with agreement
   between a subject and its preferred verbs (so there is structure to learn). A small ``num_words``
   gives a simplified vocabulary in the spirit of Muckatira et al. Deterministic; no downloads.
-* ``files`` – local ``.txt`` (one document per blank-line-separated block), ``.jsonl``/``.json`` and
-  ``.parquet`` files, read through ``datasets``.
+* ``files`` – local ``.txt`` files, cut into documents by ``text_unit`` (each file, each blank-line
+  separated paragraph, or each line; see :func:`text_documents`), and ``.jsonl``/``.json``, ``.csv``
+  and ``.parquet`` files (one document per record), read through ``datasets``.
 * ``hub`` – any ``datasets.load_dataset`` name (cached or streaming). Never used by the tests.
+* ``tokens`` – pre-tokenized token files (OLMo's ``.npy``, raw ``.bin``), memory-mapped and cut into
+  documents at the end-of-document id; see :func:`token_documents`.
+
+``end_of_document`` decides what separates documents: ``<eod>`` (the separators of ``text_unit``
+dropped), or nothing (the separators kept in the text, so the stream is the files' exact text).
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -148,7 +155,53 @@ def load_texts(cfg: BackgroundConfig, seed: int = 0) -> Iterator[str]:
         if cfg.max_documents is not None:
             n = min(n, cfg.max_documents)
         return corpus.documents(0, n)
+    if cfg.source == "files":
+        paths, fmt = check_source_files(cfg)
+        if fmt == "text":
+            return _limited(cfg, text_documents(paths, cfg.text_unit, cfg.end_of_document))
     return _dataset_texts(cfg, load_text_dataset(cfg))
+
+
+def _limited(cfg: BackgroundConfig, texts: Iterator[str]) -> Iterator[str]:
+    return itertools.islice(texts, cfg.max_documents) if cfg.max_documents is not None else texts
+
+
+def text_documents(paths: list[Path], unit: str, end_of_document: bool = True) -> Iterator[str]:
+    """The documents of UTF-8 text files, read line by line (a ``file`` unit reads its file whole).
+
+    With ``end_of_document`` each document is stripped of its separators (the blank lines after a
+    paragraph, the line end of a line, the final newline of a file) and empty ones are skipped: the
+    corpus build ends each with ``<eod>``. Without it nothing is dropped: the documents, joined,
+    are the files' exact text (paragraphs keep the blank lines that follow them).
+    """
+    for path in paths:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for doc in _cut(fh, unit):
+                if end_of_document:
+                    doc = doc.strip("\r\n") if unit != "line" else doc.rstrip("\r\n")
+                    if not doc.strip():
+                        continue
+                yield doc
+
+
+def _cut(lines: Iterable[str], unit: str) -> Iterator[str]:
+    if unit == "file":
+        yield "".join(lines)
+        return
+    if unit == "line":
+        yield from lines
+        return
+    paragraph: list[str] = []
+    after_blank = False
+    for line in lines:
+        blank = not line.strip()
+        if not blank and after_blank:
+            yield "".join(paragraph)  # a paragraph ends where text follows its blank lines
+            paragraph = []
+        paragraph.append(line)
+        after_blank = blank
+    if paragraph:
+        yield "".join(paragraph)
 
 
 def _dataset_texts(cfg: BackgroundConfig, dataset: Iterable[dict]) -> Iterator[str]:
@@ -366,3 +419,111 @@ def _check_parquet(path: Path, text_field: str) -> bool:
     if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
         raise ConfigError(f"{path}: column '{text_field}' holds {kind}, not text")
     return meta.num_rows > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pre-tokenized token files (``source=tokens``): OLMo's ``.npy`` arrays or raw ``.bin`` files of
+# uint16/uint32 ids, documents separated by the end-of-document id. Never copied into memory.
+# ----------------------------------------------------------------------------------------------
+
+TOKEN_SUFFIXES = (".npy", ".bin")
+
+
+def open_token_file(path: Path, token_dtype: str = "uint16") -> np.ndarray:
+    """``path`` memory-mapped as a 1-D array of uint16/uint32 ids (``.bin`` files as ``token_dtype``)."""
+    try:
+        if path.suffix.lower() == ".npy":
+            tokens = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            size = path.stat().st_size
+            itemsize = np.dtype(token_dtype).itemsize
+            if size % itemsize:
+                raise ConfigError(
+                    f"{path}: {size} bytes is not a whole number of {token_dtype} tokens "
+                    "(data.background.token_dtype)"
+                )
+            tokens = np.memmap(path, dtype=token_dtype, mode="r") if size else np.zeros(0, token_dtype)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable token file ({str(exc).splitlines()[0]})") from None
+    if tokens.ndim != 1 or tokens.dtype not in (np.uint16, np.uint32):
+        raise ConfigError(
+            f"{path}: expected a 1-D uint16 or uint32 token array, got {tokens.dtype} of shape {tokens.shape}"
+        )
+    if len(tokens) == 0:
+        raise ConfigError(f"{path}: empty file (no documents)")
+    return tokens
+
+
+def check_token_files(cfg: BackgroundConfig) -> list[np.ndarray]:
+    """The token files of ``source=tokens``, each checked and memory-mapped (nothing is read yet)."""
+    arrays = []
+    for p in (Path(p) for p in cfg.paths):
+        if not p.is_file():
+            raise ConfigError(f"data.background.paths: token file '{p}' not found")
+        if p.suffix.lower() not in TOKEN_SUFFIXES:
+            raise ConfigError(f"data.background.paths: '{p}' is not a .npy or .bin token file")
+        arrays.append(open_token_file(p, cfg.token_dtype))
+    return arrays
+
+
+def read_order(path: Path, num_documents: int) -> np.ndarray:
+    """Document indices from an order file: a ``.npy`` integer array, or text with one per line."""
+    field = "data.background.order_file"
+    try:
+        if path.suffix.lower() == ".npy":
+            order = np.load(path, mmap_mode="r", allow_pickle=False)
+        else:
+            order = np.loadtxt(path, dtype=np.int64, ndmin=1)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{field}: cannot read '{path}' ({str(exc).splitlines()[0]})") from None
+    if order.ndim != 1 or order.dtype.kind not in "iu":
+        raise ConfigError(f"{field}: '{path}' must hold a 1-D list of integer document indices")
+    if len(order) and (int(order.min()) < 0 or int(order.max()) >= num_documents):
+        raise ConfigError(
+            f"{field}: '{path}' names piece {int(order.max())} (or a negative one); the token files "
+            f"hold {num_documents} of data.background.order_unit (0..{num_documents - 1})"
+        )
+    return np.asarray(order, dtype=np.int64)
+
+
+def token_documents(
+    cfg: BackgroundConfig, eos_id: int, seq_len: int | None = None
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """The memory-mapped token files and their documents (or windows) in reading order.
+
+    Returns ``(files, spans)``: ``spans[k] = (file, start, stop)`` is the k-th piece read. With
+    ``order_unit=document`` a piece ends with ``eos_id`` (a file's tail after its last ``eos_id`` is
+    one more document); with ``window`` it is ``seq_len`` tokens, OLMo's instances. The order is that
+    of ``paths``, or ``order_file`` over the pieces counted in that order.
+    """
+    files = check_token_files(cfg)
+    spans = []
+    for i, tokens in enumerate(files):
+        if cfg.order_unit == "window":
+            assert seq_len is not None, "windows need data.seq_len"
+            starts = np.arange(len(tokens) // seq_len) * seq_len
+            stops = starts + seq_len
+        else:
+            stops = np.flatnonzero(tokens == eos_id) + 1
+            if len(stops) == 0 or stops[-1] != len(tokens):
+                stops = np.append(stops, len(tokens))
+            starts = np.concatenate([[0], stops[:-1]])
+        spans.append(np.stack([np.full(len(stops), i), starts, stops], axis=1))
+    all_spans = np.concatenate(spans)
+    if cfg.order_file is not None:
+        all_spans = all_spans[read_order(Path(cfg.order_file), len(all_spans))]
+    if cfg.max_documents is not None:
+        all_spans = all_spans[: cfg.max_documents]
+    return files, all_spans
+
+
+def document_tokens(files: list[np.ndarray], spans: np.ndarray, eos_id: int | None, dtype) -> np.ndarray:
+    """The pieces ``spans`` concatenated, each ending with ``eos_id`` (added where a file's last
+    document lacks it; None adds nothing, for windows)."""
+    pieces = []
+    for f, start, stop in spans:
+        doc = files[f][start:stop]
+        pieces.append(doc)
+        if eos_id is not None and (len(doc) == 0 or doc[-1] != eos_id):
+            pieces.append(np.array([eos_id], dtype=dtype))
+    return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)

@@ -18,18 +18,26 @@ from smalllm.errors import require
 from smalllm.validation import COUNT_MAX, choices, integer, number, one_of, seed
 
 TokenizerKind = Literal["bpe", "byte", "char", "pretrained"]
-BackgroundSource = Literal["synthetic", "files", "hub"]
+BackgroundSource = Literal["synthetic", "files", "hub", "tokens"]
+TextUnit = Literal["file", "paragraph", "line"]
+TokenDtype = Literal["uint16", "uint32"]
+OrderUnit = Literal["document", "window"]
 ScheduleKind = Literal["uniform", "gap", "piecewise"]
 Unit = Literal["per_token", "token_fraction", "example_fraction"]
 Placement = Literal["prefix", "document"]
 Pool = Literal["finite", "fresh"]
+TableSource = Literal["background", "vocabulary"]
 
 TOKENIZER_KINDS = choices(TokenizerKind)
 SOURCES = choices(BackgroundSource)
+TEXT_UNITS = choices(TextUnit)
+TOKEN_DTYPES = choices(TokenDtype)
+ORDER_UNITS = choices(OrderUnit)
 SCHEDULE_KINDS = choices(ScheduleKind)
 UNITS = choices(Unit)
 PLACEMENTS = choices(Placement)
 POOLS = choices(Pool)
+TABLE_SOURCES = choices(TableSource)
 
 VOCAB_MAX = 2**21
 """Largest tokenizer vocabulary (the biggest released vocabularies are about 256K)."""
@@ -45,18 +53,27 @@ def check_frequency(value: float, field_name: str) -> None:
 @dataclass
 class TokenizerConfig:
     kind: TokenizerKind = "bpe"
-    """bpe (byte-level BPE trained on the background corpus), byte, char, or pretrained (load ``path``)."""
+    """bpe (byte-level BPE trained on the background corpus), byte, char, or pretrained (load
+    ``name_or_path``)."""
     vocab_size: int = 512
     """Target vocabulary for ``bpe`` (special tokens included); ignored by byte/char/pretrained."""
+    name_or_path: str | None = None
+    """For ``kind=pretrained``: a local tokenizer directory, else a Hugging Face hub name (e.g.
+    ``allenai/OLMo-1B-hf``; fetched once into the HF cache, so it needs the network the first time)."""
     path: str | None = None
-    """Directory of a saved tokenizer, for ``kind=pretrained``."""
+    """Former name of ``name_or_path`` (a local directory), still read so that runs saved with it
+    resume; new configs use ``name_or_path``."""
+
+    def pretrained_source(self) -> str:
+        """Where ``kind=pretrained`` loads from: ``name_or_path``, else the former ``path``."""
+        return self.name_or_path or self.path or ""
 
     def validate(self, prefix: str = "data.tokenizer") -> None:
         one_of(self.kind, TOKENIZER_KINDS, f"{prefix}.kind")
         integer(self.vocab_size, f"{prefix}.vocab_size", ge=64, le=VOCAB_MAX)
         require(
-            self.kind != "pretrained" or bool(self.path),
-            f"{prefix}.path",
+            self.kind != "pretrained" or bool(self.pretrained_source()),
+            f"{prefix}.name_or_path",
             f"required when {prefix}.kind=pretrained",
         )
 
@@ -80,9 +97,33 @@ class SyntheticCorpusConfig:
 @dataclass
 class BackgroundConfig:
     source: BackgroundSource = "synthetic"
-    """synthetic (built in, no download), files (local text/jsonl/parquet) or hub (a datasets name)."""
+    """synthetic (built in, no download), files (local text/jsonl/parquet), hub (a datasets name) or
+    tokens (pre-tokenized OLMo-style ``.npy``/``.bin`` token files)."""
     paths: list[str] = field(default_factory=list)
-    """Local files for ``source=files``; the format follows the extension."""
+    """Local files for ``source=files`` (the format follows the extension) or ``source=tokens`` (read
+    in this order)."""
+    text_unit: TextUnit = "paragraph"
+    """How ``.txt`` files are cut into documents: file (each file is one document), paragraph (blocks
+    separated by blank lines) or line (each line)."""
+    end_of_document: bool = True
+    """Text sources: true ends every document with ``<eod>`` and drops the separators (blank lines,
+    line ends) of ``text_unit``; false keeps them in the text and adds no ``<eod>``, so the token
+    stream is the files' exact text (what a character-level model of a play should see)."""
+    token_dtype: TokenDtype = "uint16"
+    """``source=tokens``: dtype of raw ``.bin`` token files (uint16 up to 65,536 ids, else uint32);
+    ``.npy`` files carry their own."""
+    order_file: str | None = None
+    """``source=tokens``: a ``.npy`` (or text, one per line) list of indices, counted over ``paths``
+    in order, giving the global order to read them in (None: file order); unlisted ones are left out.
+    What an index counts is ``order_unit``."""
+    order_unit: OrderUnit = "document"
+    """``source=tokens``: document (the pieces ending at the tokenizer's end-of-document id) or window
+    (``data.seq_len`` tokens: file i holds len_i // seq_len of them, its tail dropped; this is how
+    OLMo numbers the instances of its ``global_indices.npy``, so with ``shuffle=false`` the run reads
+    OLMo's batches in OLMo's order). Held-out documents are counted in the same unit."""
+    shuffle: bool = True
+    """Shuffle the stream's background windows each pass (seeded by ``data.seed``); false reads the
+    corpus in order, keeping a given global order (``order_file``) for the first pass and every pass."""
     hub_name: str | None = None
     """Dataset name for ``source=hub``, passed to ``datasets.load_dataset``."""
     hub_config: str | None = None
@@ -102,7 +143,19 @@ class BackgroundConfig:
 
     def validate(self, prefix: str = "data.background") -> None:
         one_of(self.source, SOURCES, f"{prefix}.source")
-        require(self.source != "files" or bool(self.paths), f"{prefix}.paths", "required when source=files")
+        require(
+            self.source not in ("files", "tokens") or bool(self.paths),
+            f"{prefix}.paths",
+            f"required when source={self.source}",
+        )
+        one_of(self.text_unit, TEXT_UNITS, f"{prefix}.text_unit")
+        one_of(self.token_dtype, TOKEN_DTYPES, f"{prefix}.token_dtype")
+        one_of(self.order_unit, ORDER_UNITS, f"{prefix}.order_unit")
+        require(
+            self.order_file is None or self.source == "tokens",
+            f"{prefix}.order_file",
+            "only for source=tokens",
+        )
         require(self.source != "hub" or bool(self.hub_name), f"{prefix}.hub_name", "required when source=hub")
         require(
             not (self.source == "hub" and self.streaming and self.max_documents is None),
@@ -123,6 +176,38 @@ class BackgroundConfig:
                 f"{prefix}.holdout_documents",
                 f"{self.holdout_documents} leaves none of the corpus's {min(known)} documents to train on",
             )
+
+
+@dataclass
+class TaskTokensConfig:
+    """Which tokens the tasks' random token tables are drawn from (T_CMP/T_ADD's value table and
+    labels, fact_lookup's entities, sparse_parity's control tokens).
+
+    Huang et al. draw ordinary vocabulary tokens that occur in the data ("address analyze pony"), so
+    that the model knows each table token from the background before the task shapes it. See
+    :mod:`smalllm.data.task_tokens` for the exact rules.
+    """
+
+    source: TableSource = "background"
+    """background (tokens that occur in the run's training background at least ``min_count`` times)
+    or vocabulary (any non-special id, including ids the background never uses)."""
+    min_count: int = 100
+    """For ``source=background``: fewest occurrences in the training background token shards. At 100
+    every table token is also read as ordinary text, at least 100 times per pass over the corpus, so
+    the background trains its embedding too; the default corpus (512-token BPE) still has 232
+    eligible tokens, that of ``configs/demo.yaml`` 222, against the 102 a default ``t_cmp`` needs."""
+    word_initial: bool = False
+    """For ``source=background``: keep only tokens whose text is a space followed by letters (a whole
+    word, like the paper's "address analyze pony"), for tokenizers that have such tokens (byte-level
+    BPE, most pretrained ones; byte and char tokenizers have none, and there the rule is skipped).
+    Off by default because the default 512-token BPE of the built-in corpus has only 94 such tokens
+    in its background, fewer than the 102 a default ``t_cmp`` needs; without it a table token still
+    has a visible text of its own that round-trips (mostly letter pieces such as " t" or "ind")."""
+
+    def validate(self, prefix: str = "data.task_tokens") -> None:
+        one_of(self.source, TABLE_SOURCES, f"{prefix}.source")
+        integer(self.min_count, f"{prefix}.min_count", ge=1, le=COUNT_MAX)
+        require(isinstance(self.word_initial, bool), f"{prefix}.word_initial", "expected true/false")
 
 
 @dataclass
@@ -233,6 +318,8 @@ class DataConfig:
     """The corpus the task instances are injected into."""
     tasks: list[TaskConfig] = field(default_factory=list)
     """Injected tasks with their frequencies."""
+    task_tokens: TaskTokensConfig = field(default_factory=TaskTokensConfig)
+    """Which tokens the tasks' random token tables are drawn from."""
     cache_dir: str | None = None
     """Where tokenized shards are cached (None: $SMALLLM_CACHE or ~/.cache/smalllm)."""
 
@@ -241,6 +328,12 @@ class DataConfig:
         seed(self.seed, f"{prefix}.seed")
         self.tokenizer.validate(f"{prefix}.tokenizer")
         self.background.validate(f"{prefix}.background")
+        require(
+            not (self.background.source == "tokens" and self.tokenizer.kind == "bpe"),
+            f"{prefix}.tokenizer.kind",
+            "source=tokens needs the tokenizer that wrote the token files (pretrained, byte or char), not bpe",
+        )
+        self.task_tokens.validate(f"{prefix}.task_tokens")
         names: set[str] = set()
         for i, task in enumerate(self.tasks):
             where = f"{prefix}.tasks.{i}"

@@ -9,6 +9,7 @@ import numpy as np
 from smalllm.data.config import DataConfig
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
+from smalllm.data.task_tokens import background_counts, table_lines
 
 
 def inspect_stream(
@@ -45,6 +46,16 @@ def inspect_stream(
         out.append(
             f"{row['label']:<28} {row['placement']:<9} {row['requested']:>12.2f} {row['realised']:>10,} {row['per_token']:>11.3g}"
         )
+    counts = background_counts(corpus)
+    for family in stream.families:
+        table = family.task.table_tokens()
+        if table:
+            out.append("")
+            out.append(
+                f"{family.task.name} token table ({len(table)} tokens, {stream.vocab.table_rule}): "
+                "id 'text' ×background count"
+            )
+            out += table_lines(stream.vocab, table, counts)
     return "\n".join(out)
 
 

@@ -15,19 +15,36 @@ A task's frequency is converted to an *expected number of instances per row* ``r
 A family (a task with sub-skills) is placed as one task at its total frequency, and its instances
 are dealt to the sub-skills in proportion to ``skill_weights`` (see :class:`SkillSequence`).
 
-Exactness
----------
+Exactness and independence
+--------------------------
 Let E(g) be the expected number of instances in rows ``0 … g−1`` (the integral of the schedule).
-The realised count is ``C(g) = floor(E(g) + φ) − floor(φ)`` with a fixed phase φ ∈ [0, 1) per
-task drawn from the data seed (so two tasks at one frequency do not share rows). Hence
-``|C(g) − E(g)| < 1`` for every prefix of the stream — no Bernoulli noise — and row g receives the
-instances with ordinals ``C(g) … C(g+1) − 1``, a pure function of g: the stream can seek.
+Rows are grouped in *blocks*: one global batch (uniform and piecewise schedules, whose rate changes
+only at step boundaries) or one gap period (gap schedules). Block b covers rows ``b·P … (b+1)·P − 1``
+and receives exactly ``N_b = C((b+1)·P) − C(b·P)`` instances, where
+``C(g) = floor(E(g) + φ) − floor(φ)`` at block boundaries, with a fixed phase φ ∈ [0, 1) per task
+drawn from the data seed. Hence ``|C − E| < 1`` at every block boundary — no Bernoulli noise, and
+the long-run frequency is exact — and inside a block the count is off by less than that block's
+own instances.
+
+Inside block b the ``N_b`` instances go to rows chosen by a permutation seeded by (data seed, task
+index, b): the row ranked j by the permutation gets ``floor(N_b/m) + [j < N_b mod m]`` instances, m
+being the rows that may receive them (all P rows; for a gap schedule the first batch of the
+period). Each task has its own permutations, so two tasks at per-row rates r1, r2 < 1 share a row
+with probability about r1·r2 (independent placement), rather than locking into the same rows.
+Instances are numbered in row order, so row g's instances are a pure function of (config, g): the
+stream can seek, and data-parallel ranks, which take disjoint rows, see disjoint instances.
+
+At a per-row rate above 1 — Huang et al.'s scale: T_ADD at 7.8e-3 per token with 1,024-token rows
+is 8 instances per row — every row receives ``floor(r)`` or ``ceil(r)`` instances, packed one after
+another (``stream`` places them). The capacity check refuses a mixture whose fullest row would not
+fit ``seq_len`` (for a gap schedule: a period's instances all arrive in its first batch, so its
+per-row peak is the rate times ``gap_batches``).
 
 Schedules change E, never the long-run frequency:
 
 * ``uniform``   – E grows linearly;
-* ``gap``       – all instances of a period of ``gap_batches`` batches arrive, spread evenly, in the
-  first batch of the period (Huang et al.'s gap runs);
+* ``gap``       – all instances of a period of ``gap_batches`` batches arrive in the first batch of
+  the period (Huang et al.'s gap runs);
 * ``piecewise`` – the frequency changes at given optimizer steps (curricula).
 """
 
@@ -50,11 +67,13 @@ class PlacementRule:
     rates: np.ndarray
     """Expected instances per row from each breakpoint on."""
     gap_rows: int
-    """Rows per gap period (``gap_batches · global_batch``); rows per batch for uniform."""
+    """Rows per block: a gap period (``gap_batches · global_batch``), else one global batch."""
     batch_rows: int
     """Rows per global batch."""
     gap: bool
     phase: float
+    seed: int = 0
+    """Data seed: with ``task_index`` and the block, it seeds the rows chosen inside a block."""
 
     def expected(self, rows: np.ndarray | int) -> np.ndarray:
         """E(g): expected instances in rows ``0 … g−1`` (uniform or piecewise schedule)."""
@@ -75,10 +94,37 @@ class PlacementRule:
         e1 = self.expected(period_start + self.gap_rows)
         return e0 + (e1 - e0) * into
 
+    def _at_boundary(self, blocks: np.ndarray) -> np.ndarray:
+        """C at the start of each block in ``blocks``."""
+        e = self.expected(blocks * self.gap_rows)
+        return (np.floor(e + self.phase) - np.floor(self.phase)).astype(np.int64)
+
+    def block_rows(self, block: int) -> np.ndarray:
+        """Instances received by each of the ``gap_rows`` rows of ``block`` (see the module docstring)."""
+        n = int(np.diff(self._at_boundary(np.array([block, block + 1])))[0])
+        per_row = np.zeros(self.gap_rows, dtype=np.int64)
+        if n == 0:
+            return per_row
+        m = self.batch_rows if self.gap else self.gap_rows
+        order = np.random.default_rng([self.seed, self.task_index, block, 0xB10C]).permutation(m)
+        rank = np.empty(m, dtype=np.int64)
+        rank[order] = np.arange(m)
+        whole, rest = divmod(n, m)
+        per_row[:m] = whole + (rank < rest)
+        return per_row
+
     def count(self, rows: np.ndarray | int) -> np.ndarray:
         """C(g): instances placed in rows ``0 … g−1``."""
         rows = np.asarray(rows, dtype=np.int64)
-        return (np.floor(self.scheduled(rows) + self.phase) - np.floor(self.phase)).astype(np.int64)
+        blocks = rows // self.gap_rows
+        into = rows - blocks * self.gap_rows
+        out = self._at_boundary(blocks)
+        inside = into > 0
+        for block in np.unique(blocks[inside]):
+            sel = inside & (blocks == block)
+            cumulative = np.concatenate([[0], np.cumsum(self.block_rows(int(block)))])
+            out[sel] += cumulative[into[sel]]
+        return out
 
     def max_per_row(self) -> int:
         """Most instances one row can receive (for the capacity check)."""
@@ -126,6 +172,7 @@ def make_rule(
         batch_rows=batch_rows,
         gap=gap,
         phase=phase,
+        seed=seed,
     )
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import itertools
 import json
@@ -30,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-from smalllm.data.background import load_texts
-from smalllm.data.config import BackgroundConfig, DataConfig, TokenizerConfig
-from smalllm.data.tokenizer import build_tokenizer, load_tokenizer
+from smalllm.data.background import document_tokens, load_text_dataset, load_texts, token_documents
+from smalllm.data.config import BackgroundConfig, DataConfig
+from smalllm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_hash
 from smalllm.errors import SmalllmError
 from smalllm.run_record import (
     MARKER,
@@ -49,6 +50,7 @@ INDEX = "index.json"
 HOLDOUT = "holdout.bin"
 TOKENIZER_DIR = "tokenizer"
 SHARD_TOKENS = 1 << 27  # 128M tokens (256 MB at uint16) per shard file
+FILE_HASHES_DIR = "file-hashes"  # under the cache root: remembered hashes of corpus files
 TOKENIZER_TRAIN_DOCS = 50_000  # BPE is trained on a prefix of the corpus: plenty for small vocabularies
 
 
@@ -107,17 +109,137 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "smalllm"
 
 
-def corpus_key(background: BackgroundConfig, tokenizer: TokenizerConfig) -> str:
-    """Content hash of everything that determines the token shards."""
+def cache_root(cfg: DataConfig) -> Path:
+    """The cache directory of ``cfg``: ``data.cache_dir``, else :func:`default_cache_dir`."""
+    return Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+
+
+_DIGESTS: dict[tuple, str] = {}
+"""SHA-256 of the files hashed in this process, by (path, size, mtime, inode, ctime)."""
+
+
+def _memo_file(memo_dir: Path, resolved: Path) -> Path:
+    return memo_dir / f"{hashlib.sha1(str(resolved).encode()).hexdigest()}.json"
+
+
+def _identity(resolved: Path) -> dict:
+    # Trusted as "the same bytes" only for the very same inode unchanged since: ctime cannot be set
+    # back by hand (unlike mtime), so an edit that keeps the size and restores the mtime is noticed.
+    stat = resolved.stat()
+    return {
+        "path": str(resolved),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "inode": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
+
+
+def file_fingerprint(path: Path, memo_dir: Path | None = None) -> dict:
+    """Size, modification time and SHA-256 of a file's bytes.
+
+    Hashing a large corpus takes a while (about 1 s/GB), so a hash is reused while the file is
+    untouched (same inode, size, mtime and ctime): within the process, and across processes through
+    ``memo_dir`` once :func:`remember_file_hashes` has written it there. Any write means a new hash.
+    """
+    resolved = path.resolve()
+    identity = _identity(resolved)
+    key = tuple(identity.values())
+    facts = {k: identity[k] for k in ("path", "size", "mtime_ns")}
+    if key not in _DIGESTS and memo_dir is not None:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            known = json.loads(_memo_file(memo_dir, resolved).read_text())
+            if all(known.get(k) == v for k, v in identity.items()) and isinstance(known.get("sha256"), str):
+                _DIGESTS[key] = known["sha256"]
+    if key not in _DIGESTS:
+        with open(resolved, "rb") as fh:
+            _DIGESTS[key] = hashlib.file_digest(fh, "sha256").hexdigest()
+    return {**facts, "sha256": _DIGESTS[key]}
+
+
+def _source_files(cfg: DataConfig) -> list[Path]:
+    bg = cfg.background
+    if bg.source not in ("files", "tokens"):
+        return []
+    return [Path(p) for p in bg.paths] + ([Path(bg.order_file)] if bg.order_file else [])
+
+
+def remember_file_hashes(cfg: DataConfig) -> None:
+    """Write the hashes of ``cfg``'s corpus files into the cache (``CACHE/file-hashes/``), so the next
+    process need not read the files again. Only after a corpus was built or opened: a bad input
+    leaves the cache as it was."""
+    memo_dir = cache_root(cfg) / FILE_HASHES_DIR
+    for path in _source_files(cfg):
+        fingerprint = file_fingerprint(path, memo_dir)
+        resolved = Path(fingerprint["path"])
+        with contextlib.suppress(OSError):  # only a speed-up: a read-only cache still works
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            memo = _memo_file(memo_dir, resolved)
+            tmp = memo.with_name(f"{memo.name}.tmp-{os.getpid()}")
+            tmp.write_text(json.dumps({**_identity(resolved), "sha256": fingerprint["sha256"]}))
+            tmp.rename(memo)
+
+
+def source_fingerprint(cfg: DataConfig) -> object:
+    """What identifies the background's content, beyond its config.
+
+    Local files (``files``, ``tokens`` and an ``order_file``): each file's size, mtime and byte hash.
+    A hub dataset (not streamed): its ``datasets`` fingerprint, so it is opened (from the datasets
+    cache after the first download). A streamed hub dataset has none: its name, config and split
+    (in the config) are the key. A pretrained tokenizer adds the hash of its content.
+    """
+    bg = cfg.background
+    facts: dict[str, object] = {}
+    if bg.source in ("files", "tokens"):
+        facts["files"] = [_file_fact(p, cache_root(cfg) / FILE_HASHES_DIR) for p in _source_files(cfg)]
+    elif bg.source == "hub" and not bg.streaming:
+        facts["dataset"] = _hub_fingerprint(bg.hub_name, bg.hub_config, bg.split)
+    if cfg.tokenizer.kind == "pretrained":
+        facts["tokenizer"] = tokenizer_hash(build_tokenizer(cfg.tokenizer))
+    return facts
+
+
+def _file_fact(path: Path, memo_dir: Path) -> object:
+    """A file's fingerprint; a missing or unreadable one is left to the source's own checks, which
+    name the field and the file in one line."""
+    try:
+        return file_fingerprint(path, memo_dir) if path.is_file() else str(path)
+    except OSError:
+        return str(path)
+
+
+@functools.lru_cache(maxsize=16)
+def _hub_fingerprint(name: str | None, config: str | None, split: str) -> str:
+    """The ``datasets`` fingerprint of a downloaded hub dataset (opened once per process: a sweep
+    asks for the corpus of every cell)."""
+    return load_text_dataset(
+        BackgroundConfig(source="hub", hub_name=name, hub_config=config, split=split)
+    )._fingerprint
+
+
+def corpus_key(cfg: DataConfig) -> str:
+    """Hash of everything that determines the token shards: the background and tokenizer configs
+    and the content they point to (:func:`source_fingerprint`)."""
     blob = json.dumps(
-        {"background": asdict(background), "tokenizer": asdict(tokenizer), "v": 1}, sort_keys=True
+        {
+            "background": asdict(cfg.background),
+            "tokenizer": asdict(cfg.tokenizer),
+            "content": source_fingerprint(cfg),
+            # Windows of token files are cut at seq_len: then it shapes the shards too.
+            "seq_len": cfg.seq_len
+            if cfg.background.source == "tokens" and cfg.background.order_unit == "window"
+            else None,
+            "v": 2,
+        },
+        sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def corpus_dir(cfg: DataConfig) -> Path:
-    root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
-    return root / f"corpus-{corpus_key(cfg.background, cfg.tokenizer)}"
+    """The cache entry of ``cfg``'s corpus: editing a corpus file (or swapping the tokenizer) gives
+    a new entry, so a rerun rebuilds instead of serving the old shards. Only reads."""
+    return cache_root(cfg) / f"corpus-{corpus_key(cfg)}"
 
 
 def _cache_field(cfg: DataConfig) -> str:
@@ -153,7 +275,9 @@ def ensure_corpus(cfg: DataConfig, num_proc: int = 1, log=print) -> TokenShards:
         check_corpus_target(cfg, path)  # refused before saying that it is being built
         log(f"building background corpus in {path} (once; cached for later runs)")
         build_corpus(cfg, path, num_proc=num_proc)
-    return open_corpus(path)
+    corpus = open_corpus(path)
+    remember_file_hashes(cfg)
+    return corpus
 
 
 def export_tokenizer(cfg: DataConfig, out: Path, field: str = "--out", num_proc: int = 1):
@@ -241,14 +365,75 @@ def build_corpus(cfg: DataConfig, out: Path, num_proc: int = 1, field: str | Non
     out = Path(out)
     field = field or _cache_field(cfg)
     check_corpus_target(cfg, out, field)
-    # Opened (and its files checked) first: a bad source leaves no directory behind.
-    texts = load_texts(cfg.background)
-    with _staged(out, "corpus", field) as tmp:
-        _write_corpus(cfg, texts, tmp, num_proc, field)
+    sources = source_fingerprint(cfg)
+    if cfg.background.source == "tokens":
+        tokenizer = build_tokenizer(cfg.tokenizer)
+        files, spans = token_documents(cfg.background, tokenizer.eos_token_id, cfg.seq_len)
+        _check_token_ids(cfg, files, len(tokenizer))
+        with _staged(out, "corpus", field) as tmp:
+            _write_token_corpus(cfg, tokenizer, files, spans, tmp, field, sources)
+    else:
+        # Opened (and its files checked) first: a bad source leaves no directory behind.
+        texts = load_texts(cfg.background)
+        with _staged(out, "corpus", field) as tmp:
+            _write_corpus(cfg, texts, tmp, num_proc, field, sources)
+    remember_file_hashes(cfg)
     return out
 
 
-def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: int, field: str) -> None:
+def _check_token_ids(cfg: DataConfig, files: list[np.ndarray], vocab_size: int) -> None:
+    for path, tokens in zip(cfg.background.paths, files):
+        top = int(tokens.max())  # one pass over the memory map, never loaded whole
+        if top >= vocab_size:
+            raise SmalllmError(
+                f"{path}: token id {top} is outside the vocabulary of data.tokenizer ({vocab_size} tokens)"
+            )
+
+
+def _write_token_corpus(
+    cfg: DataConfig, tokenizer, files: list[np.ndarray], spans: np.ndarray, tmp: Path, field: str, sources
+) -> None:
+    """Copy pre-tokenized documents, in reading order, into the corpus layout (held-out ones first)."""
+    bg = cfg.background
+    dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
+    # Windows are copied whole (OLMo's instances span documents); documents end with <eod>.
+    eod = tokenizer.eos_token_id if bg.order_unit == "document" else None
+    try:
+        tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        holdout = document_tokens(files, spans[: bg.holdout_documents], eod, dtype)
+        with _naming(tmp / HOLDOUT):
+            holdout.tofile(tmp / HOLDOUT)
+        # Shards hold whole windows, so the stream's window k is the k-th window of the order.
+        shard_tokens = SHARD_TOKENS - SHARD_TOKENS % cfg.seq_len if eod is None else SHARD_TOKENS
+        writer, total = _ShardWriter(tmp, dtype, shard_tokens), 0
+        for start in range(bg.holdout_documents, len(spans), 100_000):
+            ids = document_tokens(files, spans[start : start + 100_000], eod, dtype)
+            writer.write(ids)
+            total += len(ids)
+        if total == 0:
+            raise SmalllmError(
+                "data.background: the token files hold no training documents after the held-out split"
+            )
+        _write_index(
+            cfg,
+            tmp,
+            dtype,
+            writer.close(),
+            total,
+            len(spans) - bg.holdout_documents,
+            holdout,
+            min(bg.holdout_documents, len(spans)),
+            tokenizer,
+            sources,
+        )
+    except OSError as exc:
+        where = exc.filename or tmp
+        raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
+
+
+def _write_corpus(
+    cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: int, field: str, sources: object
+) -> None:
     bg = cfg.background
     try:
         holdout_docs = list(itertools.islice(texts, bg.holdout_documents))
@@ -258,7 +443,8 @@ def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: in
         del head
         tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
         dtype = np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else np.uint32
-        eod = tokenizer.eos_token_id
+        # Without end_of_document the documents keep their separators and are simply joined.
+        eod = tokenizer.eos_token_id if bg.end_of_document else None
 
         holdout = _tokenize(holdout_docs, tokenizer, eod, dtype, num_proc)
         with _naming(tmp / HOLDOUT):
@@ -275,24 +461,40 @@ def _write_corpus(cfg: DataConfig, texts: Iterable[str], tmp: Path, num_proc: in
             raise SmalllmError(
                 "data.background: the corpus has no training documents after the held-out split"
             )
-        index = {
-            "dtype": np.dtype(dtype).name,
-            "shards": shards,
-            "train_tokens": total,
-            "train_documents": docs,
-            "holdout_tokens": int(len(holdout)),
-            "holdout_documents": len(holdout_docs),
-            "vocab_size": len(tokenizer),
-            "eod_id": eod,
-            "background": asdict(bg),
-            "tokenizer": asdict(cfg.tokenizer),
-        }
-        with _naming(tmp / INDEX):
-            (tmp / INDEX).write_text(json.dumps(index, indent=2))
+        _write_index(cfg, tmp, dtype, shards, total, docs, holdout, len(holdout_docs), tokenizer, sources)
     except OSError as exc:
         # A full disk or a file-size limit: say which file, in one line.
         where = exc.filename or tmp
         raise SmalllmError(f"{field}: cannot write '{where}' ({error_line(exc)})") from None
+
+
+def _write_index(
+    cfg: DataConfig,
+    tmp: Path,
+    dtype,
+    shards: list[dict],
+    total: int,
+    docs: int,
+    holdout: np.ndarray,
+    holdout_docs: int,
+    tokenizer,
+    sources: object,
+) -> None:
+    index = {
+        "dtype": np.dtype(dtype).name,
+        "shards": shards,
+        "train_tokens": total,
+        "train_documents": docs,
+        "holdout_tokens": int(len(holdout)),
+        "holdout_documents": holdout_docs,
+        "vocab_size": len(tokenizer),
+        "eod_id": tokenizer.eos_token_id,
+        "background": asdict(cfg.background),
+        "tokenizer": asdict(cfg.tokenizer),
+        "sources": sources,
+    }
+    with _naming(tmp / INDEX):
+        (tmp / INDEX).write_text(json.dumps(index, indent=2))
 
 
 @contextmanager
@@ -308,17 +510,18 @@ def _naming(path: Path) -> Iterator[None]:
 
 
 class _ShardWriter:
-    def __init__(self, root: Path, dtype) -> None:
+    def __init__(self, root: Path, dtype, shard_tokens: int | None = None) -> None:
         self.root, self.dtype = root, dtype
+        self.shard_tokens = shard_tokens or SHARD_TOKENS
         self.shards: list[dict] = []
         self._fh = None
         self._count = 0
 
     def write(self, ids: np.ndarray) -> None:
         while len(ids):
-            if self._fh is None or self._count >= SHARD_TOKENS:
+            if self._fh is None or self._count >= self.shard_tokens:
                 self._open()
-            take = min(len(ids), SHARD_TOKENS - self._count)
+            take = min(len(ids), self.shard_tokens - self._count)
             with _naming(self.root / self.shards[-1]["file"]):
                 self._fh.write(ids[:take].tobytes())
             self._count += take
@@ -345,7 +548,8 @@ def _chunks(items: Iterable[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np.ndarray:
+def _tokenize(texts: list[str], tokenizer, eod: int | None, dtype, num_proc: int) -> np.ndarray:
+    """The token ids of ``texts`` concatenated, each followed by ``eod`` (nothing when None)."""
     if not texts:
         return np.zeros(0, dtype=dtype)
     if num_proc > 1 and len(texts) >= 10_000:
@@ -362,9 +566,11 @@ def _tokenize(texts: list[str], tokenizer, eod: int, dtype, num_proc: int) -> np
         encoded = ds["ids"]
     else:
         encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    lengths = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
+    extra = 0 if eod is None else 1
+    lengths = np.fromiter((len(e) + extra for e in encoded), dtype=np.int64, count=len(encoded))
     out = np.empty(int(lengths.sum()), dtype=dtype)
-    out[:] = eod
+    if eod is not None:
+        out[:] = eod
     ends = np.cumsum(lengths)
     for start, ids in zip(ends - lengths, encoded):
         out[start : start + len(ids)] = ids

@@ -1,8 +1,8 @@
 """The training stream: background windows with task instances placed exactly (see ``mixture``).
 
 Row g of the stream is a pure function of (data config, g): its background window comes from a
-seeded per-epoch permutation of non-overlapping ``seq_len`` windows of the token shards, and its
-task instances from the placement rules. So batch k is produced directly (resume replays nothing),
+seeded per-epoch permutation (or, with ``background.shuffle=false``, the order) of non-overlapping
+``seq_len`` windows of the token shards, and its task instances from the placement rules. So batch k is produced directly (resume replays nothing),
 and data-parallel rank r of W takes rows ``r·B/W … (r+1)·B/W − 1`` of every global batch: the
 ranks are disjoint and together cover every instance exactly once.
 
@@ -27,6 +27,7 @@ from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards
+from smalllm.data.task_tokens import task_vocab
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
@@ -123,12 +124,22 @@ def _check_pool(pool: InstancePool, vocab: TaskVocab, seq_len: int, where: str) 
 
 
 def _check_capacity(families: list[Family], seq_len: int) -> None:
-    need = sum(f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in families)
-    if need > seq_len:
-        raise ConfigError(
-            f"data.tasks: at these frequencies a row may need {need} task tokens but data.seq_len={seq_len}; "
-            "lower the frequencies or raise data.seq_len"
-        )
+    need = [f.rule.max_per_row() * max(p.max_length() for p in f.pools) for f in families]
+    if sum(need) <= seq_len:
+        return
+    # A gap schedule delivers a whole period in its first batch: name the gap if it is what overflows.
+    for i, f in enumerate(families):
+        spread = int(np.ceil(f.rule.rates.max(initial=0.0))) * max(p.max_length() for p in f.pools)
+        if f.rule.gap and sum(need) - need[i] + spread <= seq_len:
+            raise ConfigError(
+                f"data.tasks.{i}.schedule.gap_batches: a period's instances all arrive in its first batch, "
+                f"so a row may need {sum(need)} task tokens but data.seq_len={seq_len}; "
+                "lower gap_batches or the frequency"
+            )
+    raise ConfigError(
+        f"data.tasks: at these frequencies a row may need {sum(need)} task tokens but data.seq_len={seq_len}; "
+        "lower the frequencies or raise data.seq_len"
+    )
 
 
 class TaskStream:
@@ -144,7 +155,7 @@ class TaskStream:
         self.seq_len = cfg.seq_len
         self.global_batch = global_batch
         self.tokenizer = corpus.tokenizer
-        self.vocab = TaskVocab(corpus.tokenizer)
+        self.vocab = task_vocab(cfg, corpus.tokenizer, corpus)
         self.eod = self.vocab.eod_id
         self.n_windows = corpus.train.num_windows(self.seq_len)
         if self.n_windows < 1:
@@ -196,9 +207,16 @@ class TaskStream:
             windows[sel] = self._permutation(int(epoch))[rows[sel] % self.n_windows]
         return self.corpus.train.windows(windows, self.seq_len)
 
+    def background_passes(self, num_rows: int) -> float:
+        """Passes over the background corpus that ``num_rows`` rows make (one window per row)."""
+        return num_rows / self.n_windows
+
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._perm_epoch:
-            self._perm = np.random.default_rng([self.cfg.seed, epoch, 0xB6]).permutation(self.n_windows)
+            if self.cfg.background.shuffle:
+                self._perm = np.random.default_rng([self.cfg.seed, epoch, 0xB6]).permutation(self.n_windows)
+            else:  # the corpus's own order (a given global order), pass after pass
+                self._perm = np.arange(self.n_windows)
             self._perm_epoch = epoch
         return self._perm
 
@@ -292,6 +310,8 @@ class TaskStream:
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
                     answer_sets=[_sorted_or_none(task.answer_set(s)) for s in range(len(task.skills))],
+                    # Where training put the task: a row's start, or a document's start after <eod>.
+                    prefix=(self.eod,) if f.placement == "document" else (),
                 )
             )
         return sets

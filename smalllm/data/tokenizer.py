@@ -7,12 +7,17 @@ Three kinds are built here, all sharing two special tokens (``<pad>`` = 0, ``<eo
 * ``byte`` – the 256 byte tokens and no merges;
 * ``char`` – one token per printable ASCII character (small vocabularies for quick experiments).
 
+A fourth, ``pretrained``, loads an existing tokenizer by local directory or hub name (e.g. the
+OLMo / GPT-NeoX tokenizer): its own special tokens are kept, ``eos`` marks document ends and a
+missing pad token becomes ``eos``.
+
 Every checkpoint carries its tokenizer (``save_pretrained``), so a run can be evaluated later
 with nothing but the checkpoint directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import string
 from collections.abc import Iterable
 from pathlib import Path
@@ -88,7 +93,7 @@ def build_tokenizer(cfg: TokenizerConfig, texts: Iterable[str] | None = None) ->
     if cfg.kind == "char":
         return char_tokenizer()
     if cfg.kind == "pretrained":
-        return load_tokenizer(cfg.path or "", field="data.tokenizer.path")
+        return load_pretrained(cfg.pretrained_source(), field="data.tokenizer.name_or_path")
     if texts is None:
         raise ConfigError("data.tokenizer.kind: bpe needs background texts to train on")
     return byte_level_bpe(texts, cfg.vocab_size)
@@ -105,8 +110,37 @@ def load_tokenizer(path: str | Path, field: str = "tokenizer") -> PreTrainedToke
         raise ConfigError(
             f"{field}: '{path}' holds no usable tokenizer ({str(exc).splitlines()[0]})"
         ) from None
+    return _with_eos_and_pad(tok, field, str(path))
+
+
+def _with_eos_and_pad(tok: PreTrainedTokenizerFast, field: str, where: str) -> PreTrainedTokenizerFast:
     if tok.eos_token_id is None:
-        raise ConfigError(f"{field}: tokenizer in '{path}' has no end-of-document (eos) token")
+        raise ConfigError(f"{field}: tokenizer in '{where}' has no end-of-document (eos) token")
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def load_pretrained(name_or_path: str, field: str = "data.tokenizer.name_or_path") -> PreTrainedTokenizerFast:
+    """A local tokenizer directory, else a hub tokenizer (from the HF cache, or downloaded once).
+
+    A name that reads as a path (``/…``, ``./…``, ``~/…``) is only ever looked for locally, so a
+    mistyped directory is reported as such instead of being asked of the hub.
+    """
+    local = Path(name_or_path).expanduser()
+    if local.is_dir() or name_or_path.startswith(("/", ".", "~")):
+        return load_tokenizer(local, field=field)
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{field}: '{name_or_path}' is neither a local tokenizer directory nor a loadable hub "
+            f"tokenizer ({str(exc).splitlines()[0]})"
+        ) from None
+    return _with_eos_and_pad(tok, field, name_or_path)
+
+
+def tokenizer_hash(tokenizer: PreTrainedTokenizerFast) -> str:
+    """Content hash of a tokenizer: its full serialized vocabulary, merges, normalizer and specials."""
+    blob = tokenizer.backend_tokenizer.to_str() + repr(sorted(tokenizer.special_tokens_map.items()))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -26,10 +26,11 @@ from smalllm.model.presets import PRESETS, Preset
 def hf_config(
     cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1
 ) -> PretrainedConfig:
-    """The transformers config for ``cfg.preset`` in architecture ``cfg.arch``."""
+    """The transformers config for ``cfg.preset`` in architecture ``cfg.arch``; the embedding has
+    ``vocab_size`` rounded up to ``cfg.vocab_multiple`` rows."""
     p: Preset = PRESETS[cfg.preset]
     common = dict(
-        vocab_size=vocab_size,
+        vocab_size=cfg.embedding_rows(vocab_size),
         tie_word_embeddings=cfg.tie_embeddings,
         pad_token_id=pad_id,
         eos_token_id=eos_id,

@@ -8,7 +8,9 @@
   :mod:`smalllm.sweep.cellcmd` for each cell's bookkeeping;
 * :mod:`smalllm.sweep.runner` is ``smalllm sweep`` itself (:func:`run_sweep`);
 * :mod:`smalllm.sweep.aggregate` builds the tidy per-cell x task table;
-* :mod:`smalllm.sweep.report` draws heatmaps, the learned frontier and curves (``smalllm report``).
+* :mod:`smalllm.sweep.frontier` estimates the crossing frequency f*(size) with bootstrap CIs over
+  data seeds, and the exchange rates between sizes (pure numpy);
+* :mod:`smalllm.sweep.report` draws heatmaps, the learned frontier, f*, curves (``smalllm report``).
 
 Nothing is imported eagerly: launch scripts run ``python -m smalllm.sweep.cellcmd``, which must not
 find its own module already imported by this package, and should not pay for torch.

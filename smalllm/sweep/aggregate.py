@@ -5,6 +5,14 @@ swept key), the task's configured frequency in that cell, and its results: final
 final loss and loss relative to chance, and where it emerged (step and tokens) under the run's own
 criterion (``eval.criterion``: metric, threshold, patience, at_end).
 
+``data_seed`` is the row's task table seed (``data.tasks.N.seed``, which the sweep's seed axis sets
+together with the placement seed ``data.seed``) and ``init_seed`` the initialisation (``train.seed``;
+``seed`` is the same value, kept for older readers). ``final_value`` is the last value of the
+criterion's metric (``metric``) and ``value_metric`` names the metric it was read from: the same one,
+or, for runs older than the choice metrics, its full-vocabulary counterpart (``choice_acc`` -> ``acc``,
+``choice_loss`` -> ``loss``). ``chance_acc`` and ``rule_acc`` come from the run's baselines file
+(chance over the answer set, best single-position rule; empty for runs without one).
+
 Results are recomputed from each run's metrics rather than copied from its summary, so an
 interrupted cell still shows how far it got. Cells with no evaluations (failed before training,
 or not started) get one row with an empty ``task`` so that they are visible in the table.
@@ -23,6 +31,7 @@ from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.eval.emergence import emergence_table, eval_records
 from smalllm.labels import Label
+from smalllm.run_record import read_json
 from smalllm.sweep import records
 from smalllm.sweep.grid import Cell
 
@@ -39,6 +48,8 @@ ID_COLUMNS = [
     "params",
     "non_embedding_params",
     "seed",
+    "data_seed",
+    "init_seed",
     "size",
 ]
 RESULT_COLUMNS = [
@@ -52,7 +63,17 @@ RESULT_COLUMNS = [
     "best_acc",
     "final_loss",
     "final_loss_ratio",
+    "final_choice_acc",
+    "choice_acc_lo",
+    "choice_acc_hi",
+    "final_choice_loss",
+    "final_label_mass",
+    "final_value",
+    "value_metric",
+    "chance_acc",
+    "rule_acc",
     "learned",
+    "status",
     "emergence_step",
     "emergence_tokens",
     "metric",
@@ -132,6 +153,27 @@ def _plain(value: Any) -> Any:
     return json.dumps(value, default=str)
 
 
+FALLBACK_METRICS = {"choice_acc": "acc", "choice_loss": "loss"}
+"""Metric read instead when a run predates the choice metrics (its records lack the first)."""
+
+
+def final_metric(evals: list[dict], label: Label, metric: str) -> tuple[float | None, str]:
+    """(last finite value, metric it came from) of ``metric`` for ``label``, falling back for older runs."""
+    for name in (metric, FALLBACK_METRICS.get(metric)):
+        if name is None:
+            continue
+        values = [float(r[label.key(name)]) for r in evals if r.get(label.key(name)) is not None]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            return values[-1], name
+    return None, metric
+
+
+def higher_is_better(metric: str) -> bool:
+    """Accuracies and probability mass rise as a task is learned; losses and loss ratios fall."""
+    return "loss" not in metric
+
+
 def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     """Rows of one cell: one per task (and sub-skill) evaluated, or one placeholder row."""
     run = records.cell_run(info.sweep_dir, cell.name)
@@ -151,6 +193,8 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
         "params": summary.get("params"),
         "non_embedding_params": summary.get("non_embedding_params"),
         "seed": cfg.train.seed if cfg else cell.params.get("train.seed"),
+        "data_seed": cfg.data.seed if cfg else cell.seeds.get("data"),
+        "init_seed": cfg.train.seed if cfg else cell.seeds.get("init", cell.params.get("train.seed")),
         "size": None,
     }
     if base["params"] is None and cfg is not None:
@@ -174,13 +218,18 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     tokens = evals[-1].get("tokens") if evals else None
     tasks = {t.name: t for t in cfg.data.tasks}
     realised = {f.get("label"): f.get("realised") for f in summary.get("frequencies", [])}
+    baselines = read_json(run.baselines_file).get("labels") or {}
     rows = []
     for r in emergence_table(metrics, cfg.eval):
         task = tasks.get(r["task"])
-        label = str(Label(r["task"], r["skill"]))
+        label_obj = Label(r["task"], r["skill"])
+        label = str(label_obj)
+        value, value_metric = final_metric(evals, label_obj, r["metric"])
+        baseline = baselines.get(label) or {}
         rows.append(
             {
                 **base,
+                "data_seed": task.seed if task else base["data_seed"],
                 "task": r["task"],
                 "skill": r["skill"] or "",
                 "frequency": task.frequency if task else None,
@@ -191,7 +240,18 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
                 "best_acc": r["best_acc"],
                 "final_loss": r["final_loss"],
                 "final_loss_ratio": r["final_loss_ratio"],
-                "learned": r["emergence_step"] is not None,
+                "final_choice_acc": _last_value(evals, label_obj.key("choice_acc")),
+                "choice_acc_lo": _last_value(evals, label_obj.key("choice_acc_lo")),
+                "choice_acc_hi": _last_value(evals, label_obj.key("choice_acc_hi")),
+                "final_choice_loss": _last_value(evals, label_obj.key("choice_loss")),
+                "final_label_mass": _last_value(evals, label_obj.key("label_mass")),
+                "final_value": value,
+                "value_metric": value_metric,
+                "chance_acc": baseline.get("chance_acc"),
+                "rule_acc": baseline.get("rule_acc"),
+                "learned": bool(r["learned"]) if "learned" in r else r["emergence_step"] is not None,
+                # learned / unconfirmed / not_learned under the pre-registered criterion (None: older runs)
+                "status": r.get("status"),
                 "emergence_step": r["emergence_step"],
                 "emergence_tokens": r["emergence_tokens"],
                 "metric": r["metric"],
@@ -200,6 +260,11 @@ def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
             }
         )
     return rows or [{**base, **dict.fromkeys(RESULT_COLUMNS)}]
+
+
+def _last_value(evals: list[dict], key: str) -> float | None:
+    values = [r[key] for r in evals if r.get(key) is not None]
+    return float(values[-1]) if values else None
 
 
 def collect(sweep_dir: str | Path) -> tuple[SweepInfo, list[dict]]:

@@ -15,11 +15,13 @@ exception by design: it is a shell command of the sweep's author, pasted as writ
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -51,15 +53,45 @@ def _gpu_cells(spec: SweepSpec) -> bool:
 
 
 def _launch_args(spec: SweepSpec) -> str:
-    """``accelerate launch`` options: processes per cell, CPU or (multi-)GPU."""
+    """``accelerate launch`` options shared by every cell: processes per cell, CPU or (multi-)GPU.
+
+    A cell's own ``--config_file`` (``target.accelerate``) comes before these in ``$ACCEL``; options
+    given on the command line win over the file's, so ``gpus_per_cell`` stays the one process count.
+    """
     if not _gpu_cells(spec):
         return "--cpu --num_processes 1 --num_machines 1 --dynamo_backend no"
     n = spec.target.gpus_per_cell
     args = f"--num_processes {n} --num_machines 1 --dynamo_backend no"
     if n > 1:
         # Array tasks sharing a node must not share the rendezvous port.
-        args += ' --multi_gpu --main_process_port "$((29500 + ${SLURM_ARRAY_TASK_ID:-0} % 1000))"'
+        args += ' --main_process_port "$((29500 + ${SLURM_ARRAY_TASK_ID:-0} % 1000))"'
     return args
+
+
+def _accelerate_words(spec: SweepSpec, cfg: RunConfig) -> str:
+    """The distribution options of a cell: its ``--config_file`` (``target.accelerate``); without
+    one, ``--multi_gpu`` (DDP) for a cell of several GPUs; else nothing."""
+    choice = spec.target.accelerate
+    path = choice.config_for(cfg.model.preset) if choice is not None else None
+    if path is not None:
+        return f"--config_file {shlex.quote(str(path))}"
+    return "--multi_gpu" if _gpu_cells(spec) and spec.target.gpus_per_cell > 1 else ""
+
+
+def corpus_groups(cells: list[Cell], configs: dict[str, RunConfig]) -> list[Cell]:
+    """One cell per distinct background corpus of the sweep (the first that uses it), in order.
+
+    Cells share a corpus when their background source, tokenizer and cache directory agree; its
+    content key (file hashes, tokenizer hash) is left to ``smalllm data build`` at run time.
+    """
+    seen: dict[str, Cell] = {}
+    for cell in cells:
+        data = configs[cell.name].data
+        key = json.dumps(
+            [asdict(data.background), asdict(data.tokenizer), data.cache_dir], sort_keys=True, default=str
+        )
+        seen.setdefault(key, cell)
+    return list(seen.values())
 
 
 def _slurm_time(seconds: float) -> str:
@@ -80,8 +112,8 @@ def _setup_line(spec: SweepSpec) -> str:
     return "# (no environment to activate: set slurm.setup in the sweep file if needed)"
 
 
-def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
-    """The shared part: per-cell arguments and ``run_cell INDEX``."""
+def _body(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> list[str]:
+    """The shared part: per-cell arguments, ``build_corpora`` and ``run_cell INDEX``."""
     sweep_dir = spec.sweep_dir.resolve()
     lines = [
         "set -uo pipefail",
@@ -91,8 +123,8 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
         'PYTHON="${PYTHON:-python}"',
         f"NUM_CELLS={len(cells)}",
         "",
-        "# cell_args INDEX: sets CELL (its name), RUN (its run directory), LOG (its log file) and ARGS",
-        "# (config file and overrides of that cell).",
+        "# cell_args INDEX: sets CELL (its name), RUN (its run directory), LOG (its log file), ARGS",
+        "# (config file and overrides of that cell) and ACCEL (its accelerate --config_file, if any).",
         "cell_args() {",
         '  case "$1" in',
     ]
@@ -101,10 +133,22 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
         args = " ".join(shlex.quote(a) for a in [*base, *cell.overrides])
         run = shlex.quote(str(records.run_dir_of(sweep_dir, cell.name)))
         log = shlex.quote(str(records.cell_log(sweep_dir, cell.name)))
-        lines.append(f"    {i}) CELL={shlex.quote(cell.name)}; RUN={run}; LOG={log}; ARGS=({args}) ;;")
+        accel = _accelerate_words(spec, configs[cell.name])
+        lines.append(
+            f"    {i}) CELL={shlex.quote(cell.name)}; RUN={run}; LOG={log}; ARGS=({args}); ACCEL=({accel}) ;;"
+        )
     lines += [
         '    *) echo "no cell $1 (0..$((NUM_CELLS - 1)))" >&2; return 2 ;;',
         "  esac",
+        "}",
+        "",
+        "# build_corpora: tokenize each distinct background corpus of the sweep once, before any cell",
+        "# (`smalllm data build --if-missing`: a corpus already in the cache is left as it is).",
+        "build_corpora() {",
+        *(
+            f'  cell_args {cells.index(cell)} && "$PYTHON" -m smalllm.cli data build --if-missing "${{ARGS[@]}}" || return 1'
+            for cell in corpus_groups(cells, configs)
+        ),
         "}",
         "",
         "# run_cell INDEX: skip a finished cell, resume a started one. smalllm.sweep.cellcmd judges the",
@@ -115,7 +159,7 @@ def _body(spec: SweepSpec, cells: list[Cell]) -> list[str]:
         '  state=$("$PYTHON" -m smalllm.sweep.cellcmd state "$SWEEP_DIR" "$CELL") || return 2',
         '  if [ "$state" = done ]; then echo "$CELL: already done"; return 0; fi',
         '  mode=$("$PYTHON" -m smalllm.sweep.cellcmd start "$SWEEP_DIR" "$CELL") || return 2',
-        f"  accelerate launch {_launch_args(spec)} -m smalllm.cli train \\",
+        f'  accelerate launch ${{ACCEL[@]+"${{ACCEL[@]}}"}} {_launch_args(spec)} -m smalllm.cli train \\',
         '    "${ARGS[@]}" "run_dir=$RUN" ${mode:+"$mode"} >> "$LOG" 2>&1',
         "  rc=$?",
         '  "$PYTHON" -m smalllm.sweep.cellcmd finish "$SWEEP_DIR" "$CELL" "$rc"',
@@ -158,20 +202,41 @@ def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfi
     lines = [
         "#!/bin/bash",
         f"# Generated by `smalllm sweep {source} --emit slurm` on {time.strftime('%Y-%m-%d %H:%M')}.",
-        f"# {len(cells)} cells, one array task each. Submit with: sbatch {script}",
+        f"# {len(cells)} cells, one array task each. Submit with: bash {_line_word(launch / 'submit.sh', 'sweep_dir')}",
+        f"# (corpus build, then the array; `sbatch {script}` alone builds any missing corpus in each task).",
         "# Resubmitting is safe: finished cells exit at once, started ones resume from their checkpoint.",
         f"#SBATCH --job-name={_line_word(spec.name, 'name')}",
         f"#SBATCH --array={array}",
         f"#SBATCH --output={_line_word(records.launch_logs_dir(spec.sweep_dir.resolve()) / '%A_%a.out', 'sweep_dir')}",
         *_sbatch_options(spec, cells, configs),
         "",
-        *_body(spec, cells),
+        *_body(spec, cells, configs),
+        "# `slurm.sh build` (the first job of submit.sh) builds the corpora; array tasks build any still",
+        "# missing (a resubmitted slurm.sh alone) before their cell.",
+        'if [ "${1:-}" = build ]; then build_corpora; exit $?; fi',
+        "build_corpora || exit 1",
         'run_cell "${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',
     ]
     return "\n".join(lines) + "\n"
 
 
-def shell_script(spec: SweepSpec, cells: list[Cell]) -> str:
+def submit_script(spec: SweepSpec) -> str:
+    """``submit.sh``: one job builds the corpora, then the cell array starts when it has succeeded."""
+    launch = records.launch_dir(spec.sweep_dir.resolve())
+    slurm = shlex.quote(str(launch / "slurm.sh"))
+    name = _line_word(f"{spec.name}-data", "name")
+    lines = [
+        "#!/bin/bash",
+        "# Submit the sweep: the corpus build first (one job), then the cell array once it succeeded.",
+        "set -euo pipefail",
+        f"build=$(sbatch --parsable --array=0 --job-name={name} {slurm} build)",
+        'build="${build%%;*}"  # --parsable prints JOBID or JOBID;CLUSTER',
+        f'sbatch --dependency="afterok:$build" {slurm}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def shell_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> str:
     """A shell script that runs all cells one after another (or the given cell indices)."""
     source = _line_word(spec.source, "source") if spec.source else "the sweep file"
     lines = [
@@ -180,7 +245,8 @@ def shell_script(spec: SweepSpec, cells: list[Cell]) -> str:
         f"# {len(cells)} cells, run in order. Usage: $0 [CELL_INDEX ...]   (default: all)",
         "# Rerunning is safe: finished cells are skipped, started ones resume from their checkpoint.",
         "",
-        *_body(spec, cells),
+        *_body(spec, cells, configs),
+        'build_corpora || { echo "building the corpora failed" >&2; exit 1; }',
         'if [ "$#" -gt 0 ]; then indices=("$@"); else indices=($(seq 0 $((NUM_CELLS - 1)))); fi',
         "failed=0",
         'for i in "${indices[@]}"; do run_cell "$i" || failed=$((failed + 1)); done',
@@ -195,11 +261,15 @@ def emit_script(spec: SweepSpec, cells: list[Cell], kind: str, configs: dict[str
     if kind not in ("slurm", "shell"):
         raise SmalllmError(f"--emit: '{kind}' is not one of slurm, shell")
     # Render first: a refused value must leave nothing behind.
-    text = slurm_script(spec, cells, configs) if kind == "slurm" else shell_script(spec, cells)
+    text = slurm_script(spec, cells, configs) if kind == "slurm" else shell_script(spec, cells, configs)
     records.prepare_sweep_dir(spec.sweep_dir)
     records.launch_logs_dir(spec.sweep_dir).mkdir(parents=True, exist_ok=True)
     records.write_sweep_file(spec.sweep_dir, sweep_manifest(spec, cells))
     path = records.launch_dir(spec.sweep_dir) / ("slurm.sh" if kind == "slurm" else "run_all.sh")
     path.write_text(text)
     path.chmod(0o755)
+    if kind == "slurm":
+        submit = records.launch_dir(spec.sweep_dir) / "submit.sh"
+        submit.write_text(submit_script(spec))
+        submit.chmod(0o755)
     return path.resolve()

@@ -110,8 +110,17 @@ def format_count(n: float) -> str:
     return f"{n:g}"
 
 
+def data_seed_text(cfg: RunConfig) -> str:
+    """The data seeds of a cell as the dry run shows them: ``data.seed``, then any task seed that differs."""
+    task_seeds = [t.seed for t in cfg.data.tasks]
+    return "/".join(str(s) for s in dict.fromkeys([cfg.data.seed, *task_seeds]))
+
+
 def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig], workers: int = 1) -> str:
-    """One line per cell (state, size, tokens, FLOPs, time) and the totals (wall time over ``workers``)."""
+    """One line per cell (state, seeds, size, tokens, FLOPs, time) and the totals (wall time over ``workers``).
+
+    The data seed column shows ``data.seed`` then each task seed that differs from it (``0/1``).
+    """
     rows, total_s, total_gpu_h, total_flops, total_tokens = [], 0.0, 0.0, 0.0, 0
     any_gpu = False
     threads = cell_threads(workers)
@@ -124,6 +133,8 @@ def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConf
             [
                 cell.name,
                 state,
+                data_seed_text(configs[cell.name]),
+                str(configs[cell.name].train.seed),
                 format_count(est.params),
                 format_count(est.tokens),
                 f"{est.flops:.2e}",
@@ -135,12 +146,14 @@ def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConf
         total_gpu_h += est.gpu_hours or 0.0
         total_flops += est.flops
         total_tokens += est.tokens
-    header = ["cell", "state", "params", "tokens", "FLOPs", "est. time", "GPU h"]
+    header = ["cell", "state", "data seed", "init seed", "params", "tokens", "FLOPs", "est. time", "GPU h"]
     if not any_gpu:
         header, rows = header[:-1], [r[:-1] for r in rows]
     totals = [
         "total",
         f"{len(cells)} cells",
+        "",
+        "",
         "",
         format_count(total_tokens),
         f"{total_flops:.2e}",

@@ -16,9 +16,33 @@ sweep T_CMP and T_ADD over different sizes and frequencies)::
       - name: add                         # optional: prefixes its cell names
         overrides: ["data.seq_len=128"]   # optional: applied to this grid's cells only
         model.preset: [micro-w96]
+    seeds: {data: [0, 1, 2], init: [0]}   # optional seed axis, crossed with every grid (see below)
     axes: {size: model.preset, tasks: [t_cmp]}   # what the report plots (both optional)
     target: {device: gpu, gpu: H100, gpus_per_cell: 8, mfu: 0.4}   # for --dry-run estimates and --emit
     slurm: {options: {partition: gpu, time: "48:00:00"}, max_parallel: 4, setup: "source .venv/bin/activate"}
+
+``target.accelerate`` picks the ``accelerate launch --config_file`` of each cell in emitted scripts
+(see :class:`AccelerateChoice`): DDP for the small cells, FSDP from a given size up::
+
+    target: {accelerate: {default: ../accelerate/ddp_8gpu.yaml,
+                          fsdp: ../accelerate/fsdp_8gpu.yaml, fsdp_from: 300m}}
+
+**Seeds.** ``seeds`` is the sweep's seed axis, crossed with every grid. Two kinds of randomness:
+
+* ``data``: the *data seed* sets ``data.seed`` (where task instances are placed in the stream and the
+  background order) and every ``data.tasks.N.seed`` (each task's token table and its train/test pool
+  split), all to the same value, so tasks that share a table keep sharing it. Between data seeds the
+  task itself changes, which is what decides a cell (issue 12: loss ratio 0.96 / 0.89 / 0.69 for
+  table seeds 0 / 1 / 2 at one size and frequency).
+* ``init``: the *init seed* sets ``train.seed`` (weight initialisation, dropout, and the model-side
+  RNG), with the data held fixed.
+
+``seeds: {data: [0, 1, 2], init: [0]}`` runs the product (independent axes); ``init: data`` runs
+one cell per data seed with ``train.seed`` equal to it (together). Either list may be left out
+(that seed stays as configured). Cell names end in ``dseed-<d>_iseed-<i>``, and every size sees the
+same data seeds, so comparisons across sizes are paired on them (:mod:`smalllm.sweep.frontier`).
+Grids may still sweep ``train.seed`` / ``data.seed`` / ``data.tasks.N.seed`` themselves, but a key set
+both there (or in overrides) and by ``seeds`` is refused.
 
 Every cell's run config is built with :func:`smalllm.config.load_config` before anything runs, so a
 typo in any key fails fast with a one-line :class:`~smalllm.errors.ConfigError` naming it.
@@ -37,13 +61,32 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
+from smalllm.model.presets import PRESETS
 from smalllm.safe_yaml import load_yaml_file, load_yaml_text
 from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
+from smalllm.validation import seed as check_seed
 
-SWEEP_KEYS = ("name", "description", "sweep_dir", "base", "overrides", "grids", "axes", "target", "slurm")
+SWEEP_KEYS = (
+    "name",
+    "description",
+    "sweep_dir",
+    "base",
+    "overrides",
+    "grids",
+    "seeds",
+    "axes",
+    "target",
+    "slurm",
+)
+SEEDS_KEYS = ("data", "init")
+INIT_WITH_DATA = "data"
+"""``seeds.init: data``: each cell's init seed is its data seed (the two axes move together)."""
+_DATA_SEED_KEY = re.compile(r"^data\.(seed|tasks\.\d+\.seed)$")
+_INIT_SEED_KEY = "train.seed"
 GRID_KEYS = ("name", "overrides")
 AXES_KEYS = ("size", "tasks")
-TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s")
+TARGET_KEYS = ("device", "gpu", "gpus_per_cell", "mfu", "peak_flops", "overhead_s", "accelerate")
+ACCELERATE_KEYS = ("default", "fsdp", "fsdp_from")
 SLURM_KEYS = ("options", "max_parallel", "setup")
 TARGET_DEVICES = ("current", "cpu", "gpu")
 
@@ -73,6 +116,66 @@ class Target:
     """Peak FLOP/s per device (None: the device table / the cell's train.peak_flops)."""
     overhead_s: float | None = None
     """Fixed seconds per cell for start-up (process, imports, corpus) added to estimates."""
+    accelerate: AccelerateChoice | None = None
+    """Which ``accelerate launch --config_file`` each emitted cell gets (None: flags from
+    ``gpus_per_cell`` alone, ``--multi_gpu`` above one GPU)."""
+
+
+@dataclass
+class AccelerateChoice:
+    """``target.accelerate``: the accelerate config of each cell of an emitted script.
+
+    The rule: a cell whose model has at least as many non-embedding parameters as the preset
+    ``fsdp_from`` runs under ``fsdp``; every other cell under ``default``. Paths are relative to the
+    sweep file. A plain string ``target.accelerate: PATH`` is ``{default: PATH}``.
+    """
+
+    default: Path | None = None
+    """accelerate config of the cells below ``fsdp_from`` (None: flags from ``gpus_per_cell``)."""
+    fsdp: Path | None = None
+    """accelerate config (normally FSDP) of the cells of ``fsdp_from``'s size and above."""
+    fsdp_from: str | None = None
+    """Smallest preset (``smalllm models``) that runs under ``fsdp``; required with ``fsdp``."""
+
+    def config_for(self, preset: str) -> Path | None:
+        """The accelerate config file of a cell training ``preset``."""
+        large = self.fsdp_from is not None and (
+            PRESETS[preset].non_embedding_params() >= PRESETS[self.fsdp_from].non_embedding_params()
+        )
+        return self.fsdp if large and self.fsdp is not None else self.default
+
+
+@dataclass
+class Seeds:
+    """The sweep's seed axis: which data and init seeds every grid cell is run with."""
+
+    data: list[int] | None = None
+    """Data seeds: each sets ``data.seed`` and every ``data.tasks.N.seed`` (None: as configured)."""
+    init: list[int] | None = None
+    """Init seeds: each sets ``train.seed`` (None: as configured, or the data seed when ``together``)."""
+    together: bool = False
+    """``init: data``: one cell per data seed, with ``train.seed`` equal to it."""
+
+    def pairs(self) -> list[tuple[int | None, int | None]]:
+        """(data seed, init seed) of the cells each grid point is run with (None: not set by the axis)."""
+        data = self.data if self.data is not None else [None]
+        if self.together:
+            return [(d, d) for d in data]
+        init = self.init if self.init is not None else [None]
+        return [(d, i) for d in data for i in init]
+
+    def describe(self) -> str:
+        """One line for ``--dry-run``: the seeds and what each one covers."""
+        data = "as configured" if self.data is None else ", ".join(map(str, self.data))
+        init = (
+            "= data seed"
+            if self.together
+            else ("as configured" if self.init is None else ", ".join(map(str, self.init)))
+        )
+        return (
+            f"seeds: data [{data}] (data.seed + every data.tasks.N.seed: tables, pool split, placement) x "
+            f"init [{init}] (train.seed: initialisation); {len(self.pairs())} per grid point"
+        )
 
 
 @dataclass
@@ -90,6 +193,7 @@ class SweepSpec:
     target: Target = field(default_factory=Target)
     slurm: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    seeds: Seeds | None = None
 
 
 @dataclass
@@ -104,6 +208,8 @@ class Cell:
     """Sweep overrides, then the grid's, then one ``key=value`` per swept key (``run_dir`` excluded)."""
     grid_index: int = 0
     """Position of the (first) grid this cell comes from, for error messages."""
+    seeds: dict[str, int] = field(default_factory=dict)
+    """The sweep seed axis's values for this cell: ``data`` and/or ``init`` (empty without one)."""
 
     def to_json(self) -> dict:
         return {
@@ -112,6 +218,7 @@ class Cell:
             "grid_index": self.grid_index,
             "params": self.params,
             "overrides": self.overrides,
+            "seeds": self.seeds,
         }
 
     @classmethod
@@ -122,6 +229,7 @@ class Cell:
             params=dict(d.get("params") or {}),
             overrides=list(d["overrides"]),
             grid_index=int(d.get("grid_index", 0)),
+            seeds={str(k): int(v) for k, v in (d.get("seeds") or {}).items()},
         )
 
 
@@ -207,6 +315,55 @@ def _parse_grid(raw: Any, i: int, source: Path | None) -> Grid:
     return Grid(name=name, overrides=overrides, axes=axes)
 
 
+def _seed_list(raw: Any, where: str, source: Path | None) -> list[int]:
+    values = raw if isinstance(raw, list) else [raw]
+    if not values:
+        raise ConfigError(_where(source, f"{where}: expected a non-empty list of seeds"))
+    for i, value in enumerate(values):
+        try:
+            check_seed(value, f"{where}.{i}")
+        except ConfigError as exc:
+            raise ConfigError(_where(source, str(exc))) from None
+    if len(set(values)) != len(values):
+        raise ConfigError(_where(source, f"{where}: repeated seed"))
+    return list(values)
+
+
+def _parse_seeds(raw: Any, source: Path | None) -> Seeds | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(_where(source, "seeds: expected a mapping {data: [...], init: [...] or 'data'}"))
+    _check_keys(raw, SEEDS_KEYS, "seeds.", source)
+    data = _seed_list(raw["data"], "seeds.data", source) if raw.get("data") is not None else None
+    init_raw = raw.get("init")
+    together = init_raw == INIT_WITH_DATA
+    if together and data is None:
+        raise ConfigError(_where(source, "seeds.init: 'data' needs a seeds.data list"))
+    init = None if together or init_raw is None else _seed_list(init_raw, "seeds.init", source)
+    return Seeds(data=data, init=init, together=together)
+
+
+def _check_seed_keys(seeds: Seeds, overrides: list[str], grids: list[Grid], source: Path | None) -> None:
+    """Refuse a seed key set both by the seed axis and by overrides or a grid (which one would win?)."""
+    claimed = []
+    if seeds.data is not None:
+        claimed.append(("seeds.data", lambda key: _DATA_SEED_KEY.match(key) is not None))
+    if seeds.init is not None or seeds.together:
+        claimed.append(("seeds.init", lambda key: key == _INIT_SEED_KEY))
+    places = [("overrides", [o.split("=", 1)[0].strip() for o in overrides])]
+    for i, grid in enumerate(grids):
+        places.append((f"grids.{i}.overrides", [o.split("=", 1)[0].strip() for o in grid.overrides]))
+        places.append((f"grids.{i}", list(grid.axes)))
+    for axis, owns in claimed:
+        for where, keys in places:
+            for key in keys:
+                if owns(key):
+                    raise ConfigError(
+                        _where(source, f"{axis}: {where} also sets '{key}'; set each seed in one place only")
+                    )
+
+
 def load_sweep(path: str | Path, sweep_dir: str | Path | None = None) -> SweepSpec:
     """Parse the sweep file at ``path`` (``sweep_dir`` replaces its ``sweep_dir``); checks keys and types."""
     source = Path(path)
@@ -243,6 +400,10 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
     if not isinstance(grids_raw, list) or not grids_raw:
         raise ConfigError(_where(source, "grids: expected a non-empty list of grids"))
     grids = [_parse_grid(g, i, source) for i, g in enumerate(grids_raw)]
+    overrides = _override_list(raw.get("overrides"), "overrides", source)
+    seeds = _parse_seeds(raw.get("seeds"), source)
+    if seeds is not None:
+        _check_seed_keys(seeds, overrides, grids, source)
 
     axes = raw.get("axes") or {}
     if not isinstance(axes, dict):
@@ -256,7 +417,8 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
     if not isinstance(target_raw, dict):
         raise ConfigError(_where(source, "target: expected a mapping"))
     _check_keys(target_raw, TARGET_KEYS, "target.", source)
-    target = Target(**target_raw)
+    target = Target(**{k: v for k, v in target_raw.items() if k != "accelerate"})
+    target.accelerate = _parse_accelerate(target_raw.get("accelerate"), source)
     if target.device not in TARGET_DEVICES:
         raise ConfigError(
             _where(source, f"target.device: '{target.device}' is not one of {', '.join(TARGET_DEVICES)}")
@@ -278,14 +440,57 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
         source=source.resolve() if source is not None else None,
         sweep_dir=Path(out_dir),
         base=base_path,
-        overrides=_override_list(raw.get("overrides"), "overrides", source),
+        overrides=overrides,
         grids=grids,
         size_key=str(axes.get("size") or "model.preset"),
         tasks=list(tasks) if tasks else None,
         target=target,
         slurm=slurm,
         description=str(raw.get("description") or ""),
+        seeds=seeds,
     )
+
+
+def _accelerate_file(raw: Any, key: str, source: Path | None) -> Path | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not raw:
+        raise ConfigError(_where(source, f"{key}: expected the path of an accelerate config, got {raw!r}"))
+    path = Path(raw).expanduser()
+    if not path.is_absolute() and source is not None:
+        path = source.parent / path
+    if not path.is_file():
+        raise ConfigError(_where(source, f"{key}: accelerate config '{path}' not found"))
+    return path.resolve()
+
+
+def _parse_accelerate(raw: Any, source: Path | None) -> AccelerateChoice | None:
+    """``target.accelerate``: a path (every cell) or ``{default, fsdp, fsdp_from}``."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"default": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(_where(source, "target.accelerate: expected a path or a mapping"))
+    _check_keys(raw, ACCELERATE_KEYS, "target.accelerate.", source)
+    fsdp_from = raw.get("fsdp_from")
+    if fsdp_from is not None and str(fsdp_from) not in PRESETS:
+        raise ConfigError(
+            _where(
+                source,
+                f"target.accelerate.fsdp_from: unknown preset '{fsdp_from}'{did_you_mean(str(fsdp_from), PRESETS)}",
+            )
+        )
+    choice = AccelerateChoice(
+        default=_accelerate_file(raw.get("default"), "target.accelerate.default", source),
+        fsdp=_accelerate_file(raw.get("fsdp"), "target.accelerate.fsdp", source),
+        fsdp_from=str(fsdp_from) if fsdp_from is not None else None,
+    )
+    if (choice.fsdp is None) != (choice.fsdp_from is None):
+        raise ConfigError(
+            _where(source, "target.accelerate.fsdp_from: give both fsdp and fsdp_from, or neither")
+        )
+    return choice
 
 
 # ---------------------------------------------------------------------------------------------- cells
@@ -307,18 +512,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_") or "x"
 
 
-def cell_name(grid_name: str | None, params: dict[str, Any]) -> str:
-    """Directory name of a cell: readable, a pure function of its grid name and values.
+def cell_name(grid_name: str | None, params: dict[str, Any], seeds: dict[str, int] | None = None) -> str:
+    """Directory name of a cell: readable, a pure function of its grid name, values and seeds.
 
     Names do not depend on the cell's position in the grid, so adding a value to a grid leaves the
     finished cells where they are. ``model.preset`` contributes its value alone; other keys appear as
-    ``<short key>-<value>``.
+    ``<short key>-<value>``; the seed axis adds ``dseed-<data seed>`` and ``iseed-<init seed>``.
     """
     short = _short_keys(list(params))
     parts = [grid_name] if grid_name else []
     for key, value in params.items():
         text = format_value(value).strip('"')
         parts.append(_slug(text) if key == "model.preset" else f"{_slug(short[key])}-{_slug(text)}")
+    for axis, tag in (("data", "dseed"), ("init", "iseed")):
+        if seeds and axis in seeds:
+            parts.append(f"{tag}-{seeds[axis]}")
     name = "_".join(parts) or "cell"
     if len(name) > 120:  # keep paths usable; the hash keeps long names distinct
         digest = hashlib.sha1(name.encode()).hexdigest()[:10]
@@ -326,9 +534,21 @@ def cell_name(grid_name: str | None, params: dict[str, Any]) -> str:
     return name
 
 
+def seed_overrides(data_seed: int | None, init_seed: int | None, num_tasks: int) -> list[str]:
+    """The overrides of one (data seed, init seed) pair of the seed axis, for a config with ``num_tasks``."""
+    out = []
+    if data_seed is not None:
+        out.append(f"data.seed={data_seed}")
+        out += [f"data.tasks.{n}.seed={data_seed}" for n in range(num_tasks)]
+    if init_seed is not None:
+        out.append(f"{_INIT_SEED_KEY}={init_seed}")
+    return out
+
+
 def expand(spec: SweepSpec) -> list[Cell]:
-    """All cells of all grids, in grid order; identical cells from different grids appear once."""
+    """All cells of all grids (times the seed axis), in grid order; identical cells appear once."""
     cells: dict[str, Cell] = {}
+    pairs = spec.seeds.pairs() if spec.seeds is not None else [(None, None)]
     for i, grid in enumerate(spec.grids):
         keys = list(grid.axes)
         for combo in itertools.product(*(grid.axes[k] for k in keys)):
@@ -338,19 +558,39 @@ def expand(spec: SweepSpec) -> list[Cell]:
                 *grid.overrides,
                 *(f"{k}={format_value(v)}" for k, v in params.items()),
             ]
-            cell = Cell(cell_name(grid.name, params), grid.name, params, overrides, grid_index=i)
-            # A value such as '.x' would lead a name: refuse it here rather than as a directory.
-            check_name(cell.name, _where(spec.source, f"grids.{i}: cell name"))
-            prior = cells.get(cell.name)
-            if prior is not None and prior.overrides != cell.overrides:
-                raise ConfigError(
-                    _where(
-                        spec.source,
-                        f"grids.{i}: cell '{cell.name}' also comes from an earlier grid with other "
-                        "overrides; give the grids distinct names",
-                    )
+            num_tasks = 0
+            if any(d is not None for d, _ in pairs):
+                # The data seed reaches every task of the cell, whose list the grid may itself change.
+                try:
+                    num_tasks = len(load_config(spec.base, overrides).data.tasks)
+                except ConfigError as exc:
+                    raise ConfigError(_where(spec.source, f"grids.{i}: {exc}")) from None
+            for data_seed, init_seed in pairs:
+                seeds = {
+                    axis: value
+                    for axis, value in (("data", data_seed), ("init", init_seed))
+                    if value is not None
+                }
+                cell = Cell(
+                    cell_name(grid.name, params, seeds),
+                    grid.name,
+                    params,
+                    [*overrides, *seed_overrides(data_seed, init_seed, num_tasks)],
+                    grid_index=i,
+                    seeds=seeds,
                 )
-            cells.setdefault(cell.name, cell)
+                # A value such as '.x' would lead a name: refuse it here rather than as a directory.
+                check_name(cell.name, _where(spec.source, f"grids.{i}: cell name"))
+                prior = cells.get(cell.name)
+                if prior is not None and prior.overrides != cell.overrides:
+                    raise ConfigError(
+                        _where(
+                            spec.source,
+                            f"grids.{i}: cell '{cell.name}' also comes from an earlier grid with other "
+                            "overrides; give the grids distinct names",
+                        )
+                    )
+                cells.setdefault(cell.name, cell)
     return list(cells.values())
 
 
@@ -364,6 +604,7 @@ def sweep_manifest(spec: SweepSpec, cells: list[Cell]) -> dict:
         "size_key": spec.size_key,
         "tasks": spec.tasks,
         "grid_keys": list(dict.fromkeys(k for c in cells for k in c.params)),
+        "seeds": spec.seeds.describe() if spec.seeds is not None else None,
         "cells": [c.to_json() for c in cells],
     }
 

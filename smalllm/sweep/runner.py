@@ -56,6 +56,8 @@ def run_sweep(
         return None
     if dry_run:
         log(f"sweep {spec.name}: {len(cells)} cells -> {spec.sweep_dir}")
+        if spec.seeds is not None:
+            log(spec.seeds.describe())
         log(dry_run_table(spec, cells, configs, workers))
         return None
     from smalllm.sweep.execution import execute

@@ -57,14 +57,27 @@ class Instance:
 
 
 class TaskVocab:
-    """The tokenizer as a task sees it: single-token symbols, text encoding and free token ids."""
+    """The tokenizer as a task sees it: single-token symbols, text encoding and free token ids.
 
-    def __init__(self, tokenizer: Any) -> None:
+    ``table_ids`` are the ids a task may draw for its random token tables (:meth:`random_tokens`):
+    by default every ordinary (non-special) id. The data layer narrows them to the tokens a run's
+    policy allows (``data.task_tokens``: tokens seen in the background corpus, with a word-like text
+    form) and names that policy in ``table_rule`` for the too-few-tokens error. Tasks never see the
+    corpus itself, so a table stays a pure function of (task seed, tokenizer, eligible ids).
+    """
+
+    def __init__(self, tokenizer: Any, table_ids: Sequence[int] | None = None, table_rule: str = "") -> None:
         self.tokenizer = tokenizer
         self.vocab_size = len(tokenizer)
         self.eod_id = int(tokenizer.eos_token_id)
         special = set(tokenizer.all_special_ids)
         self._ordinary = np.array([i for i in range(self.vocab_size) if i not in special], dtype=np.int64)
+        self.table_ids = (
+            self._ordinary if table_ids is None else np.array(sorted(set(table_ids)), dtype=np.int64)
+        )
+        """Ids that random token tables are drawn from, ascending."""
+        self.table_rule = table_rule or "every ordinary token of the vocabulary"
+        """Which tokens ``table_ids`` holds, in words (for error messages)."""
 
     def symbol(self, text: str) -> int:
         """Id of ``text``, which must be exactly one token of this tokenizer."""
@@ -85,12 +98,13 @@ class TaskVocab:
         return [int(i) for i in self.tokenizer.encode(text, add_special_tokens=False)]
 
     def random_tokens(self, n: int, rng: np.random.Generator) -> list[int]:
-        """``n`` distinct ordinary (non-special) token ids, drawn with ``rng``."""
-        if n > len(self._ordinary):
+        """``n`` distinct token ids of ``table_ids``, drawn with ``rng``."""
+        if n > len(self.table_ids):
             raise ConfigError(
-                f"task needs {n} distinct tokens but the vocabulary has only {len(self._ordinary)}"
+                f"task needs {n} distinct table tokens but only {len(self.table_ids)} are eligible "
+                f"({self.table_rule})"
             )
-        return [int(i) for i in rng.choice(self._ordinary, size=n, replace=False)]
+        return [int(i) for i in rng.choice(self.table_ids, size=n, replace=False)]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Readable text for display (``smalllm tasks show``)."""
@@ -122,6 +136,11 @@ class Task(ABC):
 
     def setup(self, rng: np.random.Generator) -> None:  # noqa: B027 - optional hook
         """Draw fixed task-level structure (token tables, facts). Called once from ``__init__``."""
+
+    def table_tokens(self) -> list[int]:
+        """Token ids this task drew with :meth:`TaskVocab.random_tokens` (its tables), in draw order;
+        shown by ``smalllm tasks show`` and ``smalllm data inspect``. Empty for symbol tasks."""
+        return []
 
     @property
     def skills(self) -> list[str]:

@@ -3,7 +3,14 @@
 Both read the same table: ``num_values`` distinct random ordinary tokens S with the bijection
 ``val: S -> 0..n-1`` given by the order they were drawn. The table depends only on the task seed and
 ``num_values``, so ``t_cmp`` and ``t_add`` built with the same seed share one value table, as in the
-paper (one set S of 100 tokens used by both tasks).
+paper (one set S of 100 tokens used by both tasks). The tokens come from the ids the run allows
+for task tables (``data.task_tokens``, see :mod:`smalllm.data.task_tokens`): by default tokens the
+background uses, each with a text form of its own.
+
+Pool sizes: ``t_cmp`` has n·(n−1) ordered pairs (TOK1 ≠ TOK2), 9,900 at the default n = 100; a
+finite pool with the default ``pool_size`` 10,000 therefore holds all of them, and the default
+``test_fraction`` 0.5 holds 4,950 out of training. ``t_add`` has n² = 10,000 (pairs may repeat a
+token).
 """
 
 from __future__ import annotations
@@ -34,9 +41,17 @@ def value_table(
     return table, others
 
 
-def _check_num_values(n: int) -> None:
-    if n < 2:
-        raise ValueError(f"num_values: must be at least 2, got {n}")
+@dataclass
+class TableParams:
+    """Parameters of a task on the shared value table (``t_cmp`` and ``t_add`` alike)."""
+
+    num_values: int = 100
+    """Size of the random token table S (values 0..n-1, and T_ADD's modulus); the complexity knob
+    (paper: 100)."""
+
+    def validate(self) -> None:
+        if self.num_values < 2:
+            raise ValueError(f"num_values: must be at least 2, got {self.num_values}")
 
 
 @register
@@ -46,17 +61,14 @@ class TCmp(Task):
     name = "t_cmp"
     description = "Huang et al. T_CMP: two value-table tokens -> label A if val1 < val2 else B"
 
-    @dataclass
-    class Params:
-        num_values: int = 100
-        """Size of the random token table S (values 0..n-1); the complexity knob (paper: 100)."""
-
-        def validate(self) -> None:
-            _check_num_values(self.num_values)
+    Params = TableParams
 
     def setup(self, rng: np.random.Generator) -> None:
         self.table, labels = value_table(self.vocab, rng, self.params.num_values, extra=2)
         self.label_less, self.label_not_less = labels
+
+    def table_tokens(self) -> list[int]:
+        return [*self.table, self.label_less, self.label_not_less]
 
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
         n = self.params.num_values
@@ -86,16 +98,13 @@ class TAdd(Task):
     name = "t_add"
     description = "Huang et al. T_ADD: two value-table tokens -> the token of (val1 + val2) mod n"
 
-    @dataclass
-    class Params:
-        num_values: int = 100
-        """Size of the random token table S and the modulus; the complexity knob (paper: 100)."""
-
-        def validate(self) -> None:
-            _check_num_values(self.num_values)
+    Params = TableParams
 
     def setup(self, rng: np.random.Generator) -> None:
         self.table, _ = value_table(self.vocab, rng, self.params.num_values)
+
+    def table_tokens(self) -> list[int]:
+        return list(self.table)
 
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
         n = self.params.num_values

@@ -121,6 +121,9 @@ class FactLookup(Task):
         ]
         """(entity, relation, value) token ids of every fact, in a fixed order."""
 
+    def table_tokens(self) -> list[int]:
+        return [*self.entities, *self.relations, *self.values]
+
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
         e, r, v = self.facts[int(rng.integers(self.params.num_facts))]
         return Instance((e, r), (v,), skill)

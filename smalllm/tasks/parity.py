@@ -85,6 +85,9 @@ class SparseParity(Task):
         self.subsets = _distinct_subsets(rng, p.num_bits, p.k, p.num_subtasks)
         self._subset_idx = [np.array(s, dtype=np.int64) for s in self.subsets]
 
+    def table_tokens(self) -> list[int]:
+        return list(self.control)
+
     @property
     def skills(self) -> list[str]:
         return [f"sparse_parity/{i}" for i in range(self.params.num_subtasks)]

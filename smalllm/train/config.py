@@ -120,7 +120,11 @@ class LoggingConfig:
     wandb_project: str = "smalllm"
     """W&B project name."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show progress: a bar on a terminal; when stdout is not one (Slurm, nohup), a plain line
+    (step, tokens, loss, lr, tok/s, MFU, ETA) every ``train.log_every`` steps."""
+    progress_seconds: float = 0.0
+    """When stdout is not a terminal, also print a progress line once this many seconds have passed
+    since the last one (between two records its loss is the main process's own; 0: off)."""
 
     def validate(self, prefix: str = "logging") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
@@ -129,3 +133,4 @@ class LoggingConfig:
             f"{prefix}.wandb_project",
             "must not be empty with wandb=true",
         )
+        number(self.progress_seconds, f"{prefix}.progress_seconds", ge=0, le=1e7)

@@ -1,11 +1,16 @@
 """Memory pre-flight: estimate what training needs before allocating anything.
 
-Estimates, per process (bytes):
+Estimates, per process (bytes), for ``world`` processes and a sharding strategy (``SHARDINGS``):
 
-* parameters: fp32 master weights (4 B/param), plus a 16-bit working copy under bf16/fp16 autocast;
+* parameters: fp32 master weights (4 B/param);
 * gradients: fp32 (4 B/param);
 * optimizer: AdamW moments (8 B/param);
-  (the three above are divided by the number of processes under FSDP/ZeRO-3 sharding)
+  (the three above are divided by ``world`` under ``full_shard`` (FSDP FULL_SHARD / FSDP2
+  ``reshard_after_forward=true`` / ZeRO-3) and ``shard_grad_op`` (FSDP SHARD_GRAD_OP / ZeRO-2))
+* working copy: the weights the forward pass computes with. Unsharded: a 16-bit copy of every
+  weight under bf16/fp16 autocast (none in fp32); ``full_shard``: only the all-gathered units in the
+  compute dtype, the root (embeddings and LM head) and two decoder layers (the current one and the
+  prefetched next); ``shard_grad_op``: every weight, gathered between forward and backward;
 * activations: kept for backward per layer and token, after Korthikanti et al. (2022) adapted to a
   SwiGLU MLP: ``b·s·(10h + 6i)`` elements, plus ``2·b·a·s²`` (attention scores and probabilities)
   under ``eager`` attention only: SDPA and flash attention use fused kernels that keep neither, on the
@@ -27,9 +32,14 @@ from smalllm.model.presets import Preset
 GIB = 1024**3
 
 
+SHARDINGS = ("none", "full_shard", "shard_grad_op")
+"""How parameters, gradients and optimizer state are split over the processes (see the module docstring)."""
+
+
 @dataclass
 class MemoryEstimate:
     parameters: float
+    working: float
     gradients: float
     optimizer: float
     activations: float
@@ -37,11 +47,14 @@ class MemoryEstimate:
 
     @property
     def total(self) -> float:
-        return self.parameters + self.gradients + self.optimizer + self.activations + self.logits
+        return (
+            self.parameters + self.working + self.gradients + self.optimizer + self.activations + self.logits
+        )
 
     def rows(self) -> list[tuple[str, float]]:
         return [
             ("parameters", self.parameters),
+            ("working copy", self.working),
             ("gradients", self.gradients),
             ("optimizer (AdamW)", self.optimizer),
             ("activations", self.activations),
@@ -57,24 +70,36 @@ def estimate_memory(
     micro_batch: int,
     precision: str,
     gradient_checkpointing: bool = False,
-    shards: int = 1,
+    world: int = 1,
+    sharding: str = "none",
     attention: str = "sdpa",
 ) -> MemoryEstimate:
     """Bytes needed per process to train ``preset`` (see the module docstring for the model)."""
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding {sharding!r} is not one of {', '.join(SHARDINGS)}")
     n = preset.params(vocab_size)
     half = precision in ("bf16", "fp16")
-    act_bytes = 2 if half else 4
-    parameters = 4 * n / shards + (2 * n if half else 0)
+    compute_bytes = 2 if half else 4
+    shards = 1 if sharding == "none" else world
+    parameters = 4 * n / shards
+    if sharding == "none":
+        working = 2 * n if half else 0  # autocast's cached 16-bit casts; fp32 computes on the master
+    elif sharding == "full_shard":
+        layer = preset.non_embedding_params() / preset.layers
+        root = n - preset.non_embedding_params()  # embeddings and LM head stay gathered in FSDP's root
+        working = compute_bytes * (root + 2 * layer)
+    else:
+        working = compute_bytes * n
     gradients = 4 * n / shards
     optimizer = 8 * n / shards
     b, s, h, i, a = micro_batch, seq_len, preset.width, preset.intermediate, preset.heads
     per_layer = b * s * (10 * h + 6 * i) + (2 * b * a * s * s if attention == "eager" else 0)
     if gradient_checkpointing:
-        activations = act_bytes * (preset.layers * b * s * h + per_layer)
+        activations = compute_bytes * (preset.layers * b * s * h + per_layer)
     else:
-        activations = act_bytes * preset.layers * per_layer
+        activations = compute_bytes * preset.layers * per_layer
     logits = 3 * b * s * vocab_size * 4
-    return MemoryEstimate(parameters, gradients, optimizer, activations, logits)
+    return MemoryEstimate(parameters, working, gradients, optimizer, activations, logits)
 
 
 def available_memory(device: str) -> float:

@@ -7,6 +7,7 @@ does not fit the device.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,18 +16,62 @@ from smalllm.config import RunConfig
 from smalllm.errors import SmalllmError
 from smalllm.model.presets import PRESETS, Preset
 from smalllm.train.config import TrainConfig
-from smalllm.train.memory import MemoryEstimate, available_memory, estimate_memory, format_bytes
+from smalllm.train.environment import cuda_unavailable_reason
+from smalllm.train.memory import SHARDINGS, MemoryEstimate, available_memory, estimate_memory, format_bytes
 
 # Peak dense FLOP/s per device for MFU when train.peak_flops is not set (bf16 tensor cores on GPUs).
 _GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "4090": 165e12}
 _CPU_PEAK_PER_THREAD = 100e9  # fp32 AVX2: 2 FMA units x 8 lanes x 2 FLOP x ~3 GHz per core
 
 
+class DoesNotFit(SmalllmError):
+    """The memory estimate of a plan exceeds what the device offers (``smalllm`` exits 3)."""
+
+    exit_status = 3
+
+
+@dataclass(frozen=True)
+class GpuSpec:
+    """A GPU a plan can be made for without having it (``smalllm train --dry-run --gpu NAME``)."""
+
+    name: str
+    memory: float
+    """Total memory in bytes, as ``nvidia-smi`` reports it."""
+    peak_flops: float
+    """Dense bf16 tensor-core peak in FLOP/s (for MFU and time estimates)."""
+
+
+MIB = 1024**2
+GPUS = {
+    spec.name: spec
+    for spec in (
+        GpuSpec("H100-80GB", 81559 * MIB, 989e12),
+        GpuSpec("H200-141GB", 143771 * MIB, 989e12),
+        GpuSpec("A100-80GB", 81920 * MIB, 312e12),
+        GpuSpec("A100-40GB", 40960 * MIB, 312e12),
+        GpuSpec("L40S-48GB", 46068 * MIB, 362e12),
+        GpuSpec("A10-24GB", 23028 * MIB, 125e12),
+        GpuSpec("RTX4090-24GB", 24564 * MIB, 165e12),
+    )
+}
+"""The GPUs ``--gpu`` accepts by name."""
+
+
+def gpu_spec(name: str, field: str = "--gpu") -> GpuSpec:
+    """The :data:`GPUS` entry called ``name`` (case-insensitive); a one-line error naming ``field``."""
+    for key, spec in GPUS.items():
+        if key.lower() == name.lower():
+            return spec
+    raise SmalllmError(f"{field}: unknown GPU '{name}'; known: {', '.join(GPUS)}")
+
+
 def resolve_device(requested: str) -> str:
     if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        # `accelerate launch --cpu` (or `use_cpu: true` in its config) asks for the CPU on a GPU box.
+        launcher_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true"
+        return "cuda" if torch.cuda.is_available() and not launcher_cpu else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise SmalllmError("train.device: cuda requested but no CUDA device is available")
+        raise SmalllmError(f"train.device: cuda requested but {cuda_unavailable_reason()}")
     return requested
 
 
@@ -43,9 +88,14 @@ def resolve_target(t: TrainConfig, strict: bool = True) -> tuple[str, str, bool]
     ``train.device=cuda`` on a machine without one (``hypothetical``) instead of refusing."""
     hypothetical = not strict and t.device == "cuda" and not torch.cuda.is_available()
     if hypothetical:
-        return "cuda", "bf16" if t.precision == "auto" else t.precision, True
+        return "cuda", hypothetical_precision(t.precision), True
     device = resolve_device(t.device)
     return device, resolve_precision(t.precision, device), False
+
+
+def hypothetical_precision(requested: str) -> str:
+    """The precision ``auto`` gives on a GPU the machine does not have (every listed GPU does bf16)."""
+    return "bf16" if requested == "auto" else requested
 
 
 def default_peak_flops(device: str) -> float:
@@ -68,9 +118,9 @@ def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
 
         return len(char_tokenizer())
     if kind == "pretrained":
-        from smalllm.data.tokenizer import load_tokenizer
+        from smalllm.data.tokenizer import load_pretrained
 
-        return len(load_tokenizer(cfg.data.tokenizer.path or "", field="data.tokenizer.path"))
+        return len(load_pretrained(cfg.data.tokenizer.pretrained_source()))
     return cfg.data.tokenizer.vocab_size
 
 
@@ -90,6 +140,9 @@ class Plan:
     available: float
     peak_flops: float
     memory_fraction: float
+    sharding: str = "none"
+    gpu: str | None = None
+    """The GPU the plan is for, by name (None on the CPU)."""
 
     @property
     def params(self) -> int:
@@ -125,8 +178,10 @@ class Plan:
             f"batch        {self.global_batch} sequences = {self.tokens_per_step:,} tokens/step "
             f"({self.world} process(es) x {self.micro_batch} micro-batch x {self.accumulation} accumulation)",
             f"steps        {self.steps:,}  ({self.total_tokens:,} tokens)",
-            f"device       {self.device}, precision {self.precision}, peak {self.peak_flops:.3g} FLOP/s for MFU",
-            "memory (per process, estimated):",
+            f"device       {self.device}{f' ({self.gpu})' if self.gpu else ''}, precision {self.precision}, "
+            f"peak {self.peak_flops:.3g} FLOP/s for MFU",
+            f"processes    {self.world}, sharding {self.sharding}",
+            f"memory (per {'GPU' if self.device == 'cuda' else 'process'}, estimated):",
         ]
         lines += [f"  {name:<18} {format_bytes(value):>12}" for name, value in self.memory.rows()]
         verdict = "fits" if self.fits else "DOES NOT FIT"
@@ -139,27 +194,59 @@ class Plan:
     def refuse_if_too_big(self) -> None:
         if self.fits:
             return
-        raise SmalllmError(
+        raise DoesNotFit(
             f"model.preset: {self.preset.name} needs ~{format_bytes(self.memory.total)} per process but "
             f"{format_bytes(self.memory_fraction * self.available)} is usable on {self.device}; lower "
-            "train.micro_batch_size, enable train.gradient_checkpointing=true, or pick a smaller preset"
+            "train.micro_batch_size, enable train.gradient_checkpointing=true, shard over more GPUs (FSDP), "
+            "or pick a smaller preset"
         )
 
 
-# What a dry run assumes for ``train.device=cuda`` on a machine without one: one H100 80GB.
-ASSUMED_GPU = {"name": "H100 80GB (assumed)", "memory": 80 * 1024**3, "peak_flops": 989e12}
+# What a dry run assumes for ``train.device=cuda`` on a machine without one (and without --gpu).
+ASSUMED_GPU = GPUS["H100-80GB"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a plan runs: device, precision, processes, sharding, and the GPU when not this machine's.
+
+    The trainer builds it once from the accelerator it set up; a dry run from the flags, the
+    accelerate config and the environment (:func:`smalllm.train.launch.dry_run_target`).
+    """
+
+    device: str
+    precision: str
+    world: int = 1
+    sharding: str = "none"
+    gpu: GpuSpec | None = None
+    """A GPU planned for instead of the one found (``--gpu``, or assumed when there is none)."""
+    activation_checkpointing: bool = False
+    """Recompute forced by the launcher (FSDP ``activation_checkpointing``), on top of the config's."""
 
 
 def make_plan(
-    cfg: RunConfig, vocab_size: int | None = None, world: int = 1, sharded: bool = False, strict: bool = True
+    cfg: RunConfig,
+    vocab_size: int | None = None,
+    world: int = 1,
+    sharding: str = "none",
+    strict: bool = True,
+    target: Target | None = None,
 ) -> Plan:
     """Derive the plan of ``cfg`` for ``world`` processes (vocabulary from the tokenizer if known).
 
-    ``strict=False`` (dry runs) plans for ``train.device=cuda`` even without a GPU, assuming an H100.
+    ``target`` (device, precision, processes, sharding, GPU) is the one the trainer resolved; without
+    it, it is resolved here from ``cfg`` with ``world`` and ``sharding`` (``strict=False``: dry runs
+    plan ``train.device=cuda`` even without a GPU, on :data:`ASSUMED_GPU`).
     """
     t = cfg.train
-    device, precision, hypothetical = resolve_target(t, strict)
-    vocab = vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg)
+    if target is None:
+        device, precision, hypothetical = resolve_target(t, strict)
+        target = Target(device, precision, world, sharding, ASSUMED_GPU if hypothetical else None)
+    if target.sharding not in SHARDINGS:
+        raise SmalllmError(f"sharding: {target.sharding!r} is not one of {', '.join(SHARDINGS)}")
+    world = target.world
+    # The model's embedding rows (the tokenizer's vocabulary padded to model.vocab_multiple).
+    vocab = cfg.model.embedding_rows(vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg))
     preset = PRESETS[cfg.model.preset]
     if t.global_batch_size % (t.micro_batch_size * world):
         raise SmalllmError(
@@ -174,25 +261,33 @@ def make_plan(
         vocab,
         cfg.data.seq_len,
         t.micro_batch_size,
-        precision,
-        gradient_checkpointing=t.gradient_checkpointing,
-        shards=world if sharded else 1,
+        target.precision,
+        gradient_checkpointing=t.gradient_checkpointing or target.activation_checkpointing,
+        world=world,
+        sharding=target.sharding,
         attention=cfg.model.attn_implementation,
     )
+    gpu = target.gpu
+    if gpu is not None:
+        available, peak, gpu_name = gpu.memory, gpu.peak_flops, gpu.name
+    else:
+        available, peak = available_memory(target.device), default_peak_flops(target.device)
+        gpu_name = torch.cuda.get_device_name() if target.device == "cuda" else None
     return Plan(
         preset=preset,
         vocab_size=vocab,
         seq_len=cfg.data.seq_len,
-        device=device,
-        precision=precision,
+        device=target.device,
+        precision=target.precision,
         world=world,
         global_batch=t.global_batch_size,
         micro_batch=t.micro_batch_size,
         accumulation=accumulation,
         steps=steps,
         memory=memory,
-        available=ASSUMED_GPU["memory"] if hypothetical else available_memory(device),
-        peak_flops=t.peak_flops
-        or (ASSUMED_GPU["peak_flops"] if hypothetical else default_peak_flops(device)),
+        available=available,
+        peak_flops=t.peak_flops or peak,
         memory_fraction=t.memory_fraction,
+        sharding=target.sharding,
+        gpu=gpu_name,
     )

@@ -38,6 +38,7 @@ from transformers.utils import logging as hf_logging
 from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.eval_sets import TaskEvalSet
+from smalllm.data.passes import passes_line
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.errors import SmalllmError
@@ -54,8 +55,10 @@ from smalllm.run_record import (
 )
 from smalllm.train.callbacks.base import Callback, Control, FitEnd, Reduction, RunContext, StepRecord
 from smalllm.train.config import TrainConfig
+from smalllm.train.environment import collect_environment
+from smalllm.train.launch import check_local_rank, check_world_size, target_of
 from smalllm.train.plan import resolve_device, resolve_precision
-from smalllm.train.preflight import check_run
+from smalllm.train.preflight import check_run, check_trackers
 from smalllm.train.schedule import lr_factor
 
 
@@ -103,14 +106,17 @@ class Trainer:
 
     def setup(self) -> None:
         cfg, t = self.cfg, self.cfg.train
+        check_trackers(cfg.logging)  # a missing tracker package is a startup error, not silence
         hf_logging.disable_progress_bar()  # no "Writing model shards" bars in the middle of our own
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        if torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
-            # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        # Resolved once, here: the accelerator, the plan and the run record all use these.
         device = resolve_device(t.device)
-        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(resolve_precision(t.precision, device), "no")
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
+            torch.cuda.set_device(check_local_rank(torch.cuda.device_count()))
+        precision = resolve_precision(t.precision, device)
+        mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb else []
         )
@@ -124,16 +130,24 @@ class Trainer:
         acc = self.accelerator
         self.rank, self.world = acc.process_index, acc.num_processes
         self.is_main = acc.is_main_process
+        check_world_size(self.world)
+        self.target = target_of(acc, precision)
+        self.environment = self._environment() if self.is_main else {}  # only the main one records it
+        self.info(
+            f"device {_device_label(acc.device)}, precision {precision}, world size {self.world} "
+            f"({acc.distributed_type.value}, sharding {self.target.sharding})"
+        )
 
         with acc.main_process_first():
             corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
         self.tokenizer = corpus.tokenizer
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         # The dry run's checks (preflight.check_config runs this same check_run), with the real world
-        # size; `train` sets the trainer up before it touches the run directory.
-        families, self.plan = check_run(cfg, self.tokenizer, world=self.world, sharded=self.sharded)
+        # size and sharding; `train` sets the trainer up before it touches the run directory.
+        families, self.plan = check_run(cfg, self.tokenizer, corpus, target=self.target)
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
+        self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
 
         set_seed(t.seed)
         model = build_model(
@@ -188,6 +202,18 @@ class Trainer:
             fit_instances=self.stream.fit_instances,
         )
 
+    def _environment(self) -> dict:
+        """The run's facts for its summary and hparams: the machine's, then what this run uses."""
+        acc = self.accelerator
+        return {
+            **collect_environment(),
+            "device": _device_label(acc.device),
+            "precision": self.target.precision,
+            "world_size": self.world,
+            "distributed_type": acc.distributed_type.value,
+            "sharding": self.target.sharding,
+        }
+
     @property
     def run_dir(self) -> Path:
         return self.run.path
@@ -231,7 +257,7 @@ class Trainer:
             run.create()
             run.acquire()
             try:
-                run.mark_running(self.step)
+                run.mark_running(self.step, environment=self.environment)
                 if self.resumed:
                     run.truncate_metrics(self.step)
                 atomic_write(run.config_file, lambda tmp: save_config(self.cfg, tmp))
@@ -242,7 +268,8 @@ class Trainer:
                     raise SmalllmError(f"run_dir: cannot write to '{run.path}' ({error_line(exc)})") from exc
                 raise
         if self.trackers:
-            self.accelerator.init_trackers(TRACKER_DIR, config=_flat_hparams(config_to_dict(self.cfg)))
+            hparams = {**config_to_dict(self.cfg), "environment": self.environment}
+            self.accelerator.init_trackers(TRACKER_DIR, config=_flat_hparams(hparams))
         self._opened = True
 
     def _check_resumable(self, checkpoint: Path) -> None:
@@ -574,6 +601,9 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
             "frequencies": self.stream.frequency_table(total_rows),
+            "environment": self.environment,
+            # Epochs over the background corpus so far (above 1: documents were seen again).
+            "background_passes": self.stream.background_passes(total_rows),
         }
         summary.update(self._summary_fields)  # what the callbacks contributed (eval time, emergence)
         if self.error is not None:  # diverged, failed, or interrupted by an exception
@@ -598,6 +628,8 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "train_seconds",
         "skipped_steps",
         "frequencies",
+        "environment",
+        "background_passes",
         "error",
         "failed_at_step",
         "attempt",
@@ -669,6 +701,13 @@ def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torc
         fused=fused,
         foreach=None if fused else True,
     )
+
+
+def _device_label(device: torch.device) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)`` or ``cpu``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return device.type
 
 
 def _status_of(error: BaseException | None, stop_requested: str | None) -> str:

@@ -1,7 +1,10 @@
-"""Training metrics: a JSONL record every ``log_every`` steps, tracker scalars and a progress bar."""
+"""Training metrics: a JSONL record every ``log_every`` steps, tracker scalars, and progress: a bar
+on a terminal, one plain line per record when stdout is a file or pipe (Slurm, nohup, CI)."""
 
 from __future__ import annotations
 
+import datetime
+import sys
 import time
 
 import torch
@@ -20,7 +23,10 @@ class MetricsLogger(Callback):
 
     def __init__(self) -> None:
         self.bar = None
+        self.plain_lines = False
+        """Print :func:`progress_line` at each record: progress on, main process, stdout not a TTY."""
         self.run: RunContext | None = None
+        self._fit_start = self._last_line = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -34,7 +40,9 @@ class MetricsLogger(Callback):
 
     def on_fit_start(self, run: RunContext, control: Control) -> None:
         self.run = run
-        if run.logging.progress and run.is_main:
+        self._fit_start = self._last_line = time.perf_counter()
+        self.plain_lines = run.logging.progress and run.is_main and not sys.stdout.isatty()
+        if run.logging.progress and run.is_main and not self.plain_lines:
             self.bar = tqdm(
                 total=run.total_steps,
                 initial=run.start_step,
@@ -58,6 +66,14 @@ class MetricsLogger(Callback):
             self.bar.update(1)
         run = self.run
         if record.step % run.train.log_every and record.step != run.total_steps:
+            seconds = run.logging.progress_seconds
+            if self.plain_lines and seconds and time.perf_counter() - self._last_line >= seconds:
+                # Between records: this process's own window, so no collective is needed (the
+                # other processes do not know a line is due).
+                mean = self.loss_sum / self.steps if self.steps else float("nan")
+                tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
+                local = {"step": record.step, "tokens": record.tokens, "loss": mean, "lr": record.lr}
+                self._print_line({**local, "tokens_per_s": tokens_per_s, "mfu": run.plan.mfu(tokens_per_s)})
             return
         # Sums over processes: every rank saw different rows.
         label_loss = run.reduce(self.label_loss, "sum")
@@ -86,7 +102,16 @@ class MetricsLogger(Callback):
             self.bar.set_postfix(
                 loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}", mfu=f"{mfu:.1%}", refresh=False
             )
+        if self.plain_lines:
+            self._print_line(line)
         self._reset()
+
+    def _print_line(self, record: dict) -> None:
+        run = self.run
+        now = time.perf_counter()
+        eta = (now - self._fit_start) / (record["step"] - run.start_step) * (run.total_steps - record["step"])
+        print(progress_line(record, run.total_steps, eta), flush=True)
+        self._last_line = now
 
     def on_fit_end(self, end: FitEnd, control: Control) -> None:
         if self.bar is not None:
@@ -118,6 +143,18 @@ class MetricsLogger(Callback):
         self.loss_sum, self.steps = float(mine["loss_sum"]), int(mine["steps"])
         self.label_loss = None if mine["label_loss"] is None else mine["label_loss"].to(device)
         self.label_count = None if mine["label_count"] is None else mine["label_count"].to(device)
+
+
+def progress_line(record: dict, total_steps: int, eta_seconds: float) -> str:
+    """One plain progress line of a training metrics ``record``, for logs that are not a terminal::
+
+    step 40/128 | tokens 81,920 | loss 3.2101 | lr 2.95e-03 | tok/s 12,345 | MFU 1.2% | ETA 0:01:23
+    """
+    eta = datetime.timedelta(seconds=round(max(eta_seconds, 0.0)))
+    return (
+        f"step {record['step']}/{total_steps} | tokens {record['tokens']:,} | loss {record['loss']:.4f} | "
+        f"lr {record['lr']:.2e} | tok/s {record['tokens_per_s']:,.0f} | MFU {record['mfu']:.1%} | ETA {eta}"
+    )
 
 
 def _pooled(windows: list[dict]) -> dict:
