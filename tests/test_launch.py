@@ -293,7 +293,8 @@ def test_dry_run_target_from_an_fsdp_accelerate_config_and_from_the_launcher_env
 def test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu(tmp_path, capsys, monkeypatch):
     cpu_only_torch(monkeypatch)
     run = f"run_dir={tmp_path / 'run'}"
-    fsdp = ["train", "model.preset=4b", "train.micro_batch_size=4", run, "--dry-run"]
+    # The acceptance command as given: micro_batch_size (32) caps each of the 8 processes' 4 rows.
+    fsdp = ["train", "model.preset=4b", run, "--dry-run"]
     assert main([*fsdp, "--accelerate-config", FSDP_8GPU]) == 0
     out = capsys.readouterr().out
     assert "processes    8, sharding full_shard" in out and "device       cuda (H100-80GB)" in out

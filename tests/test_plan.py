@@ -112,6 +112,14 @@ def test_plan_refuses_a_batch_that_processes_cannot_share():
         make_plan(config(*PLAN_CFG), world=3)
 
 
+def test_micro_batch_is_capped_at_each_processes_share():
+    # 32 rows over 8 processes: 4 each, in one pass, whatever micro_batch_size (a cap) says.
+    plan = make_plan(config(*PLAN_CFG, "train.micro_batch_size=32"), world=8)
+    assert (plan.micro_batch, plan.accumulation) == (4, 1)
+    plan = make_plan(config(*PLAN_CFG, "train.micro_batch_size=2"), world=8)
+    assert (plan.micro_batch, plan.accumulation) == (2, 2)
+
+
 def test_memory_estimate_terms():
     p = PRESETS["micro-w32"]
     n = p.params(258)

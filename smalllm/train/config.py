@@ -29,7 +29,8 @@ class TrainConfig:
     global_batch_size: int = 32
     """Sequences per optimizer step, over all processes and accumulation steps."""
     micro_batch_size: int = 32
-    """Sequences per forward pass on one process; accumulation makes up the rest."""
+    """Most sequences per forward pass on one process (capped at its share of the global batch);
+    accumulation makes up the rest."""
     lr: float = 3e-3
     """Peak learning rate."""
     min_lr_ratio: float = 0.1

@@ -248,19 +248,23 @@ def make_plan(
     # The model's embedding rows (the tokenizer's vocabulary padded to model.vocab_multiple).
     vocab = cfg.model.embedding_rows(vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg))
     preset = PRESETS[cfg.model.preset]
-    if t.global_batch_size % (t.micro_batch_size * world):
+    # micro_batch_size is a cap: with more processes than the global batch has micro-batches, each
+    # process runs its whole share in one pass (batch 32 on 8 GPUs: 4 rows each, no accumulation).
+    per_process = t.global_batch_size // world
+    micro = min(t.micro_batch_size, per_process)
+    if t.global_batch_size % world or per_process % micro:
         raise SmalllmError(
             f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
             f"train.micro_batch_size ({t.micro_batch_size}) x processes ({world})"
         )
-    accumulation = t.global_batch_size // (t.micro_batch_size * world)
+    accumulation = per_process // micro
     tokens_per_step = t.global_batch_size * cfg.data.seq_len
     steps = max(1, math.ceil(t.max_tokens / tokens_per_step))
     memory = estimate_memory(
         preset,
         vocab,
         cfg.data.seq_len,
-        t.micro_batch_size,
+        micro,
         target.precision,
         gradient_checkpointing=t.gradient_checkpointing or target.activation_checkpointing,
         world=world,
@@ -281,7 +285,7 @@ def make_plan(
         precision=target.precision,
         world=world,
         global_batch=t.global_batch_size,
-        micro_batch=t.micro_batch_size,
+        micro_batch=micro,
         accumulation=accumulation,
         steps=steps,
         memory=memory,

@@ -427,7 +427,7 @@ class Trainer:
         t0 = time.perf_counter()
         model, acc = self.model, self.accelerator
         batch = self.stream.batch(self.step, self.rank, self.world)
-        micro = self.cfg.train.micro_batch_size
+        micro = self.plan.micro_batch
         n_labels = len(self.stream.labels)
         label_loss = torch.zeros(n_labels, device=acc.device)
         label_count = torch.zeros(n_labels, device=acc.device)
