@@ -41,7 +41,7 @@ from smalllm.data.config import (
     TokenizerConfig,
 )
 from smalllm.errors import ConfigError, did_you_mean, require
-from smalllm.eval.config import EvalConfig
+from smalllm.eval.config import EvalConfig, upgrade_legacy_eval
 from smalllm.model.config import ARCHS, ModelConfig
 from smalllm.safe_yaml import YamlSyntaxError, load_yaml_file, load_yaml_text
 from smalllm.train.config import LR_SCHEDULES, PRECISIONS, LoggingConfig, TrainConfig
@@ -135,6 +135,8 @@ def _read_yaml(path: Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(data).__name__}")
+    if isinstance(data.get("eval"), dict):  # a run saved before eval.criterion
+        data["eval"] = upgrade_legacy_eval(data["eval"])
     return data
 
 

@@ -18,7 +18,12 @@ from smalllm.data.pools import FRESH_EVAL_SIZE, InstancePool
 from smalllm.data.tokenizer import byte_tokenizer
 from smalllm.errors import ConfigError
 from smalllm.eval import evaluator
-from smalllm.eval.baselines import check_threshold, compute_baselines, one_position_rule
+from smalllm.eval.baselines import (
+    check_criterion_applies,
+    check_threshold,
+    compute_baselines,
+    one_position_rule,
+)
 from smalllm.eval.config import CriterionConfig, EvalConfig
 from smalllm.eval.emergence import emergence_table
 from smalllm.eval.evaluator import bootstrap_ci, evaluate, score_instances
@@ -337,3 +342,15 @@ def test_run_refuses_a_threshold_a_baseline_meets(tmp_path) -> None:
         not (tmp_path / "run" / "metrics.jsonl").exists()
         or "eval/" not in (tmp_path / "run" / "metrics.jsonl").read_text()
     )
+
+
+def test_a_choice_criterion_needs_every_task_to_declare_its_answer_set() -> None:
+    declared = TaskEvalSet("t", ["t"], [Instance((1,), (2,))], [math.log(2)], answer_sets=[(2, 3)])
+    undeclared = TaskEvalSet("plugin", ["plugin"], [Instance((1,), (2,))], [math.log(2)])
+    for metric in ("choice_acc", "choice_loss", "label_mass"):
+        check_criterion_applies([declared], CriterionConfig(metric=metric, threshold=0.5))
+        with pytest.raises(
+            ConfigError, match=f"eval.criterion.metric: {metric} needs tasks .* 'plugin' declares none"
+        ):
+            check_criterion_applies([declared, undeclared], CriterionConfig(metric=metric, threshold=0.5))
+    check_criterion_applies([undeclared], CriterionConfig(metric="acc", threshold=0.9))  # acc needs none

@@ -173,3 +173,14 @@ def test_safe_yaml_file_errors(tmp_path: Path) -> None:
         load_yaml_text("grids:\n  - a: 1\n    a: 2\n", "s")
     # Equal text under different tags is not a duplicate: 1 and "1" are different keys.
     assert load_yaml_text('1: a\n"1": b\n', "s") == {1: "a", "1": "b"}
+
+
+def test_a_config_saved_before_eval_criterion_still_loads(tmp_path: Path) -> None:
+    # Runs saved before eval.criterion state it as three eval keys; reports and resume checks read them.
+    old = tmp_path / "config.yaml"
+    old.write_text("eval:\n  accuracy_threshold: 0.8\n  loss_ratio_threshold: null\n  patience: 3\n")
+    crit = load_config(old).eval.criterion
+    assert (crit.metric, crit.threshold, crit.patience) == ("acc", 0.8, 3)
+    old.write_text("eval:\n  accuracy_threshold: 0.9\n  loss_ratio_threshold: 0.5\n")
+    crit = load_config(old).eval.criterion
+    assert (crit.metric, crit.threshold, crit.patience) == ("loss_ratio", 0.5, 2)

@@ -108,7 +108,30 @@ def test_bounds_when_never_or_always_learned():
     values = np.stack([np.zeros((4, 3)), np.ones((4, 3))])
     fronts, (rate,) = estimate_frontier(["s", "l"], [1, 2], FREQS, values, 0.5, resamples=40)
     assert fronts[1].crossing.text() == "<= 0.001" and fronts[1].ci_hi_text == "<= 0.001"
-    assert rate.value is None and rate.text == "> 8" and rate.undefined == 40 and rate.ci_lo is None
+    assert rate.value is None and rate.text == "> 8" and rate.ci_lo is None
+    # Every resample bounds the rate from below (small above the range): all unbounded, none dropped.
+    assert (rate.unbounded, rate.undefined, rate.ci_lo_text, rate.ci_hi_text) == (
+        40,
+        0,
+        "unbounded",
+        "unbounded",
+    )
+
+
+def test_exchange_rate_ci_keeps_resamples_where_the_smaller_model_never_crosses():
+    # Large crosses at 2e-3 in every seed; small at 4e-3 in seeds 0 and 1 and never in seed 2. A
+    # resample drawing only seed 2 (1/27 = 3.7% > 2.5%) has no small crossing: an infinite rate,
+    # which must open the upper end rather than be dropped (that would narrow the CI to 2).
+    small_learns, small_never = [0.1, 0.2, 0.9, 1.0], [0.1, 0.1, 0.1, 0.1]
+    small = np.array([small_learns, small_learns, small_never]).T
+    large = np.repeat(np.array([0.2, 0.9, 1.0, 1.0])[:, None], 3, axis=1)
+    fronts, (rate,) = estimate_frontier(
+        ["s", "l"], [1, 2], FREQS, np.stack([small, large]), 0.5, resamples=2000
+    )
+    assert fronts[1].crossing.value == pytest.approx(1e-3 * 2 ** (3 / 7))
+    assert rate.unbounded > 0 and rate.undefined == 0
+    assert rate.ci_hi_text == "unbounded" and rate.ci_hi is None
+    assert rate.ci_lo == pytest.approx(fronts[0].ci_lo / fronts[1].crossing.value, rel=1e-6)
 
 
 def test_the_ci_counts_resamples_without_a_crossing():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -679,3 +680,27 @@ def test_checkpoint_state_holds_the_open_logging_window(tmp_path: Path) -> None:
     window = state["callbacks"]["MetricsLogger"]["windows"][0]
     assert window["steps"] == 1 and window["label_count"].sum() > 0  # step 4, after the log at step 3
     assert state["callbacks"]["EvaluatorCallback"]["evaluated_step"] == 4  # 4 is an evaluation step
+
+
+def test_a_run_from_an_older_stream_format_is_not_resumed(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run saved before the stream format was recorded (and before eval.criterion): its config
+    # still loads, and resuming it is refused with one line instead of splicing two streams.
+    run = copy_run(finished_run, tmp_path / "old")
+    summary = json.loads(RunDir(run).summary_file.read_text())
+    assert summary.pop("stream_format") == 2
+    summary["status"] = "interrupted"
+    RunDir(run).summary_file.write_text(json.dumps(summary))
+    config = RunDir(run).config_file
+    legacy = "  accuracy_threshold: 0.9\n  loss_ratio_threshold: null\n  patience: 2\n"
+    text, replaced = re.subn(r"  criterion:\n(?:    .*\n)+", legacy, config.read_text())
+    assert replaced == 1
+    config.write_text(text)
+    before = tree_snapshot(run)
+    one_line_error(
+        capsys,
+        main(["train", str(config), f"run_dir={run}", "--resume", "train.max_tokens=16384"]),
+        f"run_dir: {run} was trained on stream format 1 and this smalllm builds format 2",
+    )
+    assert tree_snapshot(run) == before, "a refused resume touched the run"

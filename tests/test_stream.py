@@ -515,3 +515,61 @@ def test_background_counts_read_the_training_shards_only(corpus, monkeypatch):
     monkeypatch.setattr(task_tokens, "COUNTED_TOKENS", 1000)
     prefix = np.bincount(np.asarray(corpus.train.parts[0][:1000]), minlength=size)
     assert np.array_equal(task_tokens.background_counts(dataclasses.replace(corpus)), prefix)
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_a_rows_instances_come_in_a_seeded_order_not_the_configs(corpus, tmp_path):
+    # Two prefix tasks that often share a row: each is first in some of those rows, so neither sits
+    # behind the other by construction (t_cmp, listed first, used to be at position 0 always).
+    stream_tasks = (
+        "[{name: t_cmp, frequency: 0.4, unit: example_fraction, params: {num_values: 20}},"
+        " {name: t_add, frequency: 0.4, unit: example_fraction, params: {num_values: 20}}]"
+    )
+    stream = make_stream(corpus, tmp_path, stream_tasks, batch=32)
+    batch = stream.rows(0, 2000)
+    both = [row for row in batch.task_ids if {1, 2} <= set(row.tolist())]
+    first = [int(row[0]) for row in both]
+    assert len(both) > 200 and 0.35 < first.count(1) / len(first) < 0.65
+    again = stream.rows(0, 2000)
+    assert (again.input_ids == batch.input_ids).all()  # the order is a function of the row
+
+
+def test_prefix_tasks_at_more_than_one_per_row_are_scored_after_an_eod(corpus, tmp_path):
+    # Paper scale: over one prefix instance per row on average, most follow another's <eod>.
+    crowded = make_stream(
+        corpus, tmp_path, "[{name: t_cmp, frequency: 1.5, unit: example_fraction, params: {num_values: 20}}]"
+    )
+    assert [s.prefix for s in crowded.eval_sets()] == [(crowded.eod,)]
+    sparse = make_stream(corpus, tmp_path, "[{name: t_cmp, frequency: 0.5, unit: example_fraction}]")
+    assert [s.prefix for s in sparse.eval_sets()] == [()]
+
+
+class BadAnswerSet(ThreeWords):
+    """Test-only plug-in whose answers (5, 6, 7) are not all in the answer set it declares."""
+
+    name = "test_bad_answer_set"
+    declared: tuple[int, ...] = (5, 6)
+
+    def answer_set(self, skill: int = 0) -> tuple[int, ...]:
+        return self.declared
+
+
+@pytest.mark.parametrize(
+    "declared, message",
+    [
+        ((5, 6), "emits answer token 7 outside its answer_set"),
+        ((5, 6, 7, 7), "repeats a token in its answer_set"),
+    ],
+)
+def test_an_answer_set_that_misses_or_repeats_answers_is_refused(corpus, tmp_path, declared, message):
+    cls = type("Declared", (BadAnswerSet,), {"declared": declared, "memorization": True})
+    register(cls)
+    try:
+        with pytest.raises(ConfigError, match=f"data.tasks.0.name: task 'test_bad_answer_set' {message}"):
+            make_stream(
+                corpus, tmp_path, "[{name: test_bad_answer_set, frequency: 0.5, unit: example_fraction}]"
+            )
+    finally:
+        _REGISTRY.pop(cls.name, None)

@@ -162,7 +162,7 @@ def make_rule(
     breakpoints = np.array(sorted(merged), dtype=np.int64)
     rates = np.array([rate_per_row(merged[b], cfg.unit, seq_len, mean_length) for b in breakpoints])
     gap = cfg.schedule.kind == "gap" and cfg.schedule.gap_batches > 1
-    # The 0 once stood for a sub-skill index; it stays so that every run keeps its placements.
+    # The 0 once stood for a sub-skill index; it stays so that the phases of format-1 runs are kept.
     phase = float(np.random.default_rng([seed, task_index, 0, 0xF0]).random())
     return PlacementRule(
         task_index=task_index,

@@ -9,7 +9,9 @@ ranks are disjoint and together cover every instance exactly once.
 Placement inside a row:
 
 * ``prefix``   – instances (``prompt answer <eod>``) overwrite the first tokens of the row, as in
-  Huang et al.; several are concatenated;
+  Huang et al.; several are concatenated, in an order drawn per row (seeded), so at paper scale
+  (more than one instance per row) most instances follow another's ``<eod>``, and evaluation scores
+  them there;
 * ``document`` – instances are inserted, as their own EOD-terminated documents, at the first
   document boundary (after an ``<eod>``) that leaves room, else right after the prefix; the rest of
   the background shifts right and its tail is dropped.
@@ -31,6 +33,12 @@ from smalllm.data.task_tokens import task_vocab
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
+
+STREAM_FORMAT = 2
+"""What a data config means, as a version: bump it whenever the same config yields other rows, task
+tables or eval sets. A run records it and refuses to resume under another. Format 2: task tables from
+background tokens (``data.task_tokens``), placement independent between tasks, a row's instances in
+a seeded order, all held-out instances of a finite pool."""
 
 
 @dataclass
@@ -111,7 +119,16 @@ def _family(
 def _check_pool(pool: InstancePool, vocab: TaskVocab, seq_len: int, where: str) -> None:
     instances = (pool.train[:2000] if pool.train else [pool.train_instance(k) for k in range(50)]) + pool.test
     size = vocab.vocab_size
+    declared = pool.task.answer_set(pool.skill)
+    allowed = set(declared) if declared is not None else None
+    if declared is not None and len(allowed) != len(declared):
+        raise ConfigError(f"{where}.name: task '{pool.task.name}' repeats a token in its answer_set")
     for inst in instances:
+        if allowed is not None and not allowed.issuperset(inst.answer):
+            token = next(t for t in inst.answer if t not in allowed)
+            raise ConfigError(
+                f"{where}.name: task '{pool.task.name}' emits answer token {token} outside its answer_set"
+            )
         bad = [t for t in inst.prompt + inst.answer if not 0 <= t < size]
         if bad:
             raise ConfigError(
@@ -193,6 +210,11 @@ class TaskStream:
             for r in np.flatnonzero(np.diff(counts)):
                 placed[int(r)].extend((fi, k) for k in range(int(counts[r]), int(counts[r + 1])))
         for r, items in placed.items():
+            if len(items) > 1:
+                # A seeded order per row, so no task sits behind another by construction (the one
+                # listed first in the config would otherwise always be at position 0).
+                order = np.random.default_rng([self.cfg.seed, start + r, 0x0D]).permutation(len(items))
+                items = [items[i] for i in order]
             self._inject(ids[r], task_ids[r], answer[r], items)
         return Batch(
             input_ids=ids, task_ids=task_ids, answer_mask=answer, loss_mask=np.ones((n, L), dtype=bool)
@@ -299,6 +321,11 @@ class TaskStream:
     def eval_sets(self) -> list[TaskEvalSet]:
         """Held-out instances per task, grouped by sub-skill (fixed per run)."""
         sets = []
+        # Above one prefix instance per row on average (paper scale), most of a prefix task's
+        # instances follow another one's <eod>, so it is scored there rather than at position 0.
+        crowded = (
+            sum(float(f.rule.rates.max(initial=0.0)) for f in self.families if f.placement == "prefix") > 1
+        )
         for f in self.families:
             task = f.task
             instances = [inst for pool in f.pools for inst in pool.eval_instances()]
@@ -310,8 +337,8 @@ class TaskStream:
                     instances=instances,
                     chance_loss=[task.chance_loss(s) for s in range(len(task.skills))],
                     answer_sets=[_sorted_or_none(task.answer_set(s)) for s in range(len(task.skills))],
-                    # Where training put the task: a row's start, or a document's start after <eod>.
-                    prefix=(self.eod,) if f.placement == "document" else (),
+                    # Where training mostly put the task: a row's start, or just after an <eod>.
+                    prefix=(self.eod,) if f.placement == "document" or crowded else (),
                 )
             )
         return sets

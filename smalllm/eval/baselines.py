@@ -21,7 +21,7 @@ import numpy as np
 
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.errors import ConfigError, SmalllmError
-from smalllm.eval.config import ACCURACY_METRICS, CriterionConfig
+from smalllm.eval.config import ACCURACY_METRICS, ANSWER_SET_METRICS, CriterionConfig
 from smalllm.labels import Label
 from smalllm.run_record import atomic_write_json, read_json
 from smalllm.tasks.base import Instance
@@ -187,6 +187,19 @@ def check_threshold(
             raise ConfigError(
                 f"{field}: {criterion.threshold:g} does not exceed the best baseline accuracy of "
                 f"'{label}', {best:.4f} ({which}); raise it above that"
+            )
+
+
+def check_criterion_applies(sets: list[TaskEvalSet], criterion: CriterionConfig) -> None:
+    """Refuse a criterion on a choice metric when a task has no answer set to compute it on: the
+    task would silently never count as learned."""
+    if criterion.metric not in ANSWER_SET_METRICS:
+        return
+    for es in sets:
+        if es.instances and not es.has_answer_sets:
+            raise ConfigError(
+                f"eval.criterion.metric: {criterion.metric} needs tasks that declare their answer set "
+                f"(Task.answer_set), and task '{es.task}' declares none; use acc or loss_ratio"
             )
 
 

@@ -16,7 +16,7 @@ from smalllm.data.eval_sets import load_eval_sets
 from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
 from smalllm.eval.baselines import format_baselines, read_baselines
-from smalllm.eval.config import EvalConfig
+from smalllm.eval.config import load_eval_config
 from smalllm.eval.evaluator import evaluate
 from smalllm.run_record import (
     CHECKPOINTS_DIR,
@@ -143,7 +143,7 @@ def _evaluate(
         background,
         batch_size=batch_size,
         pad_id=tokenizer.pad_token_id,
-        batch_tokens=EvalConfig().batch_tokens,
+        batch_tokens=load_eval_config(run.path).batch_tokens,  # the run's own budget (memory)
     )
     record = {"checkpoint": str(model_dir), "time": time.time(), **step_info, **results}
     append_jsonl(out_file, record)

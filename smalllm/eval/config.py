@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
+import yaml
+
+from smalllm.run_record import RunDir
 from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of
 
 CriterionMetric = Literal["acc", "choice_acc", "loss_ratio", "choice_loss", "label_mass"]
@@ -14,8 +19,41 @@ LOWER_IS_BETTER = frozenset({"loss_ratio", "choice_loss"})
 """Criterion metrics that are learned when they fall to the threshold (the others when they rise)."""
 LEGACY_CRITERION_KEYS = ("accuracy_threshold", "loss_ratio_threshold", "patience")
 """``eval`` keys of runs saved before ``eval.criterion``; only read back from old run directories."""
+
+
+def upgrade_legacy_eval(section: dict) -> dict:
+    """An ``eval`` section as saved before ``eval.criterion`` existed, rewritten into it.
+
+    Old runs stated their criterion as ``accuracy_threshold`` (on ``acc``), ``loss_ratio_threshold``
+    (on ``loss_ratio`` when set) and ``patience``; their saved configs keep loading (for reports, and
+    for the refusal that explains why such a run cannot be resumed) instead of failing on unknown keys.
+    A section without those keys is returned unchanged.
+    """
+    if not any(key in section for key in LEGACY_CRITERION_KEYS):
+        return section
+    out = {k: v for k, v in section.items() if k not in LEGACY_CRITERION_KEYS}
+    criterion = dict(out.get("criterion") or {})
+    if section.get("loss_ratio_threshold") is not None:
+        criterion.setdefault("metric", "loss_ratio")
+        criterion.setdefault("threshold", section["loss_ratio_threshold"])
+    elif section.get("accuracy_threshold") is not None:
+        criterion.setdefault("metric", "acc")
+        criterion.setdefault("threshold", section["accuracy_threshold"])
+    if section.get("patience") is not None:
+        criterion.setdefault("patience", section["patience"])
+    out["criterion"] = criterion
+    return out
+
+
 ACCURACY_METRICS = frozenset({"acc", "choice_acc"})
 """Criterion metrics whose threshold must exceed the run's best baseline accuracy."""
+ANSWER_SET_METRICS = frozenset({"choice_acc", "choice_loss", "label_mass"})
+"""Criterion metrics that exist only for tasks declaring their answer set (``Task.answer_set``)."""
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether ``metric`` (a criterion metric, or an accuracy/loss column) improves as it rises."""
+    return metric not in LOWER_IS_BETTER and "loss" not in metric
 
 
 @dataclass
@@ -40,7 +78,7 @@ class CriterionConfig:
     @property
     def higher_is_better(self) -> bool:
         """The metric is learned when at or above the threshold (False: at or below)."""
-        return self.metric not in LOWER_IS_BETTER
+        return higher_is_better(self.metric)
 
     def validate(self, prefix: str = "eval.criterion") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
@@ -88,3 +126,20 @@ class EvalConfig:
             integer(self.batch_tokens, f"{prefix}.batch_tokens", ge=1, le=100_000_000)
         integer(self.background_sequences, f"{prefix}.background_sequences", ge=0, le=10_000_000)
         self.criterion.validate(f"{prefix}.criterion")
+
+
+def load_eval_config(run_dir: str | Path) -> EvalConfig:
+    """The ``eval`` section of the run's saved config, or the defaults when there is none."""
+    path = RunDir(run_dir).config_file
+    try:
+        section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return EvalConfig()
+    section = upgrade_legacy_eval(section)
+    names = {f.name for f in dataclasses.fields(EvalConfig)} - {"criterion"}
+    criterion = section.get("criterion") or {}
+    crit_names = {f.name for f in dataclasses.fields(CriterionConfig)}
+    return EvalConfig(
+        **{k: v for k, v in section.items() if k in names},
+        criterion=CriterionConfig(**{k: v for k, v in criterion.items() if k in crit_names}),
+    )

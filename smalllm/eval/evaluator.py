@@ -132,9 +132,9 @@ def score_instances(
     """Answer-token losses and teacher-forced argmax hits of each instance (no train/eval switching).
 
     Each instance is scored as ``prefix + prompt + answer``; only answer tokens count. Instances are
-    sorted by length and batched right-padded with an attention mask, so the real tokens keep their
-    positions and padding only ever follows them (a causal model never attends to it). A batch holds at
-    most ``batch_size`` rows and, with ``batch_tokens``, at most that many (padded) tokens: T_CMP's
+    grouped by length and each batch holds rows of one length, so there is no padding and no mask and
+    every token keeps its position. A batch holds at
+    most ``batch_size`` rows and, with ``batch_tokens``, at most that many tokens: T_CMP's
     rows are 3 tokens long, so a token budget packs thousands of them into one forward pass.
 
     ``answer_sets[skill]`` (sorted token ids, or None) adds the choice scores: loss and argmax with the
@@ -191,11 +191,8 @@ def score_instances(
         rows = np.broadcast_to(np.arange(len(idx))[:, None], has.shape)[has]
         col = (prompt_end[idx][:, None] - 1 + k)[has]
         owner = idx[rows]  # the instance of each answer token
-        # A rectangular batch (the usual case after sorting) needs no mask: plain causal attention.
+        # Rows of one length (see _batches): a rectangular batch, plain causal attention, no mask.
         mask = None
-        if not (inputs[idx] == width).all():
-            mask = torch.from_numpy((np.arange(width)[None, :] < inputs[idx][:, None]).astype(np.int64))
-            mask = mask.to(device)
         # Logits only from the first column any answer needs: the LM head is a tenth of a micro model.
         first = int(col.min()) if keep_supported else 0
         logits = None
@@ -407,7 +404,7 @@ def evaluate(
     ``choice_acc`` (+ ``_lo``/``_hi``) and ``label_mass`` (see :func:`task_metrics`); per sub-skill of a
     family the same under ``eval/{task}/{skill}/`` (without ``loss_bits``); and
     ``eval/background/loss`` when ``background`` is given. Each task is scored after its
-    ``TaskEvalSet.prefix``. Task batches hold at most ``batch_tokens`` (padded) tokens, or
+    ``TaskEvalSet.prefix``. Task batches hold at most ``batch_tokens`` tokens (rows of one length), or
     ``batch_size`` instances when it is None; background batches ``batch_size`` rows. The model runs in eval mode without gradients on its own
     device and is put back in its previous mode; no autocast is added (the caller's, if any, applies).
     """

@@ -7,19 +7,17 @@ training process or a notebook alike.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smalllm.errors import SmalllmError
 from smalllm.eval.baselines import best_baseline_acc, read_baselines
-from smalllm.eval.config import LEGACY_CRITERION_KEYS, CriterionConfig, EvalConfig
+from smalllm.eval.config import EvalConfig, higher_is_better, load_eval_config
 from smalllm.eval.emergence import (
     TABLE_COLUMNS,
     TEXT_COLUMNS,
@@ -48,30 +46,6 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise SmalllmError(f"{path}: metrics file not found (is this a run directory?)")
     return read_jsonl(path)
-
-
-def load_eval_config(run_dir: str | Path) -> EvalConfig:
-    """The ``eval`` section of the run's saved config, or the defaults when there is none."""
-    path = RunDir(run_dir).config_file
-    try:
-        section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return EvalConfig()
-    names = {f.name for f in dataclasses.fields(EvalConfig)} - {"criterion"}
-    criterion = dict(section.get("criterion") or {})
-    # Runs saved before eval.criterion existed stated it as these three top-level keys.
-    if section.get("loss_ratio_threshold") is not None:
-        criterion.setdefault("metric", "loss_ratio")
-        criterion.setdefault("threshold", section["loss_ratio_threshold"])
-    elif section.get("accuracy_threshold") is not None:
-        criterion.setdefault("threshold", section["accuracy_threshold"])
-    if section.get("patience") is not None:
-        criterion.setdefault("patience", section["patience"])
-    crit_names = {f.name for f in dataclasses.fields(CriterionConfig)}
-    return EvalConfig(
-        **{k: v for k, v in section.items() if k in names and k not in LEGACY_CRITERION_KEYS},
-        criterion=CriterionConfig(**{k: v for k, v in criterion.items() if k in crit_names}),
-    )
 
 
 def _safe_name(name: str) -> str:
@@ -176,7 +150,7 @@ def plot_task(
     xt, yt = _series(trains, Label(task).key("loss", TRAIN))
     if xt:
         ax_loss.plot(xt, yt, color="0.55", lw=0.8, ls="--", label="train")
-    if metric in ("acc", "choice_acc", "label_mass"):
+    if higher_is_better(metric):  # a probability (accuracy, label mass): drawn on the accuracy axis
         ax_acc.axhline(threshold, color="0.4", ls="--", lw=0.8)
     ax_acc.set_ylim(-0.03, 1.03)
     _finish_axis(ax_loss, "tokens", "answer loss (nats/token)")

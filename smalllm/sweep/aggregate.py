@@ -169,11 +169,6 @@ def final_metric(evals: list[dict], label: Label, metric: str) -> tuple[float | 
     return None, metric
 
 
-def higher_is_better(metric: str) -> bool:
-    """Accuracies and probability mass rise as a task is learned; losses and loss ratios fall."""
-    return "loss" not in metric
-
-
 def cell_rows(info: SweepInfo, cell: Cell) -> list[dict]:
     """Rows of one cell: one per task (and sub-skill) evaluated, or one placeholder row."""
     run = records.cell_run(info.sweep_dir, cell.name)

@@ -43,14 +43,23 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
-from smalllm.run_record import FRONTIER_CSV_FILE, FRONTIER_JSON_FILE, frontier_csv_file, frontier_json_file
-from smalllm.sweep.aggregate import SweepInfo, collect, curves, higher_is_better, write_table
+from smalllm.eval.config import ACCURACY_METRICS, higher_is_better
+from smalllm.run_record import (
+    FRONTIER_CSV_FILE,
+    FRONTIER_JSON_FILE,
+    atomic_write_json,
+    atomic_write_text,
+    frontier_csv_file,
+    frontier_json_file,
+)
+from smalllm.sweep.aggregate import SweepInfo, collect, curves, write_table
 from smalllm.sweep.frontier import (
     LEARNED_THRESHOLD,
     ExchangeRate,
     SizeFrontier,
     bootstrap_mean_ci,
     estimate_frontier,
+    nominal_coverage,
 )
 
 DPI = 100
@@ -85,7 +94,8 @@ class Panel:
     choice_acc: dict[tuple[str, float], float] = field(default_factory=dict)
     """Mean over data seeds of the final choice accuracy (accuracy for runs without it)."""
     choice_ci: dict[tuple[str, float], tuple[float, float]] = field(default_factory=dict)
-    """95% CI of :attr:`choice_acc`: t interval over data seeds, or the run's own bootstrap CI for one."""
+    """95% CI of :attr:`choice_acc`: percentile bootstrap over data seeds (never wider than their
+    range; see :func:`~smalllm.sweep.frontier.nominal_coverage`), or the run's own CI for one seed."""
     acc_metric: str = "choice_acc"
     """What :attr:`choice_acc` holds: ``choice_acc``, ``acc``, or ``choice_acc, acc where missing``."""
     metric: str = "acc"
@@ -244,7 +254,7 @@ def _fmt_params(n: int | None) -> str:
 def _seeds_note(panel: Panel) -> str:
     counts = sorted(set(panel.seeds.values()))
     n = "/".join(str(c) for c in counts) or "0"
-    return f"{n} seed(s) per point; learned = emerged ({panel.criterion}, confirmed) in >= half of the seeds"
+    return f"{n} run(s) per point; learned = the criterion ({panel.criterion}) counted it learned in >= half of them"
 
 
 def _table(header: list[str], rows: list[list[str]], markdown: bool) -> list[str]:
@@ -287,14 +297,14 @@ def frontier_text(panel: Panel, markdown: bool = False) -> str:
     for s in panel.sizes:
         cells = []
         for f in panel.freqs:
-            a = panel.acc.get((s, f))
+            a = panel.choice_acc.get((s, f))
             cells.append(
                 ""
                 if a is None
                 else ("-" if math.isnan(a) else f"{a:.2f}") + ("*" if panel.learned(s, f) else "")
             )
         grid_rows.append([s, _fmt_params(panel.params.get(s)), *cells])
-    lines.append("final accuracy (mean over seeds; * = learned):")
+    lines.append(f"final {panel.acc_metric} (mean over data seeds; * = learned):")
     lines += _table(header, grid_rows, markdown)
     lines.append("")
     by_size = [
@@ -615,9 +625,9 @@ def _ci_text(front: SizeFrontier) -> str:
 
 
 def _rate_ci_text(rate: ExchangeRate) -> str:
-    if rate.ci_lo is None or rate.ci_hi is None:
+    if rate.ci_lo_text == "n/a" or rate.ci_hi_text == "n/a":
         return "n/a"
-    return f"[{rate.ci_lo:.3g}, {rate.ci_hi:.3g}]"
+    return f"[{rate.ci_lo_text}, {rate.ci_hi_text}]"
 
 
 def estimate_text(est: PanelFrontier, markdown: bool = False) -> str:
@@ -629,15 +639,33 @@ def estimate_text(est: PanelFrontier, markdown: bool = False) -> str:
         "",
         f"criterion: {est.criterion}; mean over {len(est.data_seeds)} data seed(s) "
         f"({', '.join(map(str, est.data_seeds))}), log-linear interpolation between the highest frequency "
-        "that misses it and the next; 95% CI: bootstrap over data seeds "
-        f"({est.sizes[0].resamples if est.sizes else 0} resamples)",
+        "that misses it and the next; 95% CI: percentile bootstrap over data seeds "
+        f"({est.sizes[0].resamples if est.sizes else 0} resamples), which cannot reach past the seeds' own "
+        f"range: with {len(est.data_seeds)} seed(s) it covers at most "
+        f"{nominal_coverage(len(est.data_seeds)):.0%} of the time, so read it with the per-seed f*",
         "",
     ]
     rows = [
-        [f.size, _fmt_params(f.params), f.crossing.text(), _ci_text(f), _bracket_text(f), str(f.no_crossing)]
+        [
+            f.size,
+            _fmt_params(f.params),
+            f.crossing.text(),
+            _ci_text(f),
+            ", ".join(f.per_seed),
+            _bracket_text(f),
+            str(f.no_crossing),
+        ]
         for f in est.sizes
     ]
-    header = ["size", "params", "f*", "95% CI", "bounding cells (frequencies)", "resamples without crossing"]
+    header = [
+        "size",
+        "params",
+        "f*",
+        "95% CI",
+        "f* per data seed",
+        "bounding cells (frequencies)",
+        "resamples without crossing",
+    ]
     lines += _table(header, rows, markdown)
     if est.rates:
         lines += [
@@ -645,8 +673,11 @@ def estimate_text(est: PanelFrontier, markdown: bool = False) -> str:
             "upweighting exchange rate f*(smaller) / f*(larger) (paired on the resampled data seeds):",
         ]
         lines += _table(
-            ["smaller", "larger", "rate", "95% CI", "resamples undefined"],
-            [[r.smaller, r.larger, r.text, _rate_ci_text(r), str(r.undefined)] for r in est.rates],
+            ["smaller", "larger", "rate", "95% CI", "resamples unbounded", "resamples undefined"],
+            [
+                [r.smaller, r.larger, r.text, _rate_ci_text(r), str(r.unbounded), str(r.undefined)]
+                for r in est.rates
+            ],
             markdown,
         )
     return "\n".join(lines)
@@ -698,6 +729,7 @@ def _size_record(est: PanelFrontier, front: SizeFrontier) -> dict:
         "ci_hi_text": front.ci_hi_text,
         "resamples": front.resamples,
         "resamples_no_crossing": front.no_crossing,
+        "per_seed": front.per_seed,
         "means": [None if not math.isfinite(m) else m for m in front.means],
     }
 
@@ -710,7 +742,10 @@ def _rate_record(rate: ExchangeRate) -> dict:
         "text": rate.text,
         "ci_lo": rate.ci_lo,
         "ci_hi": rate.ci_hi,
+        "ci_lo_text": rate.ci_lo_text,
+        "ci_hi_text": rate.ci_hi_text,
         "resamples": rate.resamples,
+        "resamples_unbounded": rate.unbounded,
         "resamples_undefined": rate.undefined,
     }
 
@@ -742,38 +777,39 @@ def frontier_json(estimates: list[PanelFrontier]) -> dict:
 def write_frontier_files(sweep_dir: Path, estimates: list[PanelFrontier]) -> list[Path]:
     """Write ``frontier.csv`` (one row per panel, basis and size) and ``frontier.json``."""
     import csv
-    import json
+    import io
 
     json_path = frontier_json_file(sweep_dir)
-    json_path.write_text(json.dumps(frontier_json(estimates), indent=1) + "\n")
+    atomic_write_json(json_path, frontier_json(estimates))
     csv_path = frontier_csv_file(sweep_dir)
-    with open(csv_path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FRONTIER_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for e in estimates:
-            rates = {r.smaller: r for r in e.rates}
-            for front in e.sizes:
-                rec = _size_record(e, front)
-                rate = rates.get(front.size)
+    fh = io.StringIO(newline="")
+    writer = csv.DictWriter(fh, fieldnames=FRONTIER_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for e in estimates:
+        rates = {r.smaller: r for r in e.rates}
+        for front in e.sizes:
+            rec = _size_record(e, front)
+            rate = rates.get(front.size)
+            rec.update(
+                task=e.panel.task,
+                facet=";".join(f"{k}={v}" for k, v in e.panel.facet),
+                basis=e.basis,
+                criterion=e.criterion,
+                data_seeds=" ".join(map(str, e.data_seeds)),
+                bracket_cells=" ".join(rec["bracket_cells"]),
+                resamples_no_crossing=front.no_crossing,
+            )
+            if rate is not None:
                 rec.update(
-                    task=e.panel.task,
-                    facet=";".join(f"{k}={v}" for k, v in e.panel.facet),
-                    basis=e.basis,
-                    criterion=e.criterion,
-                    data_seeds=" ".join(map(str, e.data_seeds)),
-                    bracket_cells=" ".join(rec["bracket_cells"]),
-                    resamples_no_crossing=front.no_crossing,
+                    exchange_with=rate.larger,
+                    exchange_rate=rate.value,
+                    exchange_text=rate.text,
+                    exchange_ci_lo=rate.ci_lo,
+                    exchange_ci_hi=rate.ci_hi,
+                    exchange_resamples_undefined=rate.undefined,
                 )
-                if rate is not None:
-                    rec.update(
-                        exchange_with=rate.larger,
-                        exchange_rate=rate.value,
-                        exchange_text=rate.text,
-                        exchange_ci_lo=rate.ci_lo,
-                        exchange_ci_hi=rate.ci_hi,
-                        exchange_resamples_undefined=rate.undefined,
-                    )
-                writer.writerow({k: "" if rec.get(k) is None else rec[k] for k in FRONTIER_COLUMNS})
+            writer.writerow({k: "" if rec.get(k) is None else rec[k] for k in FRONTIER_COLUMNS})
+    atomic_write_text(csv_path, fh.getvalue())
     return [csv_path, json_path]
 
 
@@ -840,11 +876,7 @@ def _state_counts(rows: list[dict]) -> dict[str, int]:
 def _threshold(rows: list[dict], task: str) -> float | None:
     """The criterion's threshold when it is an accuracy (the curves plot accuracies)."""
     for r in rows:
-        if (
-            r.get("task") == task
-            and r.get("metric") in ("acc", "choice_acc")
-            and r.get("threshold") is not None
-        ):
+        if r.get("task") == task and r.get("metric") in ACCURACY_METRICS and r.get("threshold") is not None:
             return float(r["threshold"])
     return None
 

@@ -117,8 +117,7 @@ class MultiDigitAdd(Task):
         return Instance(tuple(prompt), tuple(d[x] for x in total), skill)
 
     def answer_set(self, skill: int = 0) -> tuple[int, ...]:
-        # Any digit at any answer position (the leading carry digit is only 0 or 1, but one set must
-        # hold at every position).
+        # Any digit at any answer position: a residue mod p is written with the same digits.
         return tuple(self._digit)
 
     def instance_space(self) -> int:
@@ -167,8 +166,7 @@ class Modular(Task):
         return Instance(tuple(prompt), tuple(self._number(c)), skill)
 
     def answer_set(self, skill: int = 0) -> tuple[int, ...]:
-        # Any digit at any answer position (the leading carry digit is only 0 or 1, but one set must
-        # hold at every position).
+        # Any digit at any answer position: every digit of a residue mod p can be any of them.
         return tuple(self._digit)
 
     def instance_space(self) -> int:

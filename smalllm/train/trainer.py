@@ -40,7 +40,7 @@ from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.passes import passes_line
 from smalllm.data.shards import ensure_corpus
-from smalllm.data.stream import TaskStream
+from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.eval.evaluator import evaluate
 from smalllm.model.build import build_model, count_params
@@ -257,7 +257,9 @@ class Trainer:
             run.create()
             run.acquire()
             try:
-                run.mark_running(self.step, environment=self.environment)
+                run.mark_running(
+                    self.step, facts={"environment": self.environment, "stream_format": STREAM_FORMAT}
+                )
                 if self.resumed:
                     run.truncate_metrics(self.step)
                 atomic_write(run.config_file, lambda tmp: save_config(self.cfg, tmp))
@@ -279,6 +281,15 @@ class Trainer:
         saved_file = self.run.config_file
         if not saved_file.is_file():
             return
+        # The same data config meant other rows before a format change (issue 12: task tables from
+        # background tokens, placement independent between tasks); continuing would splice two streams.
+        trained_on = self.run.read_summary().get("stream_format", 1)
+        if trained_on != STREAM_FORMAT:
+            raise SmalllmError(
+                f"run_dir: {self.run_dir} was trained on stream format {trained_on} and this smalllm builds "
+                f"format {STREAM_FORMAT} (see smalllm/data/stream.py); finish it with the smalllm version "
+                "that started it, or start it again with --overwrite"
+            )
         saved = load_config(saved_file)
         if config_to_dict(saved)["data"] != config_to_dict(self.cfg)["data"]:
             raise SmalllmError(
@@ -602,6 +613,7 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "frequencies": self.stream.frequency_table(total_rows),
             "environment": self.environment,
+            "stream_format": STREAM_FORMAT,
             # Epochs over the background corpus so far (above 1: documents were seen again).
             "background_passes": self.stream.background_passes(total_rows),
         }
@@ -629,6 +641,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "skipped_steps",
         "frequencies",
         "environment",
+        "stream_format",
         "background_passes",
         "error",
         "failed_at_step",

@@ -8,7 +8,13 @@ import time
 import numpy as np
 
 from smalllm.data.eval_sets import TaskEvalSet, save_eval_sets
-from smalllm.eval.baselines import FIT_SAMPLE, check_threshold, compute_baselines, write_baselines
+from smalllm.eval.baselines import (
+    FIT_SAMPLE,
+    check_criterion_applies,
+    check_threshold,
+    compute_baselines,
+    write_baselines,
+)
 from smalllm.eval.emergence import emergence_table, format_emergence_table
 from smalllm.eval.schedule import eval_steps
 from smalllm.run_record import atomic_write_json
@@ -50,6 +56,7 @@ class EvaluatorCallback(Callback):
         fit = run.fit_instances(FIT_SAMPLE) if run.fit_instances is not None else [[] for _ in self.sets]
         baselines = compute_baselines(self.sets, fit)
         check_threshold(baselines, cfg.criterion)
+        check_criterion_applies(self.sets, cfg.criterion)
         if run.is_main and not run.run_dir.eval_sets_file.exists():
             save_eval_sets(self.sets, run.run_dir.eval_sets_file, self.background)
         if run.is_main and not run.run_dir.baselines_file.exists():
