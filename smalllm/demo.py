@@ -59,6 +59,10 @@ def run_demo(
     for run in runs:
         if run.has_metrics():
             write_report(run.path)
+    from smalllm.sweep.aggregate import collect
+
+    for line in size_verdicts(collect(sweep_dir)[1]):
+        log(line)
     heatmaps = heatmap_paths(sweep_dir)
     if not heatmaps:
         raise SmalllmError(
@@ -72,3 +76,35 @@ def run_demo(
         log(f"per-run reports with emergence markers: {reports[0]}/ and {len(reports) - 1} more")
     log(f"heatmap: {heatmaps[0]}")
     return heatmaps[0]
+
+
+def size_verdicts(rows: list[dict]) -> list[str]:
+    """One line per task frequency: the smallest and the largest model's final choice accuracy with
+    their 95% intervals over held-out instances, and whether those intervals separate.
+
+    With one task table this says nothing about other tables (the full grid's f* intervals do); it
+    says whether the demo's own cells show a size effect beyond instance noise, or plainly that they
+    do not.
+    """
+    done = [r for r in rows if r.get("final_choice_acc") is not None and r.get("params")]
+    if not done:
+        return []
+    lines = ["", "size effect in these cells (choice accuracy, 95% CI over the held-out pairs):"]
+    for freq in sorted({float(r["frequency"]) for r in done}):
+        at = sorted((r for r in done if float(r["frequency"]) == freq), key=lambda r: int(r["params"]))
+        small, large = at[0], at[-1]
+        if small is large:
+            continue
+        apart = float(large["choice_acc_lo"]) > float(small["choice_acc_hi"])
+        verdict = (
+            "the larger model is ahead beyond instance noise"
+            if apart
+            else "no size effect beyond instance noise at this budget"
+        )
+        lines.append(
+            f"  {freq:g}: {small['size']} {float(small['final_choice_acc']):.3f} "
+            f"[{float(small['choice_acc_lo']):.3f}, {float(small['choice_acc_hi']):.3f}] vs {large['size']} "
+            f"{float(large['final_choice_acc']):.3f} [{float(large['choice_acc_lo']):.3f}, "
+            f"{float(large['choice_acc_hi']):.3f}] (best one-position rule {float(large['rule_acc']):.3f}): {verdict}"
+        )
+    return lines
