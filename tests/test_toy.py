@@ -321,6 +321,7 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["toy", "rank1", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
     assert run.read_summary()["experiment"] == "rank1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.yaml"]  # the old run is gone
     assert [p.name.startswith("events.out.tfevents") for p in run.tracker_dir.iterdir()] == [True]
     assert sorted(p.name for p in run.report_dir.iterdir()) == ["d_rank1.png"]
 
