@@ -13,8 +13,9 @@ from smalllm.cli import main
 from smalllm.errors import ConfigError
 from smalllm.run_record import RunDir
 from smalllm.toy import experiments as ex
+from smalllm.toy import run as toy_run
 from smalllm.toy import theory as th
-from smalllm.toy.config import ToyConfig, quick_preset
+from smalllm.toy.config import ToyConfig, config_from_dict, quick_preset
 from smalllm.toy.model import Trainer, WidthStack, zipf_sampler
 from smalllm.toy.run import load_toy_config
 
@@ -122,6 +123,61 @@ def test_empirical_critical_width_and_rungs_by_hand():
     assert [ex.rung_index([1, 2, 4], v) for v in (1, 3, 4, 5, float("nan"))] == [0, 2, 2, 3, 3]
 
 
+def test_rank1_match_compares_grid_rungs():
+    # Grid (1, 2, 4): N_crit = 3 is first reachable at width 4, so N_emp = 4 is on its rung; task 2
+    # learned only at width 4 is a rung late; task 5 (N_crit = 5) lies beyond the grid and is left out.
+    matches = ex.rank1_matches([1, 2, 4], [1, 4, 4, 4, None], [1, 2, 3, 4, 5])
+    assert matches == [True, False, True, True]
+    assert ex.rank1_matches([1, 2, 3], [1, None, 3], [1, 2, 3]) == [True, False, True]
+
+
+def test_injection_counts_match_the_iid_frequency():
+    # G = 3, B = 4, rho = 1/2: k = 1 asks for round(4 * 4 / 2) = 8 samples, two batches; k = 2 asks
+    # for 10, three batches; k = 3 asks for round(6 * 4 / 2) = 12 = 3 full batches: consistent.
+    assert ex.injection_counts(3, 4, 0.5) == [4, 4, 4]
+    # One batch is enough: round((16 + 1) * 256 * 0.01) = round(43.52) = 44 rare samples.
+    assert ex.injection_counts(16, 256, 0.01) == [44]
+    # The quick preset's G = 256 (rho = pi_8 at beta = 2, B = 256): round(259 * 256 * rho) = 678 over
+    # 3 steps, so the rare share of the 259-step cycle is rho up to rounding.
+    rho = float(th.zipf_priors(8, 2.0)[-1])
+    counts = ex.injection_counts(256, 256, rho)
+    assert counts == [226, 226, 226]
+    assert abs(sum(counts) / (259 * 256) - rho) <= 0.5 / (259 * 256)
+    with pytest.raises(ValueError, match="rho"):
+        ex.injection_counts(4, 8, 1.0)
+
+
+def test_retention_spreads_a_large_injection_over_full_batches(monkeypatch):
+    # Uniform priors over 4 tasks (rho = 1/4), G = 8, B = 64: k = 3 steps carrying
+    # round(11 * 64 / 4) = 176 = 59 + 59 + 58 rare samples (task 4) among 64 each.
+    cfg = config_from_dict(tiny_config(), quick_preset(), "tiny")
+    cfg.retention = dataclasses.replace(cfg.retention, beta=0.0, gaps=[8], widths=[2])
+    batches: list[torch.Tensor] = []
+    original = Trainer.train_step
+
+    def spy(self, tasks):
+        batches.append(tasks.clone())
+        return original(self, tasks)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    records: list[dict] = []
+    result = ex.run_retention(cfg, torch.device("cpu"), records.append)
+    gap = result["per_gap"][0]
+    assert (gap["injected_samples"], gap["injection_steps"]) == (176, 3)
+    steps = {(r["cycle"], r["phase"]): r["step"] for r in records}
+    assert [steps[(c, "after")] - steps[(c, "before")] for c in range(2)] == [3, 3]
+    warmup, cycle = cfg.train.steps, 8 + 3
+    for c in range(2):
+        withheld = batches[warmup + c * cycle : warmup + c * cycle + 8]
+        assert all((b != 3).all() for b in withheld)
+        injected = batches[warmup + c * cycle + 8 : warmup + (c + 1) * cycle]
+        assert [len(b) for b in injected] == [64, 64, 64]
+        assert [int((b == 3).sum()) for b in injected] == [59, 59, 58]
+    one_task = dataclasses.replace(cfg, tasks=dataclasses.replace(cfg.tasks, num_tasks=1))
+    with pytest.raises(ConfigError, match="^toy.tasks.num_tasks: the retention experiment needs"):
+        ex.run_retention(one_task, torch.device("cpu"), records.append)
+
+
 # ---------------------------------------------------------------------------------- student
 
 
@@ -226,7 +282,7 @@ def tiny_config() -> dict:
         "widths": [1, 2, 4, 8],
         "train": {"steps": 40, "batch_size": 64, "eval_every": 20},
         "retention": {"widths": [2, 8], "gaps": [4, 8], "cycles": 2, "batch_size": 64},
-        "rank1": {"num_tasks": 4, "widths": [1, 2, 3, 4], "steps": 40},
+        "rank1": {"num_tasks": 4, "widths": [1, 2, 4], "steps": 40},  # a grid with a gap
     }
 
 
@@ -249,9 +305,11 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     results = summary["results"]
     assert results["heatmap"][0]["critical_width_theory"][0] == [1.0, 4.0, 7.0]
     assert results["rank1"]["n_crit_thm3"] == [1, 2, 3, 4]
+    # G = 8, B = 64, rho = pi_4 at beta = 2: round((8 + 1) * 64 * rho) = round(25.3) in one step.
     assert results["retention"]["per_gap"][1]["injected_samples"] == round(
-        8 * 64 * (1 / 16) / (1 + 1 / 4 + 1 / 9 + 1 / 16)
+        (8 + 1) * 64 * (1 / 16) / (1 + 1 / 4 + 1 / 9 + 1 / 16)
     )
+    assert results["retention"]["per_gap"][1]["injection_steps"] == 1
     records = run.read_metrics()
     grid = [r for r in records if r["experiment"] == "grid"]
     assert {r["step"] for r in grid} == {0, 20, 40} and len(grid) == 3 * 4
@@ -263,8 +321,31 @@ def test_cli_all_writes_a_run_directory(tmp_path, capsys):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["toy", "rank1", "--config", str(config), "--out", str(out), "--overwrite"]) == 0
     assert run.read_summary()["experiment"] == "rank1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.yaml"]  # the old run is gone
     assert [p.name.startswith("events.out.tfevents") for p in run.tracker_dir.iterdir()] == [True]
     assert sorted(p.name for p in run.report_dir.iterdir()) == ["d_rank1.png"]
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_fails_to_start(tmp_path, monkeypatch):
+    old = RunDir(tmp_path / "run")
+    old.create()
+    old.write_summary({"status": "completed", "kind": "toy", "experiment": "rank1"})
+    old.append_metrics({"experiment": "rank1", "step": 40})
+    before = {p.name: p.read_bytes() for p in old.path.iterdir() if p.is_file()}
+
+    def broken_logger(run, tensorboard):
+        raise OSError(28, "No space left on device")
+
+    # The logger is the last thing set up: by then the new run has its config and status written.
+    monkeypatch.setattr(toy_run, "_Logger", broken_logger)
+    cfg = config_from_dict(tiny_config(), quick_preset(), "tiny")
+    with pytest.raises(OSError, match="No space left"):
+        toy_run.run_toy("rank1", cfg, old.path, overwrite=True, tensorboard=False)
+    after = {p.name: p.read_bytes() for p in old.path.iterdir() if p.is_file()}
+    assert after == {**before, ".lock": b""}  # the old run, plus the lock file its replacement took
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # nothing left aside
+    assert old.lock_holder() is None
+    assert old.read_metrics() == [{"experiment": "rank1", "step": 40}]
 
 
 # ------------------------------------------------------------------------ acceptance (slow)

@@ -135,11 +135,13 @@ class ToyRetention:
     widths: list[int] = field(default_factory=lambda: [32, 96, 128, 192, 256])
     """Widths trained side by side (narrow ones below N_r^crit, wide ones above)."""
     gaps: list[int] = field(default_factory=lambda: [64, 128, 256, 512, 1024, 1280])
-    """Withholding gaps G: the rare task is absent for G steps, then injected at once."""
+    """Withholding gaps G: the rare task is absent for G steps, then injected over the fewest steps
+    that hold its matched share (one step while that share is at most one batch)."""
     cycles: int = 8
     """Withhold-and-inject cycles per gap, at least 2 (after a warm-up of train.steps ordinary steps)."""
     batch_size: int = 512
-    """Batch size B of this experiment; an injection brings round(G * B * rho_r) rare samples."""
+    """Batch size B of this experiment; an injection over k steps brings round((G + k) * B * rho_r)
+    rare samples (experiments.injection_counts)."""
 
     def validate(self, prefix: str, dim: int) -> None:
         v.number(self.beta, f"{prefix}.beta", ge=0, le=100)

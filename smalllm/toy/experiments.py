@@ -12,12 +12,14 @@ Each returns a JSON-ready result dict and logs one metrics record per (step, wid
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from smalllm.errors import ConfigError
 from smalllm.toy import theory as th
 from smalllm.toy.config import ToyConfig
 from smalllm.toy.model import Trainer, WidthStack, zipf_sampler
@@ -180,12 +182,38 @@ def signal_result(cfg: ToyConfig, grid: dict) -> dict:
     return out
 
 
+def injection_counts(gap: int, batch_size: int, rho: float) -> list[int]:
+    """Rare samples in each of the k injection steps that follow a gap of ``gap`` withheld steps.
+
+    Frequency-matched means one cycle of G + k steps of B samples gives the rare task what i.i.d.
+    sampling at frequency rho would: m = round((G + k) * B * rho) samples in all. The loss is a batch
+    mean, so a sample weighs 1/B whatever its step, and an injection larger than one batch is spread
+    over k = ceil(m / B) steps, never packed into one (there m samples would carry one batch's weight,
+    not m / B batches'). The frequent tasks then get (G + k) * B - m samples, also their i.i.d. share.
+    k and m depend on each other; the smallest consistent k is found by iterating from k = 1 (it only
+    grows, and stops because rho < 1). The m samples are spread evenly over the k steps.
+    """
+    if not 0 < rho < 1:
+        raise ValueError(f"rho must be in (0, 1), got {rho}")
+    steps = 1
+    while True:
+        total = max(1, round((gap + steps) * batch_size * rho))
+        needed = math.ceil(total / batch_size)
+        if needed <= steps:
+            break
+        steps = needed
+    return [total // steps + (i < total % steps) for i in range(steps)]
+
+
 def run_retention(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
     """Experiment (c): after ``train.steps`` ordinary steps, for each gap G (one after another on the
-    same models) ``cycles`` times: withhold the rarest task for G steps, then one injection step whose
-    batch holds m = round(G * B * rho_r) rare samples (rho_r = pi_K, so the long-run frequency is
-    unchanged) and max(B - m, 0) frequent ones."""
+    same models) ``cycles`` times: withhold the rarest task for G steps, then inject it over k steps
+    holding m rare samples in all and frequent ones to fill each batch of B (:func:`injection_counts`:
+    m = round((G + k) * B * rho_r) with rho_r = pi_K, k = ceil(m / B), so both the rare task's long-run
+    frequency and its weight in the summed batch-mean losses equal those of i.i.d. sampling)."""
     rc = cfg.retention
+    if cfg.tasks.num_tasks < 2:
+        raise ConfigError("toy.tasks.num_tasks: the retention experiment needs at least 2 tasks")
     mix = Mixture.from_config(cfg, rc.beta)
     rare = len(mix.pi) - 1
     frequent = frequent_tasks(cfg, mix.pi)
@@ -196,7 +224,19 @@ def run_retention(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
     trainer = _trainer(cfg, stack)
     trainer.run(cfg.train.steps, zipf_sampler(mix.pi, rc.batch_size, stack.device), cfg.train.steps)
     frequent_sampler = zipf_sampler(withheld, rc.batch_size, stack.device)
+    other_tasks = torch.as_tensor(others, device=stack.device)
+    other_probs = torch.as_tensor(withheld[others], dtype=torch.float32, device=stack.device)
     rho = float(mix.pi[rare])
+
+    def injection_batch(rare_count: int) -> torch.Tensor:
+        """``rare_count`` rare samples, then frequent ones (drawn from the withheld mixture) up to B."""
+        rare_part = torch.full((rare_count,), rare, device=stack.device)
+        if rare_count == rc.batch_size:  # torch.multinomial refuses to draw zero samples
+            return rare_part
+        fill = torch.multinomial(
+            other_probs, rc.batch_size - rare_count, replacement=True, generator=stack.generator
+        )
+        return torch.cat([rare_part, other_tasks[fill]])
 
     def measure(gap: int, cycle: int, phase: str) -> list[dict]:
         rows = []
@@ -219,36 +259,23 @@ def run_retention(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
 
     per_gap = []
     for gap in rc.gaps:
-        injected = max(1, round(gap * rc.batch_size * rho))
+        counts = injection_counts(gap, rc.batch_size, rho)
         before, after, cosines = [], [], []
         for cycle in range(rc.cycles):
             trainer.run(gap, frequent_sampler, gap)
             rows = measure(gap, cycle, "before")
             before.append([r["rare_signal_corrected"] for r in rows])
             cosines.append([r["cos_rare_F"] for r in rows])
-            fill = max(rc.batch_size - injected, 0)
-            tasks = torch.cat(
-                [
-                    torch.full((injected,), rare, device=stack.device),
-                    torch.as_tensor(others, device=stack.device)[
-                        torch.multinomial(
-                            torch.as_tensor(withheld[others], dtype=torch.float32, device=stack.device),
-                            fill,
-                            replacement=True,
-                            generator=stack.generator,
-                        )
-                    ]
-                    if fill
-                    else torch.empty(0, dtype=torch.long, device=stack.device),
-                ]
-            )
-            trainer.run(1, lambda step, generator, batch=tasks: batch, 1)
+            for count in counts:
+                tasks = injection_batch(count)
+                trainer.run(1, lambda step, generator, batch=tasks: batch, 1)
             after.append([r["rare_signal_corrected"] for r in measure(gap, cycle, "after")])
         b, a = np.array(before), np.array(after)
         per_gap.append(
             {
                 "gap": gap,
-                "injected_samples": injected,
+                "injected_samples": sum(counts),
+                "injection_steps": len(counts),
                 "gain": (a - b).mean(axis=0).tolist(),  # per width: jump at an injection
                 "decay": (a[:-1] - b[1:]).mean(axis=0).tolist(),  # per width: loss over the next gap
                 "rare_signal_before": b.tolist(),
@@ -268,6 +295,19 @@ def run_retention(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
         ),
         "per_gap": per_gap,
     }
+
+
+def rank1_matches(widths: list[int], empirical: list[int | None], theory: list[int]) -> list[bool]:
+    """For each task whose N_crit is inside the grid: is N_emp on N_crit's rung?
+
+    Rungs as in :func:`heatmap_result` (:func:`rung_index`): on a grid with gaps, N_crit = 3 and
+    N_emp = 4 on widths (1, 2, 4) agree, since 4 is the smallest grid width that can hold 3 features.
+    """
+    return [
+        rung_index(widths, float("nan") if emp is None else emp) == rung_index(widths, crit)
+        for emp, crit in zip(empirical, theory, strict=True)
+        if crit <= widths[-1]
+    ]
 
 
 def run_rank1(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
@@ -300,8 +340,7 @@ def run_rank1(cfg: ToyConfig, device: torch.device, log: Log) -> dict:
         th.prop6_critical_width(th.mixture_eigenvalues(np.delete(pi, k), np.delete(lam, k, 0)), pi[k])
         for k in range(r1.num_tasks)
     ]
-    in_grid = [k for k in range(r1.num_tasks) if thm3[k] <= r1.widths[-1]]
-    matches = [empirical[k] == thm3[k] for k in in_grid]
+    matches = rank1_matches(r1.widths, empirical, thm3)
     return {
         "beta": r1.beta,
         "widths": r1.widths,

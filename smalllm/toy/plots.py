@@ -122,6 +122,7 @@ def plot_rank1(res: dict, path: Path) -> None:
     ax_h, ax_n = fig.subplots(1, 2)
     s = np.array(res["signal"]).T
     widths = res["widths"]
+    # One column per grid width (the grid may have gaps), labelled with the width; at most ~16 labels.
     image = ax_h.imshow(
         s,
         aspect="auto",
@@ -129,8 +130,10 @@ def plot_rank1(res: dict, path: Path) -> None:
         vmin=0,
         vmax=1,
         cmap="viridis",
-        extent=(widths[0] - 0.5, widths[-1] + 0.5, 0.5, s.shape[0] + 0.5),
+        extent=(-0.5, len(widths) - 0.5, 0.5, s.shape[0] + 0.5),
     )
+    columns = np.arange(0, len(widths), int(np.ceil(len(widths) / 16)))
+    ax_h.set_xticks(columns, [str(widths[c]) for c in columns], fontsize=7)
     fig.colorbar(image, ax=ax_h, shrink=0.8)
     ax_h.set_xlabel("width N")
     ax_h.set_ylabel("task k")

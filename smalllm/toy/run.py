@@ -12,11 +12,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
 from smalllm.errors import SmalllmError
-from smalllm.run_record import RunDir, error_line
+from smalllm.run_record import RunDir, error_line, is_empty_dir, remove_owned
 from smalllm.safe_yaml import load_yaml_file
 from smalllm.toy import CHOICES, EXPERIMENTS
 from smalllm.toy import experiments as ex
@@ -76,7 +75,12 @@ def run_toy(
     overwrite: bool = False,
     tensorboard: bool = True,
 ) -> dict:
-    """Run ``experiment`` (one of :data:`CHOICES`) into run directory ``out``; returns the summary."""
+    """Run ``experiment`` (one of :data:`CHOICES`) into run directory ``out``; returns the summary.
+
+    ``overwrite`` replaces a toy run as the trainer's ``--overwrite`` replaces a training run: the
+    old run is locked first, moved aside, and deleted only once the new run is set up; if setting up
+    fails, the old run is put back as it was.
+    """
     from smalllm.toy import plots
 
     if experiment not in CHOICES:
@@ -84,24 +88,20 @@ def run_toy(
     dev = resolve_device(device)
     run = RunDir(out)
     run.check_start(overwrite=overwrite)
-    if overwrite and run.is_run() and run.read_summary().get("kind") != "toy":
-        # --overwrite replaces a toy run; a language-model run in the wrong --out is nobody's to delete.
-        raise SmalllmError(
-            f"--out: '{run.path}' holds a smalllm run that is not a toy run; refusing to replace it"
-        )
-    if overwrite and run.path.exists():
-        run.remove()
-    run.create()
-    with run.locked():
-        run.config_file.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        run.mark_running(0)
-        run.write_summary({**run.read_summary(), "kind": "toy"})  # what --overwrite may replace
-        log = _Logger(run, tensorboard)
+    if overwrite and run.path.is_dir() and not is_empty_dir(run.path):
+        if run.is_run() and run.read_summary().get("kind") != "toy":
+            # --overwrite replaces a toy run; a language-model run in the wrong --out is nobody's to delete.
+            raise SmalllmError(
+                f"--out: '{run.path}' holds a smalllm run that is not a toy run; refusing to replace it"
+            )
+        run.acquire()  # held until it is deleted or put back: nobody may resume or replace it meanwhile
+        run, log = _replace_run(run, cfg, tensorboard)
+    else:
+        run, log = _open_run(run, cfg, tensorboard)
+    try:
         started = time.perf_counter()
         results: dict = {}
         try:
-            torch.manual_seed(cfg.train.seed)
-            run.report_dir.mkdir(exist_ok=True)
             wanted = EXPERIMENTS if experiment == "all" else (experiment,)
             if {"heatmap", "signal"} & set(wanted):
                 grids = [ex.train_grid(cfg, beta, dev, log) for beta in cfg.tasks.betas]
@@ -133,4 +133,51 @@ def run_toy(
             "results": results,
         }
         run.write_summary(summary)
+    finally:
+        run.release()
     return summary
+
+
+def _open_run(run: RunDir, cfg: ToyConfig, tensorboard: bool) -> tuple[RunDir, _Logger]:
+    """Create and lock the run, record its config and ``running`` status; the lock stays held
+    (released here only if setting up fails)."""
+    run.create()
+    run.acquire()
+    try:
+        run.config_file.write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+        run.mark_running(0)
+        run.write_summary({**run.read_summary(), "kind": "toy"})  # what --overwrite may replace
+        run.report_dir.mkdir(exist_ok=True)
+        return run, _Logger(run, tensorboard)
+    except BaseException:
+        run.release()
+        raise
+
+
+def _replace_run(old: RunDir, cfg: ToyConfig, tensorboard: bool) -> tuple[RunDir, _Logger]:
+    """Start the new run where the locked ``old`` is: move ``old`` aside, set the new run up, then
+    delete ``old``; if the new run cannot be set up, put ``old`` back as it was (the trainer's
+    ``--overwrite`` order, smalllm.train.trainer)."""
+    try:
+        original = old.set_aside()
+    except BaseException:
+        old.release()
+        raise
+    new = RunDir(original)
+    try:
+        opened = _open_run(new, cfg, tensorboard)
+    except BaseException:
+        try:
+            if new.path.exists():
+                remove_owned(new.path, "run", "--out")
+            old.put_back(original)
+        except (OSError, SmalllmError) as exc:
+            raise SmalllmError(
+                f"--out: the new toy run did not start and the old run could not be moved back "
+                f"({error_line(exc)}); it is kept in '{old.path}'"
+            ) from None
+        finally:
+            old.release()
+        raise
+    old.remove()
+    return opened
