@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY_OVERRIDES, quiet, tiny_config
+from conftest import TINY_OVERRIDES, TINY_TASKS, quiet, tiny_config
 
 from smalllm.cli import main
 from smalllm.config import load_config
@@ -193,7 +193,7 @@ PROGRESS = re.compile(
 def test_stdout_to_a_file_gets_one_plain_progress_line_per_log_interval(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "log.txt"
-    args = [*TINY_OVERRIDES, "eval.enabled=false", "logging.progress=true", "train.log_every=4"]
+    args = [*TINY_OVERRIDES, *TINY_TASKS, "eval.enabled=false", "logging.progress=true", "train.log_every=4"]
     with log.open("w") as out:
         subprocess.run(
             [sys.executable, "-m", "smalllm.cli", "train", *args, f"run_dir={run_dir}"],

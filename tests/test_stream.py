@@ -539,7 +539,9 @@ def test_a_rows_instances_come_in_a_seeded_order_not_the_configs(corpus, tmp_pat
 def test_prefix_tasks_at_more_than_one_per_row_are_scored_after_an_eod(corpus, tmp_path):
     # Paper scale: over one prefix instance per row on average, most follow another's <eod>.
     crowded = make_stream(
-        corpus, tmp_path, "[{name: t_cmp, frequency: 1.5, unit: example_fraction, params: {num_values: 20}}]"
+        corpus,
+        tmp_path,
+        "[{name: t_cmp, frequency: 0.05, params: {num_values: 20}}]",  # 1.6 per row
     )
     assert [s.prefix for s in crowded.eval_sets()] == [(crowded.eod,)]
     sparse = make_stream(corpus, tmp_path, "[{name: t_cmp, frequency: 0.5, unit: example_fraction}]")

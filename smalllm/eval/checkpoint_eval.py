@@ -16,7 +16,7 @@ from smalllm.data.eval_sets import load_eval_sets
 from smalllm.data.tokenizer import load_tokenizer
 from smalllm.errors import SmalllmError, did_you_mean
 from smalllm.eval.baselines import format_baselines, read_baselines
-from smalllm.eval.config import load_eval_config
+from smalllm.eval.emergence import load_eval_config
 from smalllm.eval.evaluator import evaluate
 from smalllm.run_record import (
     CHECKPOINTS_DIR,

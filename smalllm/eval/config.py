@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-import yaml
-
-from smalllm.run_record import RunDir
 from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of
 
 CriterionMetric = Literal["acc", "choice_acc", "loss_ratio", "choice_loss", "label_mass"]
@@ -126,20 +121,3 @@ class EvalConfig:
             integer(self.batch_tokens, f"{prefix}.batch_tokens", ge=1, le=100_000_000)
         integer(self.background_sequences, f"{prefix}.background_sequences", ge=0, le=10_000_000)
         self.criterion.validate(f"{prefix}.criterion")
-
-
-def load_eval_config(run_dir: str | Path) -> EvalConfig:
-    """The ``eval`` section of the run's saved config, or the defaults when there is none."""
-    path = RunDir(run_dir).config_file
-    try:
-        section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
-    except (OSError, yaml.YAMLError, AttributeError):
-        return EvalConfig()
-    section = upgrade_legacy_eval(section)
-    names = {f.name for f in dataclasses.fields(EvalConfig)} - {"criterion"}
-    criterion = section.get("criterion") or {}
-    crit_names = {f.name for f in dataclasses.fields(CriterionConfig)}
-    return EvalConfig(
-        **{k: v for k, v in section.items() if k in names},
-        criterion=CriterionConfig(**{k: v for k, v in criterion.items() if k in crit_names}),
-    )

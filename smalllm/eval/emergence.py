@@ -8,13 +8,18 @@ window that tolerates one isolated dip.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from smalllm.eval.config import EvalConfig
+import yaml
+
+from smalllm.eval.config import CriterionConfig, EvalConfig, upgrade_legacy_eval
 from smalllm.labels import EVAL, Label, parse_key
+from smalllm.run_record import RunDir
 
 
 @dataclass
@@ -287,3 +292,20 @@ def format_emergence_table(rows: list[dict]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def load_eval_config(run_dir: str | Path) -> EvalConfig:
+    """The ``eval`` section of the run's saved config, or the defaults when there is none."""
+    path = RunDir(run_dir).config_file
+    try:
+        section = (yaml.safe_load(path.read_text()) or {}).get("eval") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return EvalConfig()
+    section = upgrade_legacy_eval(section)
+    names = {f.name for f in dataclasses.fields(EvalConfig)} - {"criterion"}
+    criterion = section.get("criterion") or {}
+    crit_names = {f.name for f in dataclasses.fields(CriterionConfig)}
+    return EvalConfig(
+        **{k: v for k, v in section.items() if k in names},
+        criterion=CriterionConfig(**{k: v for k, v in criterion.items() if k in crit_names}),
+    )

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from smalllm.errors import SmalllmError
 from smalllm.eval.baselines import best_baseline_acc, read_baselines
-from smalllm.eval.config import EvalConfig, higher_is_better, load_eval_config
+from smalllm.eval.config import EvalConfig, higher_is_better
 from smalllm.eval.emergence import (
     TABLE_COLUMNS,
     TEXT_COLUMNS,
@@ -26,6 +26,7 @@ from smalllm.eval.emergence import (
     eval_labels,
     eval_records,
     human_count,
+    load_eval_config,
     table_cells,
 )
 from smalllm.labels import BACKGROUND, TRAIN, Label
