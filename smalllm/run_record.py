@@ -371,6 +371,23 @@ def checkpoint_strays(path: Path) -> list[str]:
     return [] if staging else _checkpoint_strays(path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (a zombie, killed but not yet reaped by
+    its parent, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def set_aside(
     path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None
 ) -> Path | None:
@@ -583,17 +600,17 @@ class RunDir:
         """The one rule for "this run (or sweep cell) needs no more work": it completed."""
         return self.recorded_status() == "completed"
 
-    def mark_running(self, step: int, environment: dict | None = None) -> None:
-        """Record a (re)started attempt; ``environment``: the machine and launch facts of the run."""
+    def mark_running(self, step: int, facts: dict | None = None) -> None:
+        """Record a (re)started attempt; ``facts``: what the run states about itself from the start
+        (its machine and launch environment, the stream format it reads)."""
         previous = self.read_summary()
         record = {
+            **(facts or {}),
             "status": "running",
             "step": step,
             "started": time.time(),
             "attempt": int(previous.get("attempt", 0)) + 1,
         }
-        if environment is not None:
-            record["environment"] = environment
         self.write_summary(record)
 
     def mark_failed(self, error: str, step: int, summary: dict | None = None) -> None:

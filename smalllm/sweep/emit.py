@@ -21,12 +21,12 @@ import re
 import shlex
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from smalllm.config import RunConfig
+from smalllm.data.shards import corpus_config
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.sweep import records
 from smalllm.sweep.estimates import estimate_cell
@@ -81,15 +81,14 @@ def _accelerate_words(spec: SweepSpec, cfg: RunConfig) -> str:
 def corpus_groups(cells: list[Cell], configs: dict[str, RunConfig]) -> list[Cell]:
     """One cell per distinct background corpus of the sweep (the first that uses it), in order.
 
-    Cells share a corpus when their background source, tokenizer and cache directory agree; its
-    content key (file hashes, tokenizer hash) is left to ``smalllm data build`` at run time.
+    Cells share a corpus when the settings that shape it (:func:`~smalllm.data.shards.corpus_config`,
+    the same the cache key is made of) and the cache directory agree; the content part of the key
+    (file hashes, tokenizer hash) is left to ``smalllm data build`` at run time.
     """
     seen: dict[str, Cell] = {}
     for cell in cells:
         data = configs[cell.name].data
-        key = json.dumps(
-            [asdict(data.background), asdict(data.tokenizer), data.cache_dir], sort_keys=True, default=str
-        )
+        key = json.dumps([corpus_config(data), data.cache_dir], sort_keys=True, default=str)
         seen.setdefault(key, cell)
     return list(seen.values())
 
@@ -149,6 +148,11 @@ def _body(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig]) -> 
             f'  cell_args {cells.index(cell)} && "$PYTHON" -m smalllm.cli data build --if-missing "${{ARGS[@]}}" || return 1'
             for cell in corpus_groups(cells, configs)
         ),
+        "}",
+        "",
+        "# build_corpus_of INDEX: the corpus of that cell only, if missing (what an array task needs).",
+        "build_corpus_of() {",
+        '  cell_args "$1" && "$PYTHON" -m smalllm.cli data build --if-missing "${ARGS[@]}"',
         "}",
         "",
         "# run_cell INDEX: skip a finished cell, resume a started one. smalllm.sweep.cellcmd judges the",
@@ -211,11 +215,12 @@ def slurm_script(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfi
         *_sbatch_options(spec, cells, configs),
         "",
         *_body(spec, cells, configs),
-        "# `slurm.sh build` (the first job of submit.sh) builds the corpora; array tasks build any still",
-        "# missing (a resubmitted slurm.sh alone) before their cell.",
+        "# `slurm.sh build` (the first job of submit.sh) builds the corpora; an array task builds its own",
+        "# cell's if still missing (a resubmitted slurm.sh alone), never the other cells'.",
         'if [ "${1:-}" = build ]; then build_corpora; exit $?; fi',
-        "build_corpora || exit 1",
-        'run_cell "${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',
+        'TASK="${SLURM_ARRAY_TASK_ID:?run this script with sbatch (or set SLURM_ARRAY_TASK_ID)}"',
+        'build_corpus_of "$TASK" || exit 1',
+        'run_cell "$TASK"',
     ]
     return "\n".join(lines) + "\n"
 
