@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
-# A PyTorch wheel index selects the build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu124
+# A PyTorch wheel index selects the build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
 
 .PHONY: install test test-fast demo bench lint format clean toy

@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
     db.add_argument(
         "--if-missing",
         action="store_true",
-        help="keep a corpus already built there (cache entries are keyed by content, so it is current)",
+        help="keep a corpus already built there if its sources and settings are still current",
     )
     dt = dadd("tokenizer", help="train/build the tokenizer of a config and save it")
     _config_args(dt)
@@ -436,10 +436,11 @@ def _task_params(items: list[str]) -> dict[str, object]:
 def cmd_data(args) -> None:
     cfg = _load(args)
     if args.data_command == "build":
-        from smalllm.data.shards import INDEX, build_corpus, corpus_dir, open_corpus
+        from smalllm.data.shards import build_corpus, corpus_dir, corpus_is_current, open_corpus
 
         out = Path(args.out) if args.out else corpus_dir(cfg.data)
-        kept = args.if_missing and (out / INDEX).is_file()
+        # A cache entry is named by its content; an explicit --out is not, so its index is compared.
+        kept = args.if_missing and corpus_is_current(cfg.data, out)
         if not kept:
             build_corpus(cfg.data, out, num_proc=args.num_proc, field="--out" if args.out else None)
         corpus = open_corpus(out)

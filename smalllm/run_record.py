@@ -371,6 +371,23 @@ def checkpoint_strays(path: Path) -> list[str]:
     return [] if staging else _checkpoint_strays(path)
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this machine is running (a zombie, killed but not yet reaped by
+    its parent, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
 def set_aside(
     path: Path, kind: DirKind, field: str, owns: Callable[[str], bool] | None = None
 ) -> Path | None:

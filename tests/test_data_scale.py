@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import quiet, tiny_config
+from conftest import StopAt, quiet, tiny_config
 
 from smalllm.cli import main
 from smalllm.data.background import text_documents
@@ -18,8 +18,9 @@ from smalllm.data.tokenizer import byte_tokenizer, char_tokenizer
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.model.build import build_model
 from smalllm.model.presets import PRESETS
+from smalllm.run_record import RunDir
 from smalllm.train.plan import make_plan
-from smalllm.train.trainer import train
+from smalllm.train.trainer import Trainer, train
 
 PLAY = "ACT I\n\nSCENE I. A heath.\nThunder.\n\n\nEnter three Witches.\n"
 
@@ -96,39 +97,90 @@ def test_editing_a_corpus_file_rebuilds_its_shards(tmp_path):
     assert first.index["sources"]["files"][0]["size"] == path.stat().st_size
     assert ensure_corpus(cfg, log=quiet).path == first.path  # unchanged: the cache is reused
 
+    mtime = path.stat().st_mtime_ns
     path.write_text("\n\n".join(f"new document {i}" for i in range(30)))  # same size, new bytes
     stat = path.stat()
-    os.utime(path, ns=(stat.st_atime_ns, first.index["sources"]["files"][0]["mtime_ns"]))  # even the mtime
+    os.utime(path, ns=(stat.st_atime_ns, mtime))  # even the mtime
     second = ensure_corpus(cfg, log=quiet)
     assert second.path != first.path and second.path == corpus_dir(cfg)
     assert second.tokenizer.decode(flat(second)[:14].tolist()) == "new document 0"
     assert first.path.is_dir()  # the old entry is left alone (another run may be reading it)
 
 
-def test_a_hub_dataset_is_keyed_by_its_fingerprint(tmp_path, monkeypatch):
-    # No download: the dataset is stood in for by an object with the fingerprint datasets would give.
-    from types import SimpleNamespace
+def test_touching_or_checking_out_the_same_bytes_keeps_the_corpus(tmp_path):
+    text = "\n\n".join(f"document {i}" for i in range(30))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    cfg = tiny_config(tmp_path / "run", *_files(path), "data.tokenizer.kind=byte").data
+    first = corpus_dir(cfg)
+    os.utime(path, ns=(10**18, 10**18))  # touch: another mtime (and ctime), same bytes
+    assert corpus_dir(cfg) == first
+    # A git checkout writes a new file (new inode) and renames it over the old one.
+    fresh = tmp_path / "checkout.tmp"
+    fresh.write_text(text)
+    fresh.rename(path)
+    assert corpus_dir(cfg) == first
+    path.write_text(text + "\n\none more document")
+    assert corpus_dir(cfg) != first
 
-    from smalllm.data import shards
 
-    fingerprint = {"value": "aaaa"}
-    monkeypatch.setattr(
-        shards, "load_text_dataset", lambda bg: SimpleNamespace(_fingerprint=fingerprint["value"])
+def test_resume_refuses_a_corpus_edited_since_the_run_started(tmp_path):
+    words = ["alpha", "beta", "gamma", "delta", "omega"]
+    text = "\n\n".join(" ".join(words[(i + j) % 5] for j in range(12)) for i in range(300))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    cfg = tiny_config(
+        tmp_path / "run",
+        *_files(path),
+        "data.background.holdout_documents=50",
+        "data.tokenizer.kind=byte",
+        "data.task_tokens.source=vocabulary",
     )
+    started_on = corpus_dir(cfg.data).name
+    trainer = Trainer(cfg, log=quiet)
+    trainer.callbacks.insert(0, StopAt(4))
+    assert trainer.fit()["status"] == "interrupted"
+    assert RunDir(cfg.run_dir).read_summary()["corpus"] == started_on
+
+    path.write_text(text.replace("omega", "OMEGA"))  # same data config, other content
+    edited = corpus_dir(cfg.data).name
+    assert edited != started_on
+    with pytest.raises(SmalllmError) as refused:
+        train(cfg, resume=True, log=quiet)
+    assert str(refused.value) == (
+        f"data: the background corpus changed since this run started ({started_on} -> {edited}); "
+        "a resumed run must read the same stream: restore the corpus files, or start over with --overwrite"
+    )
+    assert not (corpus_dir(cfg.data)).exists()  # refused before building the edited corpus
+    path.write_text(text)  # restored: the run continues on the corpus it started on
+    summary = train(cfg, resume=True, log=quiet)
+    assert (summary["status"], summary["corpus"]) == ("completed", started_on)
+
+
+def test_a_hub_dataset_is_keyed_by_name_and_a_dry_run_downloads_nothing(tmp_path, monkeypatch, capsys):
+    import datasets
+
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"datasets.load_dataset{args} was called")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_download)
     hub = ["data.background.source=hub", "data.background.hub_name=some/corpus"]
     cfg = tiny_config(tmp_path / "run", *hub).data
-    shards._hub_fingerprint.cache_clear()
     first = corpus_dir(cfg)
     assert corpus_dir(cfg) == first
-    fingerprint["value"] = "bbbb"  # the dataset changed upstream and was downloaded again
-    shards._hub_fingerprint.cache_clear()
-    assert corpus_dir(cfg) != first
-    # A streamed dataset has no fingerprint: its name, config and split are the key.
+    for other in ("data.background.split=validation", "data.background.hub_config=en"):
+        assert corpus_dir(tiny_config(tmp_path / "run", *hub, other).data) != first
     streamed = tiny_config(
-        tmp_path / "run", *hub, "data.background.streaming=true", "data.background.max_documents=100"
+        tmp_path / "run", *hub, "data.background.streaming=true", "data.background.max_documents=2000"
     )
-    assert corpus_dir(streamed.data) != corpus_dir(cfg)
-    shards._hub_fingerprint.cache_clear()
+    assert corpus_dir(streamed.data) != first  # streaming is part of the config, so of the key
+    # The dry run of a downloaded (not streamed) hub corpus: estimated, 430 tokens per document.
+    args = ["train", *tiny_config_args(tmp_path), *hub, "data.background.max_documents=2000", "--dry-run"]
+    assert main(args) == 0
+    windows = (2000 - 50) * 430 // 32  # 50 held-out documents, seq_len 32
+    out = capsys.readouterr().out
+    assert f"about {256 / windows:.3g} passes over the corpus ({windows:,} windows, 256 rows)" in out
+    assert not first.exists()
 
 
 # ---------------------------------------------------------------------------------------------- token files
@@ -339,3 +391,84 @@ def test_pretrained_tokenizer_from_a_local_directory_with_a_padded_embedding(tmp
     before = corpus_dir(cfg.data)
     char_tokenizer("abc").save_pretrained(str(saved))
     assert corpus_dir(cfg.data) != before
+
+
+# ---------------------------------------------------------------------------------------------- building
+
+
+def test_data_build_if_missing_at_an_explicit_out_rebuilds_a_stale_corpus(tmp_path, capsys):
+    from smalllm.data.shards import open_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(f"old document {i}" for i in range(40)))
+    out = tmp_path / "built"
+    args = ["data", "build", *tiny_config_args(tmp_path), *_files(path), "data.tokenizer.kind=byte"]
+    args += ["--out", str(out), "--if-missing"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"built {out}: ")
+    os.utime(path, ns=(10**18, 10**18))  # touched, same bytes: still current
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"kept {out}: ")
+    path.write_text("\n\n".join(f"new document {i}" for i in range(40)))
+    assert main(args) == 0
+    assert capsys.readouterr().out.startswith(f"built {out}: ")  # stale: rebuilt in place
+    corpus = open_corpus(out)
+    assert corpus.tokenizer.decode(flat(corpus)[:14].tolist()) == "new document 0"
+    assert main([*args, "data.tokenizer.kind=char"]) == 0  # another tokenizer: stale too
+    assert capsys.readouterr().out.startswith(f"built {out}: ")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("built")) == ["built"]
+
+
+def test_a_build_clears_only_this_hosts_staging_left_by_dead_processes(tmp_path):
+    import socket
+    import subprocess
+
+    from smalllm.data import shards
+    from smalllm.run_record import write_marker
+
+    host = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid names no process now
+    crashed = tmp_path / f"corpus.tmp-{host}-{gone.pid}"
+    running = tmp_path / f"corpus.tmp-{host}-{os.getppid()}"  # a live process of this host
+    elsewhere = tmp_path / f"corpus.tmp-other-host-{gone.pid}"  # another machine's: never judged here
+    for staging in (crashed, running, elsewhere):
+        staging.mkdir()
+        write_marker(staging, "corpus")
+    out = tmp_path / "corpus"
+    with shards._staged(out, "corpus", "--out") as tmp:
+        assert tmp.name == f"corpus.tmp-{host}-{os.getpid()}"
+        (tmp / "index.json").write_text("{}")
+    assert (out / "index.json").read_text() == "{}"
+    assert (crashed.exists(), running.is_dir(), elsewhere.is_dir()) == (False, True, True)
+
+
+def test_end_of_document_false_only_for_text_files(tmp_path):
+    off = "data.background.end_of_document=false"
+    message = (
+        r"^data.background.end_of_document: false is only for source=files with .txt paths "
+        r"\(other documents would run together\)"
+    )
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tmp_path / "run", off)  # the synthetic corpus
+    rows = tmp_path / "rows.jsonl"
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(tmp_path / "run", *_files(rows), off)
+    text = tmp_path / "play.TXT"
+    assert tiny_config(tmp_path / "run", *_files(text), off).data.background.end_of_document is False
+
+
+def test_a_slow_tokenizer_is_a_one_line_error():
+    from types import SimpleNamespace
+
+    from smalllm.data.tokenizer import tokenizer_hash
+
+    slow = SimpleNamespace(name_or_path="some/slow-tokenizer", special_tokens_map={})
+    with pytest.raises(ConfigError) as refused:
+        tokenizer_hash(slow)
+    assert str(refused.value) == (
+        "data.tokenizer.name_or_path: 'some/slow-tokenizer' loads only as a slow tokenizer (no "
+        "tokenizer.json); smalllm needs a fast one: convert it with transformers and save it with "
+        "save_pretrained"
+    )
+    assert tokenizer_hash(byte_tokenizer()) == tokenizer_hash(byte_tokenizer())

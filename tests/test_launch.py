@@ -113,8 +113,8 @@ def test_cuda_on_a_cpu_only_torch_fails_at_once_without_a_run_directory(tmp_path
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == (
         f"smalllm: error: train.device: cuda requested but torch {torch.__version__} (CPU-only) is "
-        "installed; for a CUDA build run `make install TORCH_INDEX=https://download.pytorch.org/whl/cu124` "
-        "(README: Launching on a GPU box)"
+        "installed; for a CUDA build run `make install TORCH_INDEX=https://download.pytorch.org/whl/cu128` "
+        "(check https://download.pytorch.org/whl/ for the index matching your driver; README: Launching on a GPU box)"
     )
     assert not run_dir.exists()
 
@@ -290,6 +290,33 @@ def test_dry_run_target_from_an_fsdp_accelerate_config_and_from_the_launcher_env
     assert dry_run_target(cfg, num_processes=2, environ={}).world == 2
 
 
+def test_fsdp_settings_accelerate_refuses_are_one_line_errors_naming_the_file(tmp_path):
+    cfg = plan_config("model.preset=4b")
+    base = Path(FSDP_8GPU).read_text()
+    for bad, reason in [
+        ("fsdp_version: 2", "fsdp_version: two"),  # int() of the version: ValueError
+        ("fsdp_version: 2", "fsdp_version: 1\n  fsdp_sharding_strategy: BOGUS"),  # KeyError
+    ]:
+        path = tmp_path / "fsdp.yaml"
+        path.write_text(base.replace(bad, reason))
+        with pytest.raises(SmalllmError) as refused:
+            dry_run_target(cfg, accelerate_config=str(path), environ={})
+        line = str(refused.value)
+        assert line.startswith(f"{path}: fsdp_config is not usable (") and "\n" not in line
+
+
+@pytest.mark.parametrize("value", ["eight", "", "0", "-2", "2.5"])
+def test_a_malformed_world_size_is_a_one_line_error_naming_the_variable(value):
+    with pytest.raises(SmalllmError) as refused:
+        environment.world_size_from_environment({"WORLD_SIZE": value})
+    assert str(refused.value) == (
+        f"WORLD_SIZE: expected a positive whole number of processes, got {value!r} "
+        "(set by the launcher, or left over in the shell's environment)"
+    )
+    assert environment.world_size_from_environment({"OMPI_COMM_WORLD_SIZE": " 4 "}) == 4
+    assert environment.world_size_from_environment({}) is None
+
+
 def test_4b_dry_run_fits_under_8_gpu_fsdp_and_exits_3_on_one_gpu(tmp_path, capsys, monkeypatch):
     cpu_only_torch(monkeypatch)
     run = f"run_dir={tmp_path / 'run'}"
@@ -341,10 +368,12 @@ def fake_venv(tmp_path: Path, torch_version: str, smi: str | None) -> tuple[Path
     (bin_dir / "python").write_text(
         f'#!/bin/sh\ncase "$2" in *version.cuda*) {cuda};; *) cat {state};; esac\n'
     )
-    # Installing from an index "installs" that index's build.
+    # Installing from an index "installs" that index's build; the cu100 index lacks the version.
     (bin_dir / "pip").write_text(
         f'#!/bin/sh\necho "$@" >> {calls}\n'
-        f'case "$*" in *index-url*cu124*) echo 2.13.0+cu124 > {state};; esac\n'
+        f'case "$*" in *" --index-url "*cu128*) echo 2.13.0+cu128 > {state};;\n'
+        '  *" --index-url "*cu100*) echo "No matching distribution found for torch==2.13.0" >&2; exit 1;;\n'
+        "esac\n"
     )
     if smi is not None:
         (path_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho '{smi}'\n")
@@ -367,14 +396,39 @@ def install_torch(bin_dir: Path, env: dict, index: str = "") -> str:
 
 def test_install_with_a_cuda_index_replaces_a_cpu_torch_once(tmp_path):
     bin_dir, calls, env = fake_venv(tmp_path, "2.13.0+cpu", smi=None)
-    index = "https://download.pytorch.org/whl/cu124"
+    index = "https://download.pytorch.org/whl/cu128"
     install_torch(bin_dir, env, index)
+    # One replacing step (never an uninstall first), then the dependency pass.
     assert calls.read_text().splitlines() == [
-        "uninstall --quiet --yes torch",
-        f"install --quiet --index-url {index} torch==2.13.0",
+        f"install --quiet --force-reinstall --no-deps --index-url {index} torch==2.13.0",
+        f"install --quiet --extra-index-url {index} torch==2.13.0",
     ]
-    assert install_torch(bin_dir, env, index) == "torch 2.13.0+cu124 (cu124) is installed\n"
+    assert install_torch(bin_dir, env, index) == "torch 2.13.0+cu128 (cu128) is installed\n"
     assert len(calls.read_text().splitlines()) == 2  # idempotent: the second run installs nothing
+
+
+def test_an_index_without_the_version_leaves_the_old_torch_installed(tmp_path):
+    bin_dir, calls, env = fake_venv(tmp_path, "2.13.0+cpu", smi=None)
+    script = REPO / "scripts" / "install_torch.sh"
+    index = "https://download.pytorch.org/whl/cu100"
+    done = subprocess.run(
+        ["sh", str(script), str(bin_dir), "2.13.0", index], capture_output=True, text=True, env=env
+    )
+    assert done.returncode != 0 and "No matching distribution" in done.stderr
+    assert (tmp_path / "torch_version").read_text().strip() == "2.13.0+cpu"  # still there
+    assert not any("uninstall" in line for line in calls.read_text().splitlines())
+
+
+@pytest.mark.parametrize(
+    ("driver_cuda", "index"),
+    [("12.8", "cu128"), ("13.0", "cu128"), ("12.6", "cu126"), ("12.5", "cu124"), ("11.8", "cu118")],
+)
+def test_the_suggested_index_is_the_newest_known_one_the_driver_runs(tmp_path, driver_cuda, index):
+    smi = f"| NVIDIA-SMI 570.86.15   Driver Version: 570.86.15   CUDA Version: {driver_cuda} |"
+    bin_dir, _, env = fake_venv(tmp_path, "2.13.0+cpu", smi=smi)
+    lines = install_torch(bin_dir, env).splitlines()
+    assert lines[1] == f"  make install TORCH_INDEX=https://download.pytorch.org/whl/{index}"
+    assert "check https://download.pytorch.org/whl/ for the index matching your driver" in lines[2]
 
 
 def test_install_on_a_gpu_machine_with_a_cpu_torch_prints_the_command(tmp_path):

@@ -106,10 +106,20 @@ def test_plan_of_a_known_config():
 
 
 def test_plan_refuses_a_batch_that_processes_cannot_share():
-    with pytest.raises(
-        SmalllmError, match=r"32 is not a multiple of train.micro_batch_size \(4\) x processes \(3\)"
-    ):
+    # 32 rows cannot be split evenly among 3 processes, whatever the micro-batch.
+    with pytest.raises(SmalllmError) as refused:
         make_plan(config(*PLAN_CFG), world=3)
+    assert str(refused.value) == (
+        "train.global_batch_size: 32 cannot be divided among 3 processes "
+        "(it must be a multiple of the process count)"
+    )
+    # 48 rows over 2 processes are 24 each; a micro-batch of 16 (it divides 48) does not divide 24.
+    with pytest.raises(SmalllmError) as refused:
+        make_plan(config(*PLAN_CFG, "train.global_batch_size=48", "train.micro_batch_size=16"), world=2)
+    assert str(refused.value) == (
+        "train.micro_batch_size: each process's share of the global batch (24 rows) is not a "
+        "multiple of 16; pick a micro_batch_size that divides 24"
+    )
 
 
 def test_micro_batch_is_capped_at_each_processes_share():

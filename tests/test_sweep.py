@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_OVERRIDES, TINY_TASKS
+from conftest import TINY_OVERRIDES, TINY_TASKS, tiny_config
 
 from smalllm.cli import main
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.run_record import CHECKPOINT_MANIFEST, RunDir, marker_kind
 from smalllm.sweep import cellcmd
-from smalllm.sweep.emit import shell_script, slurm_script
+from smalllm.sweep.emit import corpus_groups, shell_script, slurm_script
 from smalllm.sweep.estimates import CPU_OVERHEAD_S, estimate_cell
 from smalllm.sweep.execution import sweep_lock
 from smalllm.sweep.grid import cell_name, expand, format_value, load_sweep, parse_sweep, validate_cells
@@ -644,7 +644,7 @@ def test_unsafe_names_are_refused_at_parse_time(tmp_path, monkeypatch, capsys, h
 
 def _fake_accelerate(bin_dir: Path) -> None:
     """An ``accelerate`` that records its arguments (NUL-separated) instead of training, and a
-    ``python`` that records those of ``smalllm.cli data build`` (into ``$BUILD_OUT``) instead of
+    ``python`` that records those of each ``smalllm.cli data build`` (appended to ``$BUILD_OUT``) instead of
     building; every other python call runs the real one."""
     bin_dir.mkdir()
     fake = bin_dir / "accelerate"
@@ -652,10 +652,64 @@ def _fake_accelerate(bin_dir: Path) -> None:
     fake.chmod(0o755)
     python = bin_dir / "python"
     python.write_text(
-        '#!/bin/bash\nif [ "$3 $4" = "data build" ]; then printf \'%s\\0\' "$@" > "$BUILD_OUT"; exit 0; fi\n'
+        '#!/bin/bash\nif [ "$3 $4" = "data build" ]; then printf \'%s\\0\' "$@" >> "$BUILD_OUT"; exit 0; fi\n'
         f'exec {shlex.quote(sys.executable)} "$@"\n'
     )
     python.chmod(0o755)
+
+
+def test_an_array_task_builds_only_its_own_cells_corpus(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep(write_sweep(tmp_path, [{"data.tokenizer.kind": ["byte", "char"]}]))
+    cells = expand(spec)
+    configs = validate_cells(spec, cells)
+    assert corpus_groups(cells, configs) == cells  # two tokenizers: two corpora
+    spec.slurm = {"setup": ":"}  # no venv activation, so that the fake python below is found
+    slurm = tmp_path / "slurm.sh"
+    slurm.write_text(slurm_script(spec, cells, configs))
+    _fake_accelerate(tmp_path / "bin")
+    build_out = tmp_path / "build_args"
+    env = dict(
+        os.environ,
+        PATH=f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}",
+        PYTHON=str(tmp_path / "bin" / "python"),
+        ARGS_OUT=str(tmp_path / "args"),
+        BUILD_OUT=str(build_out),
+        SLURM_ARRAY_TASK_ID="1",
+    )
+    done = subprocess.run(["bash", str(slurm)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    base = [str(spec.base)] if spec.base is not None else []
+    # One build, of cell 1's corpus: the other cell's is not this task's business.
+    assert build_out.read_bytes().decode().split("\0")[:-1] == [
+        *("-m", "smalllm.cli", "data", "build", "--if-missing"),
+        *base,
+        *cells[1].overrides,
+    ]
+    # `slurm.sh build` (submit.sh's first job) still builds both.
+    build_out.unlink()
+    done = subprocess.run(["bash", str(slurm), "build"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert build_out.read_bytes().decode().count("data\0build\0") == 2
+
+
+def test_cells_share_a_corpus_unless_seq_len_cuts_its_token_windows(tmp_path):
+    from types import SimpleNamespace
+
+    cells = [SimpleNamespace(name=f"len{n}") for n in (32, 64)]
+
+    def groups(*extra: str) -> int:
+        configs = {f"len{n}": tiny_config(tmp_path / "run", f"data.seq_len={n}", *extra) for n in (32, 64)}
+        return len(corpus_groups(cells, configs))
+
+    tokens = [
+        "data.background.source=tokens",
+        f"data.background.paths=[{tmp_path / 'tokens.npy'}]",
+        "data.tokenizer.kind=byte",
+    ]
+    assert groups() == 1  # a text corpus does not depend on the context length
+    assert groups(*tokens) == 1  # nor do token files read by document
+    assert groups(*tokens, "data.background.order_unit=window") == 2  # windows are cut at seq_len
 
 
 def test_emitted_scripts_quote_every_value(tmp_path, monkeypatch):

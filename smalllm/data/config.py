@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from omegaconf import MISSING
@@ -108,7 +109,8 @@ class BackgroundConfig:
     end_of_document: bool = True
     """Text sources: true ends every document with ``<eod>`` and drops the separators (blank lines,
     line ends) of ``text_unit``; false keeps them in the text and adds no ``<eod>``, so the token
-    stream is the files' exact text (what a character-level model of a play should see)."""
+    stream is the files' exact text (what a character-level model of a play should see). False is
+    only for ``source=files`` with ``.txt`` paths: other documents have no separators to keep."""
     token_dtype: TokenDtype = "uint16"
     """``source=tokens``: dtype of raw ``.bin`` token files (uint16 up to 65,536 ids, else uint32);
     ``.npy`` files carry their own."""
@@ -149,6 +151,14 @@ class BackgroundConfig:
             f"required when source={self.source}",
         )
         one_of(self.text_unit, TEXT_UNITS, f"{prefix}.text_unit")
+        # Only .txt files keep separators (blank lines, line ends) in the text; a record of any other
+        # source has none, so without <eod> its documents would run into each other.
+        require(
+            self.end_of_document
+            or (self.source == "files" and all(Path(p).suffix.lower() == ".txt" for p in self.paths)),
+            f"{prefix}.end_of_document",
+            "false is only for source=files with .txt paths (other documents would run together)",
+        )
         one_of(self.token_dtype, TOKEN_DTYPES, f"{prefix}.token_dtype")
         one_of(self.order_unit, ORDER_UNITS, f"{prefix}.order_unit")
         require(

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import hashlib
 import itertools
 import json
 import os
 import re
 import shutil
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from smalllm.data.background import document_tokens, load_text_dataset, load_texts, token_documents
-from smalllm.data.config import BackgroundConfig, DataConfig
+from smalllm.data.background import document_tokens, load_texts, token_documents
+from smalllm.data.config import DataConfig
 from smalllm.data.tokenizer import build_tokenizer, load_tokenizer, tokenizer_hash
 from smalllm.errors import SmalllmError
 from smalllm.run_record import (
@@ -40,6 +40,7 @@ from smalllm.run_record import (
     DirKind,
     error_line,
     marker_kind,
+    pid_alive,
     refuse_foreign,
     remove_owned,
     set_aside,
@@ -183,56 +184,64 @@ def remember_file_hashes(cfg: DataConfig) -> None:
 def source_fingerprint(cfg: DataConfig) -> object:
     """What identifies the background's content, beyond its config.
 
-    Local files (``files``, ``tokens`` and an ``order_file``): each file's size, mtime and byte hash.
-    A hub dataset (not streamed): its ``datasets`` fingerprint, so it is opened (from the datasets
-    cache after the first download). A streamed hub dataset has none: its name, config and split
-    (in the config) are the key. A pretrained tokenizer adds the hash of its content.
+    Local files (``files``, ``tokens`` and an ``order_file``): each file's size and byte hash, and
+    nothing else, so ``touch``, a copy in place or a ``git checkout`` of the same bytes keeps the
+    corpus (mtime and inode only decide whether a remembered hash may be reused). A hub dataset is
+    keyed by its name, config and split (in the config) and never opened here: naming its cache
+    entry must not download it (``smalllm train --dry-run`` asks for the name). A dataset changed
+    upstream therefore keeps its entry; delete ``corpus-*`` in the cache to rebuild it. A pretrained
+    tokenizer adds the hash of its content.
     """
     bg = cfg.background
     facts: dict[str, object] = {}
     if bg.source in ("files", "tokens"):
         facts["files"] = [_file_fact(p, cache_root(cfg) / FILE_HASHES_DIR) for p in _source_files(cfg)]
-    elif bg.source == "hub" and not bg.streaming:
-        facts["dataset"] = _hub_fingerprint(bg.hub_name, bg.hub_config, bg.split)
     if cfg.tokenizer.kind == "pretrained":
         facts["tokenizer"] = tokenizer_hash(build_tokenizer(cfg.tokenizer))
     return facts
 
 
 def _file_fact(path: Path, memo_dir: Path) -> object:
-    """A file's fingerprint; a missing or unreadable one is left to the source's own checks, which
-    name the field and the file in one line."""
+    """A file's content (size and SHA-256); a missing or unreadable one is left to the source's own
+    checks, which name the field and the file in one line."""
     try:
-        return file_fingerprint(path, memo_dir) if path.is_file() else str(path)
+        if not path.is_file():
+            return str(path)
+        fingerprint = file_fingerprint(path, memo_dir)
     except OSError:
         return str(path)
+    return {"size": fingerprint["size"], "sha256": fingerprint["sha256"]}
 
 
-@functools.lru_cache(maxsize=16)
-def _hub_fingerprint(name: str | None, config: str | None, split: str) -> str:
-    """The ``datasets`` fingerprint of a downloaded hub dataset (opened once per process: a sweep
-    asks for the corpus of every cell)."""
-    return load_text_dataset(
-        BackgroundConfig(source="hub", hub_name=name, hub_config=config, split=split)
-    )._fingerprint
+def _content(sources: object) -> object:
+    """The content part of a stored ``index["sources"]``: corpora built before the key was on content
+    alone also recorded each file's path and mtime."""
+    if not isinstance(sources, dict) or not isinstance(sources.get("files"), list):
+        return sources
+    files = [
+        {k: f.get(k) for k in ("size", "sha256")} if isinstance(f, dict) else f for f in sources["files"]
+    ]
+    return {k: v for k, v in sources.items() if k != "dataset"} | {"files": files}
+
+
+def corpus_config(cfg: DataConfig) -> dict:
+    """The settings that shape the token shards: background and tokenizer configs, and ``seq_len``
+    where it cuts the windows of token files. Shared by :func:`corpus_key` and the sweep's grouping
+    of cells by corpus, so both agree on which runs read one corpus."""
+    return {
+        "background": asdict(cfg.background),
+        "tokenizer": asdict(cfg.tokenizer),
+        # Windows of token files are cut at seq_len: then it shapes the shards too.
+        "seq_len": cfg.seq_len
+        if cfg.background.source == "tokens" and cfg.background.order_unit == "window"
+        else None,
+    }
 
 
 def corpus_key(cfg: DataConfig) -> str:
-    """Hash of everything that determines the token shards: the background and tokenizer configs
-    and the content they point to (:func:`source_fingerprint`)."""
-    blob = json.dumps(
-        {
-            "background": asdict(cfg.background),
-            "tokenizer": asdict(cfg.tokenizer),
-            "content": source_fingerprint(cfg),
-            # Windows of token files are cut at seq_len: then it shapes the shards too.
-            "seq_len": cfg.seq_len
-            if cfg.background.source == "tokens" and cfg.background.order_unit == "window"
-            else None,
-            "v": 2,
-        },
-        sort_keys=True,
-    )
+    """Hash of everything that determines the token shards: :func:`corpus_config` and the content it
+    points to (:func:`source_fingerprint`)."""
+    blob = json.dumps({**corpus_config(cfg), "content": source_fingerprint(cfg), "v": 3}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -240,6 +249,21 @@ def corpus_dir(cfg: DataConfig) -> Path:
     """The cache entry of ``cfg``'s corpus: editing a corpus file (or swapping the tokenizer) gives
     a new entry, so a rerun rebuilds instead of serving the old shards. Only reads."""
     return cache_root(cfg) / f"corpus-{corpus_key(cfg)}"
+
+
+def corpus_is_current(cfg: DataConfig, out: Path) -> bool:
+    """Whether ``out`` holds a built corpus of ``cfg``'s current content and settings (what
+    ``data build --if-missing --out DIR`` keeps; a directory outside the cache is not content-keyed)."""
+    try:
+        index = json.loads((Path(out) / INDEX).read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(index, dict):
+        return False
+    settings = corpus_config(cfg)
+    return {k: index.get(k) for k in settings} == settings and _content(index.get("sources")) == _content(
+        source_fingerprint(cfg)
+    )
 
 
 def _cache_field(cfg: DataConfig) -> str:
@@ -328,14 +352,37 @@ def _tokenizer_owns(name: str) -> bool:
 _OWNS: dict[str, Callable[[str], bool] | None] = {"corpus": _corpus_owns, "tokenizer": _tokenizer_owns}
 
 
+def _staging_prefix(out: Path) -> str:
+    """``NAME.tmp-HOST-``: a build's staging directory ends in its pid. The host is part of the name
+    because a cache on a shared filesystem is written from several machines, whose pids collide."""
+    return f"{out.name}.tmp-{socket.gethostname()}-"
+
+
+def _crashed_staging(out: Path) -> list[Path]:
+    """Staging directories of ``out`` left by crashed builds: this host's, of a process that is gone
+    (or of this very pid, reused). Another host's, or a live process's, is still being written."""
+    prefix = _staging_prefix(out)
+    found = []
+    with contextlib.suppress(OSError):
+        for path in out.parent.iterdir():
+            pid = path.name[len(prefix) :] if path.name.startswith(prefix) else ""
+            if pid.isdigit() and (int(pid) == os.getpid() or not pid_alive(int(pid))):
+                found.append(path)
+    return sorted(found)
+
+
 @contextlib.contextmanager
 def _staged(out: Path, kind: DirKind, field: str) -> Iterator[Path]:
     """Build a directory under a temporary sibling name (marker first), then put it in place of
     ``out``, which is replaced only if smalllm made it as the same ``kind``."""
-    tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
+    tmp = out.with_name(f"{_staging_prefix(out)}{os.getpid()}")
     try:
-        if tmp.exists():  # left by a crashed build of a process with the same pid
-            remove_owned(tmp, kind, field, _OWNS[kind])
+        for stale in _crashed_staging(out):
+            if stale == tmp:  # in the way: it must go (or the refusal says why not)
+                remove_owned(stale, kind, field, _OWNS[kind])
+            else:  # only tidying: one holding files smalllm did not write is left alone
+                with contextlib.suppress(SmalllmError, OSError):
+                    remove_owned(stale, kind, field, _OWNS[kind])
         tmp.mkdir(parents=True)
         write_marker(tmp, kind)
     except OSError as exc:
@@ -489,8 +536,7 @@ def _write_index(
         "holdout_documents": holdout_docs,
         "vocab_size": len(tokenizer),
         "eod_id": tokenizer.eos_token_id,
-        "background": asdict(cfg.background),
-        "tokenizer": asdict(cfg.tokenizer),
+        **corpus_config(cfg),
         "sources": sources,
     }
     with _naming(tmp / INDEX):

@@ -142,5 +142,12 @@ def load_pretrained(name_or_path: str, field: str = "data.tokenizer.name_or_path
 
 def tokenizer_hash(tokenizer: PreTrainedTokenizerFast) -> str:
     """Content hash of a tokenizer: its full serialized vocabulary, merges, normalizer and specials."""
-    blob = tokenizer.backend_tokenizer.to_str() + repr(sorted(tokenizer.special_tokens_map.items()))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:  # a slow (Python) tokenizer: no serialized form to hash
+        where = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(
+            f"data.tokenizer.name_or_path: '{where}' loads only as a slow tokenizer (no tokenizer.json); "
+            "smalllm needs a fast one: convert it with transformers and save it with save_pretrained"
+        )
+    blob = backend.to_str() + repr(sorted(tokenizer.special_tokens_map.items()))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

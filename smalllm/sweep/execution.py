@@ -27,6 +27,7 @@ from typing import IO
 
 from smalllm.config import RunConfig
 from smalllm.errors import SmalllmError
+from smalllm.run_record import pid_alive
 from smalllm.sweep import records
 from smalllm.sweep.estimates import cell_threads, format_duration
 from smalllm.sweep.grid import Cell, SweepSpec, sweep_manifest
@@ -84,19 +85,7 @@ def _lock_holder(path: Path) -> int | None:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed but not reaped by its parent) is not a running sweep.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+    return pid != os.getpid() and pid_alive(pid)
 
 
 def _die_with_parent() -> None:

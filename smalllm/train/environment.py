@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 import smalllm
+from smalllm.errors import SmalllmError
 
 LIBRARIES = ("torch", "transformers", "accelerate", "datasets", "tokenizers")
 """The libraries whose versions decide what a run computes."""
@@ -26,8 +27,9 @@ WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_C
 """Where launchers (torchrun/accelerate, Intel MPI, Open MPI, MVAPICH) put the number of processes;
 accelerate's own state reads the same list."""
 
-CUDA_INDEX_EXAMPLE = "https://download.pytorch.org/whl/cu124"
-"""The PyTorch wheel index named in error messages and the README (any cuXYZ index works)."""
+CUDA_INDEX_EXAMPLE = "https://download.pytorch.org/whl/cu128"
+"""The PyTorch wheel index named in error messages and the README: one that carries recent torch
+releases. Which fits a machine depends on its driver (https://download.pytorch.org/whl/ lists them)."""
 
 
 def torch_build() -> str:
@@ -49,7 +51,8 @@ def cuda_unavailable_reason() -> str:
         return f"{torch_build()} sees no GPU{masked}; check the driver with nvidia-smi"
     return (
         f"{torch_build()} is installed; for a CUDA build run "
-        f"`make install TORCH_INDEX={CUDA_INDEX_EXAMPLE}` (README: Launching on a GPU box)"
+        f"`make install TORCH_INDEX={CUDA_INDEX_EXAMPLE}` (check https://download.pytorch.org/whl/ for "
+        "the index matching your driver; README: Launching on a GPU box)"
     )
 
 
@@ -79,7 +82,13 @@ def world_size_from_environment(environ: dict[str, str] | None = None) -> int | 
     environ = os.environ if environ is None else environ
     for name in WORLD_SIZE_VARIABLES:
         if name in environ:
-            return int(environ[name])
+            value = environ[name].strip()
+            if not value.isdigit() or int(value) < 1:
+                raise SmalllmError(
+                    f"{name}: expected a positive whole number of processes, got {environ[name]!r} "
+                    "(set by the launcher, or left over in the shell's environment)"
+                )
+            return int(value)
     return None
 
 

@@ -128,20 +128,30 @@ def launch_config(path: str | None) -> Any | None:
         raise SmalllmError(f"--accelerate-config: '{path}' is not an accelerate config ({exc})") from None
 
 
-def _config_target(config: Any) -> tuple[int, str, bool, bool]:
-    """(processes, sharding, activation checkpointing, uses a GPU) of an accelerate ClusterConfig."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+def _config_target(config: Any, path: str) -> tuple[int, str, bool, bool]:
+    """(processes, sharding, activation checkpointing, uses a GPU) of an accelerate ClusterConfig
+    read from ``path`` (named in the one-line error for FSDP settings accelerate refuses)."""
+    from accelerate.utils import DistributedType
 
     world = int(config.num_processes or 1)
     sharding, recompute = "none", False
     if config.distributed_type == DistributedType.FSDP:
         fsdp = {k.removeprefix("fsdp_"): v for k, v in (config.fsdp_config or {}).items()}
-        plugin = FullyShardedDataParallelPlugin(
-            fsdp_version=int(fsdp.get("version", 1)),
-            reshard_after_forward=fsdp.get("reshard_after_forward"),
-            sharding_strategy=fsdp.get("sharding_strategy"),
-            activation_checkpointing=fsdp.get("activation_checkpointing"),
-        )
+        try:
+            # What accelerate raises for settings it refuses: KeyError for an unknown strategy name,
+            # ValueError for a bad number (or int() of the version), ImportError for a version the
+            # installed torch cannot give.
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin(
+                fsdp_version=int(fsdp.get("version", 1)),
+                reshard_after_forward=fsdp.get("reshard_after_forward"),
+                sharding_strategy=fsdp.get("sharding_strategy"),
+                activation_checkpointing=fsdp.get("activation_checkpointing"),
+            )
+        except (ValueError, KeyError, ImportError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SmalllmError(f"{path}: fsdp_config is not usable ({reason})") from None
         sharding, recompute = fsdp_sharding(plugin), bool(plugin.activation_checkpointing)
         if sharding == "full_shard" and fsdp.get("sharding_strategy") == "HYBRID_SHARD":
             world //= max(1, int(config.num_machines or 1))  # hybrid shards within a node only
@@ -184,14 +194,14 @@ def dry_run_target(
     """
     environ = os.environ if environ is None else environ
     t = cfg.train
-    found = _config_target(launch_config(accelerate_config)) if accelerate_config else None
+    found = _config_target(launch_config(accelerate_config), accelerate_config) if accelerate_config else None
     if found is None:
         found = _environment_target(environ)
     if found is None:
         from smalllm.train.environment import accelerate_config_file
 
         default = accelerate_config_file()
-        found = _config_target(launch_config(default)) if default else (1, "none", False, False)
+        found = _config_target(launch_config(default), default) if default else (1, "none", False, False)
     world, sharding, recompute, launch_uses_gpu = found
     if num_processes is not None:
         world = num_processes

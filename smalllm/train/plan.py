@@ -252,10 +252,15 @@ def make_plan(
     # process runs its whole share in one pass (batch 32 on 8 GPUs: 4 rows each, no accumulation).
     per_process = t.global_batch_size // world
     micro = min(t.micro_batch_size, per_process)
-    if t.global_batch_size % world or per_process % micro:
+    if t.global_batch_size % world:
         raise SmalllmError(
-            f"train.global_batch_size: {t.global_batch_size} is not a multiple of "
-            f"train.micro_batch_size ({t.micro_batch_size}) x processes ({world})"
+            f"train.global_batch_size: {t.global_batch_size} cannot be divided among {world} processes "
+            "(it must be a multiple of the process count)"
+        )
+    if per_process % micro:
+        raise SmalllmError(
+            f"train.micro_batch_size: each process's share of the global batch ({per_process} rows) is "
+            f"not a multiple of {micro}; pick a micro_batch_size that divides {per_process}"
         )
     accumulation = per_process // micro
     tokens_per_step = t.global_batch_size * cfg.data.seq_len

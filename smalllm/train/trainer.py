@@ -39,7 +39,7 @@ from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.passes import passes_line
-from smalllm.data.shards import ensure_corpus
+from smalllm.data.shards import corpus_dir, ensure_corpus
 from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.eval.evaluator import evaluate
@@ -138,8 +138,11 @@ class Trainer:
             f"({acc.distributed_type.value}, sharding {self.target.sharding})"
         )
 
+        if self.resume:  # before building anything: a changed corpus would be built only to be refused
+            self._check_same_corpus(corpus_dir(cfg.data).name)
         with acc.main_process_first():
             corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1), log=self.info)
+        self.corpus_name = corpus.path.name
         self.tokenizer = corpus.tokenizer
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
         # The dry run's checks (preflight.check_config runs this same check_run), with the real world
@@ -258,7 +261,12 @@ class Trainer:
             run.acquire()
             try:
                 run.mark_running(
-                    self.step, facts={"environment": self.environment, "stream_format": STREAM_FORMAT}
+                    self.step,
+                    facts={
+                        "environment": self.environment,
+                        "stream_format": STREAM_FORMAT,
+                        "corpus": self.corpus_name,
+                    },
                 )
                 if self.resumed:
                     run.truncate_metrics(self.step)
@@ -273,6 +281,17 @@ class Trainer:
             hparams = {**config_to_dict(self.cfg), "environment": self.environment}
             self.accelerator.init_trackers(TRACKER_DIR, config=_flat_hparams(hparams))
         self._opened = True
+
+    def _check_same_corpus(self, corpus: str) -> None:
+        """Refuse to resume on another background corpus than the run started on: its cache entry is
+        named by content, so an edited corpus file gives another name under the same data config."""
+        started_on = self.run.read_summary().get("corpus")
+        if started_on is not None and started_on != corpus:  # None: recorded before runs named it
+            raise SmalllmError(
+                f"data: the background corpus changed since this run started ({started_on} -> {corpus}); "
+                "a resumed run must read the same stream: restore the corpus files, or start over "
+                "with --overwrite"
+            )
 
     def _check_resumable(self, checkpoint: Path) -> None:
         """Refuse overrides that would make the resumed stream differ from the one trained on."""
@@ -611,6 +630,7 @@ class Trainer:
             "wall_seconds": self.wall_seconds,
             "train_seconds": self.train_seconds,
             "skipped_steps": self.skipped_steps,
+            "corpus": self.corpus_name,  # the cache entry read (named by content): resume checks it
             "frequencies": self.stream.frequency_table(total_rows),
             "environment": self.environment,
             "stream_format": STREAM_FORMAT,
@@ -639,6 +659,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "wall_seconds",
         "train_seconds",
         "skipped_steps",
+        "corpus",
         "frequencies",
         "environment",
         "stream_format",
