@@ -544,7 +544,9 @@ def test_prefix_tasks_at_more_than_one_per_row_are_scored_after_an_eod(corpus, t
         "[{name: t_cmp, frequency: 0.05, params: {num_values: 20}}]",  # 1.6 per row
     )
     assert [s.prefix for s in crowded.eval_sets()] == [(crowded.eod,)]
-    sparse = make_stream(corpus, tmp_path, "[{name: t_cmp, frequency: 0.5, unit: example_fraction}]")
+    sparse = make_stream(
+        corpus, tmp_path, "[{name: t_cmp, frequency: 0.5, unit: example_fraction, params: {num_values: 20}}]"
+    )
     assert [s.prefix for s in sparse.eval_sets()] == [()]
 
 
