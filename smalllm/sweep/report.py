@@ -639,10 +639,15 @@ def estimate_text(est: PanelFrontier, markdown: bool = False) -> str:
         "",
         f"criterion: {est.criterion}; mean over {len(est.data_seeds)} data seed(s) "
         f"({', '.join(map(str, est.data_seeds))}), log-linear interpolation between the highest frequency "
-        "that misses it and the next; 95% CI: percentile bootstrap over data seeds "
-        f"({est.sizes[0].resamples if est.sizes else 0} resamples), which cannot reach past the seeds' own "
-        f"range: with {len(est.data_seeds)} seed(s) it covers at most "
-        f"{nominal_coverage(len(est.data_seeds)):.0%} of the time, so read it with the per-seed f*",
+        "that misses it and the next; "
+        + (
+            "95% CI: percentile bootstrap over data seeds "
+            f"({est.sizes[0].resamples if est.sizes else 0} resamples), which cannot reach past the seeds' "
+            f"own range: with {len(est.data_seeds)} seeds it covers at most "
+            f"{nominal_coverage(len(est.data_seeds)):.0%} of the time, so read it with the per-seed f*"
+            if len(est.data_seeds) > 1
+            else "one data seed, so no interval: the task table's own variation is not measured"
+        ),
         "",
     ]
     rows = [
