@@ -38,10 +38,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from smalllm import __version__
 from smalllm.errors import SmalllmError
+
+T = TypeVar("T")
 
 MARKER = ".smalllm"
 """Ownership marker written into every directory smalllm creates (run, sweep, corpus, tokenizer)."""
@@ -572,6 +574,28 @@ class RunDir:
         if self.path != original:
             os.rename(self.path, original)
             self.path = original
+
+    def replace_with(self, start: Callable[[Path], T], field: str = "run_dir") -> T:
+        """Start a new run where this locked one is, losing neither: move this one aside, call
+        ``start(original_path)`` to set the new run up there, then delete this one. If ``start``
+        fails, whatever it left is removed (only if it is smalllm's own run) and this run is put
+        back as it was; ``start``'s error is raised again."""
+        original = self.set_aside()
+        try:
+            started = start(original)
+        except BaseException:
+            try:
+                if original.exists():
+                    remove_owned(original, "run", field)
+                self.put_back(original)
+            except (OSError, SmalllmError) as exc:
+                raise SmalllmError(
+                    f"{field}: the new run did not start and the old run could not be moved back "
+                    f"({error_line(exc)}); it is kept in '{self.path}'"
+                ) from None
+            raise
+        self.remove()
+        return started
 
     def remove(self) -> None:
         """Delete this run (it must carry the marker) and drop its lock."""

@@ -411,6 +411,17 @@ def _draw_baselines(ax: Any, panel: Panel) -> None:
             )
 
 
+def _label_sizes_and_frequencies(ax: Any, panel: Panel) -> dict[int, str]:
+    """Tick the swept sizes (x, by parameters) and frequencies (y) themselves: a log axis over a
+    narrow range otherwise shows crowded minor labels or none. Returns {parameters: size}."""
+    ticks = {panel.params.get(s) or 0: s for s in panel.sizes}
+    ax.set_xticks(list(ticks), [f"{s}\n{_fmt_params(x)}" for x, s in ticks.items()], fontsize=7)
+    ax.set_yticks(panel.freqs, [_fmt_freq(f) for f in panel.freqs], fontsize=7)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    return ticks
+
+
 def plot_frontier(panel: Panel, path: Path) -> Path:
     """Learned (filled) and not-learned (open) points on log params x log frequency, with the frontier."""
     fig = _figure(5.0, 3.6)
@@ -432,13 +443,7 @@ def plot_frontier(panel: Panel, path: Path) -> Path:
     if any(x > 0 for x in xs_l + xs_n):
         ax.set_xscale("log")
     ax.set_yscale("log")
-    # Label the swept sizes and frequencies themselves: a log axis over a narrow range otherwise
-    # shows crowded minor labels or none at all.
-    ticks = {panel.params.get(s) or 0: s for s in panel.sizes}
-    ax.set_xticks(list(ticks), [f"{s}\n{_fmt_params(x)}" for x, s in ticks.items()], fontsize=7)
-    ax.set_yticks(panel.freqs, [_fmt_freq(f) for f in panel.freqs], fontsize=7)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    ticks = _label_sizes_and_frequencies(ax, panel)
     if len(ticks) > 1:
         lo, hi = min(ticks), max(ticks)
         ax.set_xlim(lo / (hi / lo) ** 0.15, hi * (hi / lo) ** 0.15)
@@ -850,11 +855,7 @@ def plot_crossing(estimates: list[PanelFrontier], path: Path) -> Path:
             ax.plot([], [], color=color, marker="o", label=est.criterion)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ticks = {panel.params.get(s) or 0: s for s in panel.sizes}
-    ax.set_xticks(list(ticks), [f"{s}\n{_fmt_params(x)}" for x, s in ticks.items()], fontsize=7)
-    ax.set_yticks(panel.freqs, [_fmt_freq(f) for f in panel.freqs], fontsize=7)
-    ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    _label_sizes_and_frequencies(ax, panel)
     ax.set_ylim(min(panel.freqs) / 1.3, max(panel.freqs) * 1.3)
     ax.set_xlabel("parameters")
     ax.set_ylabel(f"crossing frequency f* ({panel.unit})")

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from smalllm.errors import SmalllmError
-from smalllm.run_record import RunDir, error_line, is_empty_dir, remove_owned
+from smalllm.run_record import RunDir, error_line, is_empty_dir
 from smalllm.safe_yaml import load_yaml_file
 from smalllm.toy import CHOICES, EXPERIMENTS
 from smalllm.toy import experiments as ex
@@ -155,29 +155,10 @@ def _open_run(run: RunDir, cfg: ToyConfig, tensorboard: bool) -> tuple[RunDir, _
 
 
 def _replace_run(old: RunDir, cfg: ToyConfig, tensorboard: bool) -> tuple[RunDir, _Logger]:
-    """Start the new run where the locked ``old`` is: move ``old`` aside, set the new run up, then
-    delete ``old``; if the new run cannot be set up, put ``old`` back as it was (the trainer's
-    ``--overwrite`` order, smalllm.train.trainer)."""
+    """Start the new run where the locked ``old`` is (:meth:`RunDir.replace_with`, the trainer's
+    ``--overwrite`` order); ``old``'s lock is dropped whatever happens."""
     try:
-        original = old.set_aside()
+        return old.replace_with(lambda original: _open_run(RunDir(original), cfg, tensorboard), "--out")
     except BaseException:
         old.release()
         raise
-    new = RunDir(original)
-    try:
-        opened = _open_run(new, cfg, tensorboard)
-    except BaseException:
-        try:
-            if new.path.exists():
-                remove_owned(new.path, "run", "--out")
-            old.put_back(original)
-        except (OSError, SmalllmError) as exc:
-            raise SmalllmError(
-                f"--out: the new toy run did not start and the old run could not be moved back "
-                f"({error_line(exc)}); it is kept in '{old.path}'"
-            ) from None
-        finally:
-            old.release()
-        raise
-    old.remove()
-    return opened

@@ -51,7 +51,6 @@ from smalllm.run_record import (
     atomic_write,
     error_line,
     is_empty_dir,
-    remove_owned,
 )
 from smalllm.train.callbacks.base import Callback, Control, FitEnd, Reduction, RunContext, StepRecord
 from smalllm.train.config import TrainConfig
@@ -843,7 +842,7 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=pri
     try:
         trainer = Trainer(cfg, resume=resume, log=log, run=run if resume else None)
         if replace:
-            _replace_run(run, trainer)
+            run.replace_with(lambda _original: _start(trainer))
         else:
             trainer.open_run()
     except BaseException:
@@ -852,22 +851,10 @@ def train(cfg: RunConfig, resume: bool = False, overwrite: bool = False, log=pri
     return trainer.fit()
 
 
-def _replace_run(old: RunDir, trainer: Trainer) -> None:
-    """Start ``trainer``'s run where ``old`` is: move ``old`` aside, set the new run up, then delete
-    ``old``; if the new run cannot be set up, put ``old`` back as it was."""
-    original = old.set_aside()
+def _start(trainer: Trainer) -> None:
+    """Open ``trainer``'s run, dropping its lock if that fails (the old run is then put back)."""
     try:
         trainer.open_run()
     except BaseException:
         trainer.run.release()
-        try:
-            if trainer.run.path.exists():
-                remove_owned(trainer.run.path, "run", "run_dir")
-            old.put_back(original)
-        except (OSError, SmalllmError) as exc:
-            raise SmalllmError(
-                f"run_dir: the new run did not start and the old run could not be moved back "
-                f"({error_line(exc)}); it is kept in '{old.path}'"
-            ) from None
         raise
-    old.remove()
