@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 # A PyTorch wheel index selects the build, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?=
+# pytest-xdist workers for `make test`/`test-fast`: the suite is mostly process start-up and
+# subprocess waits, so two workers on 2 cores halve its wall time (PYTEST_WORKERS=0: one process).
+PYTEST_WORKERS ?= 2
 
 .PHONY: install test test-fast demo bench lint format clean toy
 
@@ -23,10 +26,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) tests
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) -m "not slow" tests
 
 demo: install
 	$(BIN)/smalllm demo

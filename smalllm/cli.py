@@ -57,6 +57,20 @@ def _usage_error(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
+def _bounded(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    bounds: tuple[int, int],
+    default: int | None,
+    help: str,
+    **messages: str,
+) -> None:
+    """Add an integer option that refuses values outside ``bounds`` (``messages``: see :class:`_Bounded`)."""
+    parser.add_argument(
+        flag, action=_Bounded, low=bounds[0], high=bounds[1], default=default, help=help, **messages
+    )
+
+
 class _Bounded(argparse.Action):
     """An integer option that refuses values outside ``[low, high]``, naming itself.
 
@@ -126,22 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     add = _with_parents(sub, common)
 
     m = add("models", help="table of model presets (parameters, shape, FLOPs/token)")
-    m.add_argument(
-        "--vocab-size",
-        action=_Bounded,
-        low=1,
-        high=MAX_TOKEN_ID,
-        default=50304,
-        help="vocabulary for the counts (default 50304)",
-    )
-    m.add_argument(
-        "--seq-len",
-        action=_Bounded,
-        low=1,
-        high=2**24,
-        default=2048,
-        help="context for FLOPs/token (default 2048)",
-    )
+    _bounded(m, "--vocab-size", (1, MAX_TOKEN_ID), 50304, "vocabulary for the counts (default 50304)")
+    _bounded(m, "--seq-len", (1, 2**24), 2048, "context for FLOPs/token (default 2048)")
     m.add_argument("--arch", default="olmo", help="count parameters of this architecture (default olmo)")
 
     t = add("train", help="pretrain a model (config file and/or key=value overrides)")
@@ -156,13 +156,8 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="dry run: plan for this accelerate config's processes and sharding (e.g. FSDP)",
     )
-    t.add_argument(
-        "--num-processes",
-        action=_Bounded,
-        low=1,
-        high=MAX_PROCESSES * 64,
-        default=None,
-        help="dry run: plan for this many processes (GPUs)",
+    _bounded(
+        t, "--num-processes", (1, MAX_PROCESSES * 64), None, "dry run: plan for this many processes (GPUs)"
     )
     t.add_argument(
         "--gpu",
@@ -181,16 +176,15 @@ def _parser() -> argparse.ArgumentParser:
     ts = tadd("show", help="sample instances of a task")
     ts.add_argument("name")
     ts.add_argument("params", nargs="*", default=[], metavar="param=value")
-    ts.add_argument(
+    _bounded(
+        ts,
         "--n",
-        action=_Bounded,
-        low=0,
-        high=MAX_SHOW,
+        (0, MAX_SHOW),
+        5,
+        "instances to show",
         why=f"tasks show prints at most {MAX_SHOW:,} instances",
-        default=5,
-        help="instances to show",
     )
-    ts.add_argument("--seed", action=_Bounded, low=0, high=MAX_SEED, default=0, help="task seed")
+    _bounded(ts, "--seed", (0, MAX_SEED), 0, "task seed")
     ts.add_argument(
         "--config",
         metavar="CONFIG.yaml",
@@ -202,14 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     dadd = _with_parents(d.add_subparsers(dest="data_command", required=True, metavar="ACTION"), common)
     db = dadd("build", help="tokenize the background corpus into memory-mapped shards (cached)")
     _config_args(db)
-    db.add_argument(
-        "--num-proc",
-        action=_Bounded,
-        low=1,
-        high=MAX_PROCESSES,
-        default=min(4, os.cpu_count() or 1),
-        help="tokenizer processes",
-    )
+    _bounded(db, "--num-proc", (1, MAX_PROCESSES), min(4, os.cpu_count() or 1), "tokenizer processes")
     db.add_argument("--out", help="build into this directory instead of the cache")
     db.add_argument(
         "--if-missing",
@@ -222,25 +209,23 @@ def _parser() -> argparse.ArgumentParser:
     di = dadd("inspect", help="print stream rows with task spans marked, and realised frequencies")
     _config_args(di)
     # The lower bound keeps the wording these options have always had.
-    di.add_argument(
+    _bounded(
+        di,
         "--rows",
-        action=_Bounded,
-        low=0,
-        high=INSPECT_ROWS,
+        (0, INSPECT_ROWS),
+        4,
+        "rows to print",
         why=f"rows are picked from the first {INSPECT_ROWS:,}",
         below="--rows and --steps must be >= 0",
-        default=4,
-        help="rows to print",
     )
-    di.add_argument(
+    _bounded(
+        di,
         "--steps",
-        action=_Bounded,
-        low=0,
-        high=MAX_INSPECT_STEPS,
+        (0, MAX_INSPECT_STEPS),
+        None,
+        "steps for the frequency table (default: the run's)",
         why="the frequency table counts every instance of every step",
         below="--rows and --steps must be >= 0",
-        default=None,
-        help="steps for the frequency table (default: the run's)",
     )
 
     e = add("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
@@ -257,9 +242,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--dry-run", action="store_true", help="print each cell with tokens, FLOPs and estimated time"
     )
-    s.add_argument(
-        "--workers", action=_Bounded, low=1, high=MAX_PROCESSES, default=1, help="cells run in parallel"
-    )
+    _bounded(s, "--workers", (1, MAX_PROCESSES), 1, "cells run in parallel")
     s.add_argument("--emit", choices=["slurm", "shell"], help="write a launch script instead of running")
     s.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
     s.add_argument("--sweep-dir", help="override the sweep directory")

@@ -74,7 +74,6 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
-    "test_sweep_report_writes_the_frontier_estimate": 20,
     # The toy's acceptance runs (quick preset): 35 + 30 s at load average ~8, 10 + 10 s at ~2.
     "test_quick_critical_widths_within_one_rung": 65,
     "test_quick_rank1_matches_theory": 10,

@@ -384,17 +384,7 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
         name = _slug(source.stem) if source is not None else "sweep"
     elif not is_safe_name(name):
         raise ConfigError(_where(source, f"name: {SAFE_NAME_RULE}, got {name!r}"))
-    base = raw.get("base")
-    base_path: Path | None = None
-    if base is not None:
-        if not isinstance(base, str):
-            raise ConfigError(_where(source, f"base: expected a path, got {base!r}"))
-        base_path = Path(base).expanduser()
-        if not base_path.is_absolute() and source is not None:
-            base_path = source.parent / base_path
-        if not base_path.is_file():
-            raise ConfigError(_where(source, f"base: run config '{base_path}' not found"))
-        base_path = base_path.resolve()
+    base_path = _config_relative_file(raw.get("base"), "base", "run config", source)
     out_dir = sweep_dir if sweep_dir is not None else raw.get("sweep_dir") or f"runs/{name}"
     grids_raw = raw.get("grids")
     if not isinstance(grids_raw, list) or not grids_raw:
@@ -451,16 +441,17 @@ def parse_sweep(raw: dict, source: Path | None = None, sweep_dir: str | Path | N
     )
 
 
-def _accelerate_file(raw: Any, key: str, source: Path | None) -> Path | None:
+def _config_relative_file(raw: Any, key: str, what: str, source: Path | None) -> Path | None:
+    """The existing file ``raw`` names (relative to the sweep config's folder), or None when unset."""
     if raw is None:
         return None
     if not isinstance(raw, str) or not raw:
-        raise ConfigError(_where(source, f"{key}: expected the path of an accelerate config, got {raw!r}"))
+        raise ConfigError(_where(source, f"{key}: expected the path of the {what}, got {raw!r}"))
     path = Path(raw).expanduser()
     if not path.is_absolute() and source is not None:
         path = source.parent / path
     if not path.is_file():
-        raise ConfigError(_where(source, f"{key}: accelerate config '{path}' not found"))
+        raise ConfigError(_where(source, f"{key}: {what} '{path}' not found"))
     return path.resolve()
 
 
@@ -482,8 +473,10 @@ def _parse_accelerate(raw: Any, source: Path | None) -> AccelerateChoice | None:
             )
         )
     choice = AccelerateChoice(
-        default=_accelerate_file(raw.get("default"), "target.accelerate.default", source),
-        fsdp=_accelerate_file(raw.get("fsdp"), "target.accelerate.fsdp", source),
+        default=_config_relative_file(
+            raw.get("default"), "target.accelerate.default", "accelerate config", source
+        ),
+        fsdp=_config_relative_file(raw.get("fsdp"), "target.accelerate.fsdp", "accelerate config", source),
         fsdp_from=str(fsdp_from) if fsdp_from is not None else None,
     )
     if (choice.fsdp is None) != (choice.fsdp_from is None):

@@ -422,6 +422,17 @@ def _label_sizes_and_frequencies(ax: Any, panel: Panel) -> dict[int, str]:
     return ticks
 
 
+def _save_size_frequency_plot(ax: Any, path: Path, ylabel: str, title: str) -> Path:
+    """Label, grid and save a plot of frequency against parameters (the frontier, f*)."""
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.figure.savefig(path, dpi=DPI)
+    return path
+
+
 def plot_frontier(panel: Panel, path: Path) -> Path:
     """Learned (filled) and not-learned (open) points on log params x log frequency, with the frontier."""
     fig = _figure(5.0, 3.6)
@@ -447,13 +458,9 @@ def plot_frontier(panel: Panel, path: Path) -> Path:
     if len(ticks) > 1:
         lo, hi = min(ticks), max(ticks)
         ax.set_xlim(lo / (hi / lo) ** 0.15, hi * (hi / lo) ** 0.15)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel(f"task frequency ({panel.unit})")
-    ax.set_title(f"{panel.title}: learned frontier", fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    fig.savefig(path, dpi=DPI)
-    return path
+    return _save_size_frequency_plot(
+        ax, path, f"task frequency ({panel.unit})", f"{panel.title}: learned frontier"
+    )
 
 
 def _accuracy_curve(info: SweepInfo, cell: Any, task: str) -> tuple[list[int], list[float], str]:
@@ -465,12 +472,28 @@ def _accuracy_curve(info: SweepInfo, cell: Any, task: str) -> tuple[list[int], l
     return [], [], "acc"
 
 
-def plot_curves(info: SweepInfo, panel: Panel, path: Path, threshold: float | None) -> Path:
-    """Choice accuracy vs tokens: one panel per frequency, one colour per size, one line per seed.
+@dataclass
+class _FrequencyAxes:
+    """One subplot of a per-frequency figure and the runs it draws."""
 
-    Runs without choice metrics draw their accuracy (the y label says which); the criterion's
-    threshold (when it is an accuracy) and the runs' baselines are drawn as horizontal lines.
-    """
+    ax: Any
+    frequency: float
+    runs: list[tuple[Any, Any, str | None]]
+    """(cell, colour, legend label): one viridis colour per size, the label on its first run only."""
+
+    def finish(self, panel: Panel, xlabel: str, ylabel: str, legend_loc: str) -> None:
+        ax = self.ax
+        ax.set_title(f"{panel.title} @ {_fmt_freq(self.frequency)}", fontsize=8)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if self.frequency == panel.freqs[0] and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, loc=legend_loc)
+
+
+def _per_frequency_figure(info: SweepInfo, panel: Panel) -> tuple[Any, list[_FrequencyAxes]]:
+    """A figure with one subplot per swept frequency, up to 4 a row."""
     from matplotlib import colormaps
 
     n = len(panel.freqs)
@@ -479,19 +502,34 @@ def plot_curves(info: SweepInfo, panel: Panel, path: Path, threshold: float | No
     fig = _figure(3.2 * ncols, 2.6 * nrows)
     cmap = colormaps["viridis"]
     by_name = {c.name: c for c in info.cells}
+    subplots = []
     for j, f in enumerate(panel.freqs):
-        ax = fig.add_subplot(nrows, ncols, j + 1)
-        plotted, used = False, set()
+        runs = []
         for k, s in enumerate(panel.sizes):
             color = cmap(0.85 * k / max(1, len(panel.sizes) - 1))
             for m, name in enumerate(panel.cells.get((s, f), [])):
-                xs, ys, metric = _accuracy_curve(info, by_name[name], panel.task)
-                pts = [(x, y) for x, y in zip(xs, ys) if x > 0]
-                if not pts:
-                    continue
-                used.add(metric)
-                ax.plot(*zip(*pts), color=color, lw=1.2, alpha=0.9, label=s if m == 0 else None)
-                plotted = True
+                runs.append((by_name[name], color, s if m == 0 else None))
+        subplots.append(_FrequencyAxes(fig.add_subplot(nrows, ncols, j + 1), f, runs))
+    return fig, subplots
+
+
+def plot_curves(info: SweepInfo, panel: Panel, path: Path, threshold: float | None) -> Path:
+    """Choice accuracy vs tokens: one panel per frequency, one colour per size, one line per seed.
+
+    Runs without choice metrics draw their accuracy (the y label says which); the criterion's
+    threshold (when it is an accuracy) and the runs' baselines are drawn as horizontal lines.
+    """
+    fig, subplots = _per_frequency_figure(info, panel)
+    for sub in subplots:
+        ax, plotted, used = sub.ax, False, set()
+        for cell, color, label in sub.runs:
+            xs, ys, metric = _accuracy_curve(info, cell, panel.task)
+            pts = [(x, y) for x, y in zip(xs, ys) if x > 0]
+            if not pts:
+                continue
+            used.add(metric)
+            ax.plot(*zip(*pts), color=color, lw=1.2, alpha=0.9, label=label)
+            plotted = True
         if threshold is not None:
             ax.axhline(threshold, color="0.4", ls="--", lw=0.8, label=f"threshold {threshold:g}")
         _draw_baselines(ax, panel)
@@ -499,13 +537,7 @@ def plot_curves(info: SweepInfo, panel: Panel, path: Path, threshold: float | No
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{panel.title} @ {_fmt_freq(f)}", fontsize=8)
-        ax.set_xlabel("tokens", fontsize=8)
-        ax.set_ylabel(" / ".join(sorted(used, reverse=True)) or "accuracy", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        if j == 0 and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="upper left")
+        sub.finish(panel, "tokens", " / ".join(sorted(used, reverse=True)) or "accuracy", "upper left")
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -525,41 +557,18 @@ def plot_task_vs_background(info: SweepInfo, panel: Panel, path: Path) -> Path:
     evaluation (right: high background loss) to its last (left). A size whose task loss flattens
     while its background loss still falls has plateaued on the task.
     """
-    from matplotlib import colormaps
-
-    n = len(panel.freqs)
-    ncols = min(n, 4)
-    nrows = math.ceil(n / ncols)
-    fig = _figure(3.2 * ncols, 2.6 * nrows)
-    cmap = colormaps["viridis"]
-    by_name = {c.name: c for c in info.cells}
+    fig, subplots = _per_frequency_figure(info, panel)
     # One metric for the whole figure, so that every line is on one scale: the choice loss when every
     # run has it, else the loss over the full vocabulary.
-    names = [n for ns in panel.cells.values() for n in ns]
-    metric = (
-        "choice_loss"
-        if all(curves(info, by_name[n], panel.task, "choice_loss")[0] for n in names)
-        else "loss"
-    )
-    for j, f in enumerate(panel.freqs):
-        ax = fig.add_subplot(nrows, ncols, j + 1)
-        for k, s in enumerate(panel.sizes):
-            color = cmap(0.85 * k / max(1, len(panel.sizes) - 1))
-            for m, name in enumerate(panel.cells.get((s, f), [])):
-                pts = _paired_curve(info, by_name[name], panel.task, metric)
-                if not pts:
-                    continue
-                ax.plot(
-                    *zip(*pts), color=color, lw=1.2, marker=".", ms=3, alpha=0.9, label=s if m == 0 else None
-                )
-        ax.invert_xaxis()  # training runs left to right
-        ax.set_title(f"{panel.title} @ {_fmt_freq(f)}", fontsize=8)
-        ax.set_xlabel("background eval loss", fontsize=8)
-        ax.set_ylabel(f"task {metric}", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        if j == 0 and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="upper right")
+    cells = [cell for sub in subplots for cell, _, _ in sub.runs]
+    metric = "choice_loss" if all(curves(info, c, panel.task, "choice_loss")[0] for c in cells) else "loss"
+    for sub in subplots:
+        for cell, color, label in sub.runs:
+            pts = _paired_curve(info, cell, panel.task, metric)
+            if pts:
+                sub.ax.plot(*zip(*pts), color=color, lw=1.2, marker=".", ms=3, alpha=0.9, label=label)
+        sub.ax.invert_xaxis()  # training runs left to right
+        sub.finish(panel, "background eval loss", f"task {metric}", "upper right")
     fig.savefig(path, dpi=DPI)
     return path
 
@@ -718,6 +727,10 @@ FRONTIER_COLUMNS = [
     "exchange_text",
     "exchange_ci_lo",
     "exchange_ci_hi",
+    "exchange_ci_lo_text",
+    "exchange_ci_hi_text",
+    "exchange_resamples",
+    "exchange_resamples_unbounded",
     "exchange_resamples_undefined",
 ]
 
@@ -797,27 +810,20 @@ def write_frontier_files(sweep_dir: Path, estimates: list[PanelFrontier]) -> lis
     writer.writeheader()
     for e in estimates:
         rates = {r.smaller: r for r in e.rates}
+        panel_columns = {
+            "task": e.panel.task,
+            "facet": ";".join(f"{k}={v}" for k, v in e.panel.facet),
+            "basis": e.basis,
+            "criterion": e.criterion,
+            "data_seeds": " ".join(map(str, e.data_seeds)),
+        }
         for front in e.sizes:
-            rec = _size_record(e, front)
+            rec = {**_size_record(e, front), **panel_columns, "resamples_no_crossing": front.no_crossing}
+            rec["bracket_cells"] = " ".join(rec["bracket_cells"])
             rate = rates.get(front.size)
-            rec.update(
-                task=e.panel.task,
-                facet=";".join(f"{k}={v}" for k, v in e.panel.facet),
-                basis=e.basis,
-                criterion=e.criterion,
-                data_seeds=" ".join(map(str, e.data_seeds)),
-                bracket_cells=" ".join(rec["bracket_cells"]),
-                resamples_no_crossing=front.no_crossing,
-            )
-            if rate is not None:
-                rec.update(
-                    exchange_with=rate.larger,
-                    exchange_rate=rate.value,
-                    exchange_text=rate.text,
-                    exchange_ci_lo=rate.ci_lo,
-                    exchange_ci_hi=rate.ci_hi,
-                    exchange_resamples_undefined=rate.undefined,
-                )
+            if rate is not None:  # frontier.json's rate record, under an ``exchange_`` prefix
+                rec.update({f"exchange_{k}": v for k, v in _rate_record(rate).items()})
+                rec["exchange_with"] = rate.larger
             writer.writerow({k: "" if rec.get(k) is None else rec[k] for k in FRONTIER_COLUMNS})
     atomic_write_text(csv_path, fh.getvalue())
     return [csv_path, json_path]
@@ -857,13 +863,8 @@ def plot_crossing(estimates: list[PanelFrontier], path: Path) -> Path:
     ax.set_yscale("log")
     _label_sizes_and_frequencies(ax, panel)
     ax.set_ylim(min(panel.freqs) / 1.3, max(panel.freqs) * 1.3)
-    ax.set_xlabel("parameters")
-    ax.set_ylabel(f"crossing frequency f* ({panel.unit})")
-    ax.set_title(f"{panel.title}: f* with 95% CI over data seeds", fontsize=9)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=6, loc="best")
-    fig.savefig(path, dpi=DPI)
-    return path
+    title = f"{panel.title}: f* with 95% CI over data seeds"
+    return _save_size_frequency_plot(ax, path, f"crossing frequency f* ({panel.unit})", title)
 
 
 # ---------------------------------------------------------------------------------------------- report

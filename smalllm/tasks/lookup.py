@@ -54,21 +54,40 @@ class TableParams:
             raise ValueError(f"num_values: must be at least 2, got {self.num_values}")
 
 
+class ValueTableTask(Task):
+    """A task on the shared value table: draws it in ``setup`` (with ``num_labels`` label tokens
+    outside it) and reads two table tokens per instance. Subclasses write ``generate``."""
+
+    Params = TableParams
+
+    num_labels = 0
+    """Tokens drawn besides the table, e.g. T_CMP's two answer labels."""
+
+    def setup(self, rng: np.random.Generator) -> None:
+        self.table, self.labels = value_table(self.vocab, rng, self.params.num_values, extra=self.num_labels)
+
+    def table_tokens(self) -> list[int]:
+        return [*self.table, *self.labels]
+
+    def max_length(self) -> int:
+        return 4
+
+
 @register
-class TCmp(Task):
+class TCmp(ValueTableTask):
     """``TOK1 TOK2 -> A`` if ``val(TOK1) < val(TOK2)`` else ``B`` (Huang et al.'s T_CMP)."""
 
     name = "t_cmp"
     description = "Huang et al. T_CMP: two value-table tokens -> label A if val1 < val2 else B"
+    num_labels = 2
 
-    Params = TableParams
+    @property
+    def label_less(self) -> int:
+        return self.labels[0]
 
-    def setup(self, rng: np.random.Generator) -> None:
-        self.table, labels = value_table(self.vocab, rng, self.params.num_values, extra=2)
-        self.label_less, self.label_not_less = labels
-
-    def table_tokens(self) -> list[int]:
-        return [*self.table, self.label_less, self.label_not_less]
+    @property
+    def label_not_less(self) -> int:
+        return self.labels[1]
 
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
         n = self.params.num_values
@@ -87,24 +106,13 @@ class TCmp(Task):
         n = self.params.num_values
         return n * (n - 1)
 
-    def max_length(self) -> int:
-        return 4
-
 
 @register
-class TAdd(Task):
+class TAdd(ValueTableTask):
     """``TOK1 TOK2 -> TOK3`` with ``val(TOK3) = (val(TOK1) + val(TOK2)) mod n`` (Huang et al.'s T_ADD)."""
 
     name = "t_add"
     description = "Huang et al. T_ADD: two value-table tokens -> the token of (val1 + val2) mod n"
-
-    Params = TableParams
-
-    def setup(self, rng: np.random.Generator) -> None:
-        self.table, _ = value_table(self.vocab, rng, self.params.num_values)
-
-    def table_tokens(self) -> list[int]:
-        return list(self.table)
 
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
         n = self.params.num_values
@@ -117,6 +125,3 @@ class TAdd(Task):
 
     def instance_space(self) -> int:
         return self.params.num_values**2
-
-    def max_length(self) -> int:
-        return 4

@@ -42,6 +42,7 @@ from smalllm.data.passes import passes_line
 from smalllm.data.shards import corpus_dir, ensure_corpus
 from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
+from smalllm.eval.config import EvalConfig
 from smalllm.eval.evaluator import evaluate
 from smalllm.model.build import build_model, count_params
 from smalllm.run_record import (
@@ -690,11 +691,7 @@ class _TrainerControl(Control):
         return self._trainer.save()
 
     def evaluate(
-        self,
-        eval_sets: list[TaskEvalSet],
-        background: np.ndarray | None,
-        batch_size: int,
-        batch_tokens: int | None = None,
+        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, cfg: EvalConfig
     ) -> dict[str, float]:
         trainer = self._trainer
         with trainer.accelerator.autocast():
@@ -702,9 +699,9 @@ class _TrainerControl(Control):
                 trainer.unwrapped_model,
                 eval_sets,
                 background,
-                batch_size=batch_size,
+                batch_size=cfg.batch_size,
                 pad_id=trainer.tokenizer.pad_token_id,
-                batch_tokens=batch_tokens,
+                batch_tokens=cfg.batch_tokens,
             )
 
     def write_metrics(self, record: dict) -> None:

@@ -142,15 +142,12 @@ class Control(ABC):
 
     @abstractmethod
     def evaluate(
-        self,
-        eval_sets: list[TaskEvalSet],
-        background: np.ndarray | None,
-        batch_size: int,
-        batch_tokens: int | None = None,
+        self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, cfg: EvalConfig
     ) -> dict[str, float]:
-        """Evaluate the model being trained (flat ``eval/…`` metrics, see
-        :func:`smalllm.eval.evaluator.evaluate`, which ``batch_tokens`` is passed on to); training
-        mode is restored after. A collective under FSDP/DeepSpeed: every process must call it."""
+        """Evaluate the model being trained on ``eval_sets`` and ``background`` rows, batched as
+        ``cfg.batch_size``/``cfg.batch_tokens`` say (flat ``eval/…`` metrics, see
+        :func:`smalllm.eval.evaluator.evaluate`); training mode is restored after. A collective
+        under FSDP/DeepSpeed: every process must call it."""
 
     @abstractmethod
     def write_metrics(self, record: dict[str, Any]) -> None:

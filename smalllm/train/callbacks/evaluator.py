@@ -30,8 +30,6 @@ class EvaluatorCallback(Callback):
         """The last step evaluated; saved in checkpoints so a resumed run neither repeats nor skips one."""
         self.restored = False
         self.seconds = 0.0
-        self.batch_size = 0
-        self.batch_tokens: int | None = None
         self.sets: list[TaskEvalSet] = []
         self.background: np.ndarray | None = None
         self.run: RunContext | None = None
@@ -46,8 +44,6 @@ class EvaluatorCallback(Callback):
     def on_fit_start(self, run: RunContext, control: Control) -> None:
         cfg = run.eval
         self.run = run
-        self.batch_size = cfg.batch_size
-        self.batch_tokens = cfg.batch_tokens
         self.steps = set(eval_steps(run.total_steps, cfg, run.plan.tokens_per_step))
         self.sets = run.eval_sets()
         self.background = run.background_holdout(cfg.background_sequences)
@@ -72,7 +68,7 @@ class EvaluatorCallback(Callback):
 
     def _run(self, step: int, tokens: int, control: Control) -> None:
         t0 = time.perf_counter()
-        results = control.evaluate(self.sets, self.background, self.batch_size, self.batch_tokens)
+        results = control.evaluate(self.sets, self.background, self.run.eval)
         seconds = time.perf_counter() - t0
         self.seconds += seconds
         self.evaluated_step = step
