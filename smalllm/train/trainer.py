@@ -845,24 +845,25 @@ def _per_label(
     """Accumulate loss per stream label: the *answer* tokens of each task, and background tokens.
 
     The fused mean loss already holds the sum over all targets, so per-token losses are computed
-    only at task positions (a small share of the row); background = total - task tokens. The
-    positions are found on the host (labels and masks come from the batch's arrays), so no masked
-    selection waits for the device.
+    only at task positions (a small share of the row); background = total - task tokens. The task
+    positions are found on the host (labels come from the batch's arrays), so no masked selection
+    waits for the device; an ignored target (-100) there adds 0 to the sums and counts.
     """
     device = targets.device
-    valid = batch.loss_mask[rows, 1:]  # the targets that are not -100
     labels = batch.task_ids[rows, 1:].astype(np.int64)
-    task = np.flatnonzero((labels > 0) & valid)  # flat positions in [b * (L-1)]
+    task = np.flatnonzero(labels > 0)  # flat positions in [b * (L-1)]
     answer = batch.answer_mask[rows, 1:].reshape(-1)[task]
     at = _to_device(task, device)
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1)[at].float(), targets.flatten()[at], reduction="none")
+    task_targets = targets.flatten()[at]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1)[at].float(), task_targets, reduction="none")
+    counted = (task_targets != -100).float()
     ans = _to_device(np.flatnonzero(answer), device)
     lab = _to_device(labels.reshape(-1)[task][answer], device)
     sums.index_add_(0, lab, ce[ans])
-    counts.index_add_(0, lab, torch.ones_like(ce[ans]))
-    n_valid = int(valid.sum())
+    counts.index_add_(0, lab, counted[ans])
+    n_valid = (targets != -100).sum()
     sums[0] += mean_loss * n_valid - ce.sum()
-    counts[0] += n_valid - len(task)
+    counts[0] += n_valid - counted.sum()
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:
