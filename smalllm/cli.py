@@ -229,11 +229,44 @@ def _parser() -> argparse.ArgumentParser:
         below="--rows and --steps must be >= 0",
     )
 
-    e = add("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
-    e.add_argument("path", help="checkpoint directory (or a run directory: its latest checkpoint)")
+    e = add(
+        "eval",
+        help="evaluate a checkpoint on a run's held-out sets, or any causal LM (--model) on smalllm's tasks",
+    )
+    e.add_argument("path", nargs="?", help="checkpoint directory (or a run directory: its latest checkpoint)")
     e.add_argument("--run", help="run directory whose eval sets to use (default: inferred from path)")
-    e.add_argument("--tasks", nargs="*", help="only these tasks")
-    e.add_argument("--out", help=f"JSONL file to append results to (default: <run>/{EVAL_RESULTS_FILE})")
+    e.add_argument(
+        "--tasks", nargs="*", help="only these tasks (with --model: the tasks to build), e.g. t_cmp,t_add"
+    )
+    e.add_argument(
+        "--out",
+        help=f"JSONL file to append results to (default: <run>/{EVAL_RESULTS_FILE}); "
+        "with --model: a JSON file for the curve, baselines and emergence",
+    )
+    e.add_argument(
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="score this causal LM instead, its tasks built in its own tokenizer (no run needed)",
+    )
+    e.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="R",
+        help="with --model, repeatable: a hub revision (e.g. Pythia's step1000), or for a local "
+        "directory PATH its subdirectory PATH/R; several give a curve over the steps their names end in",
+    )
+    _bounded(e, "--seed", (0, MAX_SEED), 0, "with --model: the seed of the task tables and instances")
+    _bounded(
+        e, "--eval-size", (1, 1_000_000), 256, "with --model: held-out instances drawn per task (default 256)"
+    )
+    e.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="with --model, repeatable: a task parameter, e.g. t_cmp.num_values=20",
+    )
 
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
@@ -457,9 +490,41 @@ def cmd_data(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from smalllm.eval.checkpoint_eval import evaluate_checkpoint
+    tasks = [t for item in args.tasks or [] for t in item.split(",") if t] or None
+    if args.model is None:
+        for flag, given in (("--revision", args.revision), ("--param", args.param)):
+            if given:
+                raise SmalllmError(f"{flag}: only with --model")
+        if args.path is None:
+            raise SmalllmError("eval: give a checkpoint or run directory, or --model PATH_OR_HUB_ID")
+        from smalllm.eval.checkpoint_eval import evaluate_checkpoint
 
-    evaluate_checkpoint(args.path, run_dir=args.run, tasks=args.tasks, out=args.out)
+        evaluate_checkpoint(args.path, run_dir=args.run, tasks=tasks, out=args.out)
+        return
+    if args.path is not None or args.run is not None:
+        raise SmalllmError("--model: scores a model on freshly built tasks; drop the run path and --run")
+    from smalllm.eval.any_model import evaluate_any_model
+
+    evaluate_any_model(
+        args.model,
+        tasks or [],
+        revisions=args.revision,
+        params=_per_task_params(args.param),
+        seed=args.seed,
+        eval_size=args.eval_size,
+        out=args.out,
+    )
+
+
+def _per_task_params(items: list[str]) -> dict[str, dict[str, object]]:
+    """``task.key=value`` words as {task: {key: value}}, values read as in ``tasks show``."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        task, dot, rest = item.partition(".")
+        if not dot or not task or "=" not in rest:
+            raise SmalllmError(f"--param: expected TASK.KEY=VALUE, got '{item}'")
+        out.setdefault(task, {}).update(_task_params([rest]))
+    return out
 
 
 def cmd_report(args) -> None:
