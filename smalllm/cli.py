@@ -268,6 +268,25 @@ def _parser() -> argparse.ArgumentParser:
         help="with --model, repeatable: a task parameter, e.g. t_cmp.num_values=20",
     )
 
+    x = add("export", help="export a run's task instances for other tools")
+    xadd = _with_parents(x.add_subparsers(dest="export_command", required=True, metavar="FORMAT"), common)
+    xl = xadd("lm-eval", help="lm-evaluation-harness task YAMLs and JSONL data, one group per run")
+    xl.add_argument("run", nargs="?", help="run directory: its held-out sets in its tokenizer")
+    xl.add_argument("--tasks", nargs="*", help="instead of a run: build these tasks, e.g. t_cmp,t_add")
+    xl.add_argument(
+        "--tokenizer", metavar="PATH_OR_HUB_ID", help="with --tasks: the tokenizer to build them in"
+    )
+    xl.add_argument("--out", required=True, help="directory to write the YAMLs and data files to")
+    _bounded(xl, "--seed", (0, MAX_SEED), 0, "with --tasks: the seed of the task tables and instances")
+    _bounded(xl, "--eval-size", (1, 1_000_000), 256, "with --tasks: instances drawn per task (default 256)")
+    xl.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="with --tasks: a task parameter",
+    )
+
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
 
@@ -527,6 +546,27 @@ def _per_task_params(items: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+def cmd_export(args) -> None:
+    from smalllm.eval.lm_eval_export import export_run, export_tasks
+
+    tasks = [t for item in args.tasks or [] for t in item.split(",") if t]
+    if args.run is not None:
+        if tasks or args.tokenizer or args.param:
+            raise SmalllmError("export lm-eval: give a run directory or --tasks with --tokenizer, not both")
+        export_run(args.run, args.out)
+        return
+    if not tasks or not args.tokenizer:
+        raise SmalllmError("export lm-eval: give a run directory, or --tasks and --tokenizer")
+    export_tasks(
+        args.tokenizer,
+        tasks,
+        args.out,
+        params=_per_task_params(args.param),
+        seed=args.seed,
+        eval_size=args.eval_size,
+    )
+
+
 def cmd_report(args) -> None:
     from smalllm.run_record import RunDir
     from smalllm.sweep.records import is_sweep_dir
@@ -583,6 +623,7 @@ COMMANDS = {
     "tasks": cmd_tasks,
     "data": cmd_data,
     "eval": cmd_eval,
+    "export": cmd_export,
     "report": cmd_report,
     "sweep": cmd_sweep,
     "demo": cmd_demo,

@@ -66,20 +66,20 @@ def revision_step(revision: str | None, index: int) -> int:
     return int(found.group(1)) if found else index
 
 
-def _source(model: str, revision: str | None) -> tuple[str, dict[str, Any]]:
+def _source(model: str, revision: str | None, field: str = "--model") -> tuple[str, dict[str, Any]]:
     """(name for from_pretrained, its keyword arguments) of one revision."""
     if is_local(model):
         path = Path(model).expanduser() / revision if revision else Path(model).expanduser()
         if not path.is_dir():
-            field = "--revision" if revision else "--model"
+            field = "--revision" if revision else field
             raise SmalllmError(f"{field}: model directory '{path}' not found")
         return str(path), {"local_files_only": True}
     return model, ({"revision": revision} if revision else {})
 
 
-def load_tokenizer_of(model: str, revision: str | None) -> Any:
+def load_tokenizer_of(model: str, revision: str | None, field: str = "--model") -> Any:
     """The tokenizer of one revision, with an end-of-document token and a pad id."""
-    name, kwargs = _source(model, revision)
+    name, kwargs = _source(model, revision, field)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as exc:
