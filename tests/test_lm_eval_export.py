@@ -106,3 +106,24 @@ def test_lm_eval_accuracy_equals_choice_acc(trained_run, tmp_path, monkeypatch):
         assert output["n-samples"][task.name]["effective"] == len(task.eval_set.instances)
         print(task.name, task.output_type, len(task.eval_set.instances), task.dropped, theirs, metric)
         assert theirs == pytest.approx(ours[f"eval/{task.eval_set.task}/{metric}"], abs=1e-6), task.name
+
+
+def test_export_of_tasks_built_in_a_tokenizer(tmp_path, capsys):
+    from test_any_model import word_tokenizer
+
+    saved = tmp_path / "tok"
+    word_tokenizer().save_pretrained(str(saved))
+    out = tmp_path / "export"
+    argv = ["export", "lm-eval", "--tasks", "t_cmp,t_add", "--tokenizer", str(saved), "--out", str(out)]
+    params = ["--param", "t_cmp.num_values=20", "--param", "t_add.num_values=20", "--eval-size", "40"]
+    assert main(argv + params) == 0, capsys.readouterr().err
+    assert "wrote 2 task(s)" in capsys.readouterr().out
+    group = yaml.safe_load((out / "smalllm_tok.yaml").read_text())
+    assert group["task"] == ["smalllm_tok_t_cmp", "smalllm_tok_t_add"]
+    for name in group["task"]:
+        spec = yaml.safe_load((out / f"{name}.yaml").read_text())
+        assert spec["output_type"] == "multiple_choice"  # both have single-token answer sets
+        docs = [json.loads(line) for line in (out / f"{name}.jsonl").read_text().splitlines()]
+        assert docs and all(d["answer"].startswith(" ") and d["context"].startswith(" ") for d in docs)
+    add = [json.loads(line) for line in (out / "smalllm_tok_t_add.jsonl").read_text().splitlines()]
+    assert len(add[0]["choices"]) == 20
