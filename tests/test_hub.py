@@ -56,7 +56,7 @@ def test_model_card_lists_tasks_frequencies_and_final_metrics(tiny_run):
     final = RunDir(tiny_run).read_metrics()
     last_eval = [r for r in final if r["kind"] == "eval"][-1]
     assert f"| t_cmp | {last_eval['eval/t_cmp/acc']:.4f} | {last_eval['eval/t_cmp/choice_acc']:.4f} |" in card
-    assert "smalllm train config.yaml" in card and "preset: micro-w32" in card
+    assert "smalllm train reproduce.yaml" in card and "preset: micro-w32" in card
 
 
 @pytest.mark.skipif(

@@ -40,12 +40,7 @@ class _CallablePackage(types.ModuleType):
     name and this package's are the same attribute of ``smalllm``, so the package answers the call."""
 
     def __call__(self, config: Any, **kwargs: Any) -> dict[str, dict] | None:
-        kwargs.setdefault("log", _quiet)
         return import_module("smalllm.sweep.runner").run_sweep(config, **kwargs)
-
-
-def _quiet(_message: str) -> None:
-    pass
 
 
 sys.modules[__name__].__class__ = _CallablePackage

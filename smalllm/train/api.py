@@ -62,7 +62,7 @@ def resolve_config(
     if isinstance(config_or_path, RunConfig):
         # Through a file, so a config built or edited in Python is validated like a YAML one.
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "config.yaml"
+            path = Path(tmp) / "from_python.yaml"
             save_config(config_or_path, path)
             return load_config(path, lines)
     if config_or_path is not None and not Path(config_or_path).is_file():
