@@ -2,7 +2,9 @@
 
 One checkpoint directory (its file names are defined in :mod:`smalllm.run_record`) holds:
 
-* the plain transformers files (config, safetensors weights, generation config) and the run's tokenizer;
+* the plain transformers files (config, safetensors weights, generation config) and the run's tokenizer,
+  saved for the hub: ``use_cache`` on, and a tokenizer config every supported transformers loads;
+* the model card (``README.md``), when the trainer gives one;
 * the trainer state (:data:`STATE`): one dict with step, tokens, optimizer, scheduler, RNG states,
   data position and the callbacks' state (e.g. the open logging window);
 * under FSDP/DeepSpeed, the optimizer shards written by ``accelerate.save_state``;
@@ -30,10 +32,12 @@ import torch
 
 from smalllm.errors import SmalllmError
 from smalllm.run_record import (
+    CHECKPOINT_CARD,
     CHECKPOINT_MANIFEST,
     CHECKPOINT_PREFIX,
     CHECKPOINT_STAGING_PREFIX,
     CHECKPOINT_STATE,
+    CHECKPOINT_TOKENIZER_CONFIG,
     CHECKPOINT_WEIGHTS,
     atomic_write_text,
     checkpoint_name,
@@ -85,6 +89,49 @@ def _writing(path: Path) -> Iterator[None]:
         raise CheckpointWriteError(f"{path}: cannot write the checkpoint ({error_line(exc)})") from exc
 
 
+@contextlib.contextmanager
+def _cache_on(model) -> Iterator[None]:
+    """Save the model's config with ``use_cache: true``, whatever training set in memory.
+
+    Training runs with the KV cache off (it only costs memory there), but a checkpoint is for
+    loading and generating: with ``use_cache: false`` saved, ``generate`` after
+    ``from_pretrained`` would recompute the whole prefix at every new token.
+    """
+    configs = [c for c in (getattr(model, "config", None), getattr(model, "generation_config", None)) if c]
+    before = [getattr(c, "use_cache", None) for c in configs]
+    for c in configs:  # generation_config.json is written too, and generate() reads it first
+        c.use_cache = True
+    try:
+        yield
+    finally:
+        for c, value in zip(configs, before):
+            c.use_cache = value
+
+
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+"""The tokenizer class a checkpoint names: transformers 4.x knows it, and 5.x maps it onto its
+``tokenizers`` backend. 5.x itself writes ``TokenizersBackend``, which 4.x cannot load."""
+
+_LOAD_TIME_KEYS = ("is_local", "local_files_only", "backend")
+"""Keys transformers 5.x copies from ``from_pretrained``'s arguments into the saved config: they say
+how this process loaded it, not how a reader should (``local_files_only`` would keep a hub copy from
+ever being downloaded)."""
+
+
+def portable_tokenizer_config(directory: Path) -> None:
+    """Rewrite a saved ``tokenizer_config.json`` so every transformers version smalllm supports
+    (``>=4.46``) opens it with ``AutoTokenizer``; ``tokenizer.json`` itself is read by both."""
+    path = directory / CHECKPOINT_TOKENIZER_CONFIG
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text())
+    if config.get("tokenizer_class") in ("TokenizersBackend", None):
+        config["tokenizer_class"] = TOKENIZER_CLASS
+    for key in _LOAD_TIME_KEYS:
+        config.pop(key, None)
+    atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def staging_dir(root: Path, step: int) -> Path:
     """Where checkpoint ``step`` is written before it is renamed into place."""
     return root / f"{CHECKPOINT_STAGING_PREFIX}{checkpoint_name(step)}"
@@ -100,19 +147,31 @@ def stage_checkpoint(root: Path, step: int) -> Path:
 
 
 def publish_checkpoint(
-    tmp: Path, step: int, model, tokenizer, state: dict, meta: dict, weights: dict | None = None
+    tmp: Path,
+    step: int,
+    model,
+    tokenizer,
+    state: dict,
+    meta: dict,
+    weights: dict | None = None,
+    card: str | None = None,
 ) -> Path:
-    """Write model, tokenizer, trainer state and manifest into ``tmp``, then rename it into place.
+    """Write model, tokenizer, model card, trainer state and manifest into ``tmp``, then rename it
+    into place.
 
     ``weights`` is a full state dict gathered from sharded processes (FSDP/DeepSpeed); by default
-    the model's own parameters are saved.
+    the model's own parameters are saved. ``card`` is the model card's markdown.
     """
     try:
-        with _writing(tmp / WEIGHTS):
+        with _writing(tmp / WEIGHTS), _cache_on(model):
             model.save_pretrained(str(tmp), safe_serialization=True, state_dict=weights)
         if tokenizer is not None:
             with _writing(tmp):
                 tokenizer.save_pretrained(str(tmp))
+                portable_tokenizer_config(tmp)
+        if card is not None:
+            with _writing(tmp / CHECKPOINT_CARD):
+                atomic_write_text(tmp / CHECKPOINT_CARD, card)
         with _writing(tmp / STATE):
             torch.save(state, tmp / STATE)
         files = {}
@@ -143,9 +202,11 @@ def publish_checkpoint(
     return final
 
 
-def save_checkpoint(root: Path, step: int, model, tokenizer, state: dict, meta: dict) -> Path:
+def save_checkpoint(
+    root: Path, step: int, model, tokenizer, state: dict, meta: dict, card: str | None = None
+) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically (single process) and return its path."""
-    return publish_checkpoint(stage_checkpoint(root, step), step, model, tokenizer, state, meta)
+    return publish_checkpoint(stage_checkpoint(root, step), step, model, tokenizer, state, meta, card=card)
 
 
 def verify_checkpoint(path: Path, checksums: bool = False) -> str | None:

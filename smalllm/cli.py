@@ -300,6 +300,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
+    pu = add("push", help="upload a run's checkpoint (model, tokenizer, card) to the Hugging Face Hub")
+    pu.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint directory)")
+    pu.add_argument("repo_id", metavar="REPO_ID", help="hub repository, OWNER/NAME (created if missing)")
+    pu.add_argument("--revision", help="branch to push to (created if missing; default main)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--checkpoint", metavar="STEP", help="this step's checkpoint (default: the latest)")
+
     add("demo", help="the embedded CPU demo: train, evaluate and report (no downloads)")
     add("env", help="the torch build, devices, library versions, world size and smalllm commit")
     _toy_args(add("toy", help="the linear-mixture toy and its exact theory (docs/toy.md)"))
@@ -602,6 +609,12 @@ def cmd_sweep(args) -> None:
     )
 
 
+def cmd_push(args) -> None:
+    from smalllm.hub import push
+
+    push(args.run, args.repo_id, revision=args.revision, private=args.private, checkpoint=args.checkpoint)
+
+
 def cmd_demo(args) -> None:
     from smalllm.demo import run_demo
 
@@ -626,6 +639,7 @@ COMMANDS = {
     "export": cmd_export,
     "report": cmd_report,
     "sweep": cmd_sweep,
+    "push": cmd_push,
     "demo": cmd_demo,
     "env": cmd_env,
     "toy": cmd_toy,

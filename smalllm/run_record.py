@@ -14,7 +14,8 @@ checkpointing, sweeps and reports reach those files only through :class:`RunDir`
       eval_results.jsonl    records appended by ``smalllm eval``
       tb/                   TensorBoard event files
       report/               plots and summary.md written by ``smalllm report``
-      checkpoints/step_00000100/   a ``save_pretrained`` directory plus the trainer state
+      checkpoints/step_00000100/   a ``save_pretrained`` directory, its model card (README.md)
+                                   and tokenizer, plus the trainer state
 
 **Deletion rule.** smalllm deletes only directories that carry its marker (of the expected kind) and
 hold nothing but names it writes there (a file a user put into a run makes the run irreplaceable
@@ -108,6 +109,14 @@ CHECKPOINT_STATE = "trainer_state.pt"
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_SHARDED_STATE = "sharded_state"
 CHECKPOINT_STAGING_PREFIX = ".tmp-"
+CHECKPOINT_CARD = "README.md"
+"""The model card: what a hub page shows for the checkpoint (data, task frequencies, training)."""
+CHECKPOINT_TOKENIZER_CONFIG = "tokenizer_config.json"
+"""Written by ``save_pretrained``; rewritten so every supported transformers version loads it."""
+CHECKPOINT_UPLOAD_EXCLUDED: frozenset[str] = frozenset(
+    {CHECKPOINT_STATE, CHECKPOINT_MANIFEST, CHECKPOINT_SHARDED_STATE}
+)
+"""What ``smalllm push`` leaves out of a checkpoint: the optimizer and trainer state, the manifest."""
 
 WALL_CLOCK_FIELDS: frozenset[str] = frozenset({"time", "step_time", "tokens_per_s", "mfu", "eval_s"})
 """Fields of a metrics record that measure the machine, not the training: a resumed run's records

@@ -106,6 +106,7 @@ SLOW_TESTS = {
     "test_two_distributions_with_one_task_name_is_an_error_naming_both": 8,
     "test_same_seed_same_stream_and_seek_equals_iteration": 11,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
+    "test_checkpoint_loads_at_the_lowest_allowed_transformers": 7,
     "test_debug_shows_traceback": 3,
     "test_a_custom_shape_trains": 3.2,
     "test_eval_model_with_two_revisions_writes_a_curve_with_baselines": 7,

@@ -38,6 +38,8 @@ TOP_LEVEL = {
     # the sections themselves live in their layers (smalllm.data.config, smalllm.train.config, …).
     "smalllm.config": "train",
     "smalllm.cli": "top",
+    "smalllm.hub": "top",
+    "smalllm.api": "top",
     "smalllm.demo": "top",
     "smalllm.task_display": "top",
 }

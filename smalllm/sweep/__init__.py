@@ -18,6 +18,8 @@ find its own module already imported by this package, and should not pay for tor
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
@@ -31,6 +33,17 @@ _EXPORTS = {
 }
 
 __all__ = list(_EXPORTS)
+
+
+class _CallablePackage(types.ModuleType):
+    """``smalllm.sweep(config, ...)`` is :func:`smalllm.sweep.runner.run_sweep`: the Python API's
+    name and this package's are the same attribute of ``smalllm``, so the package answers the call."""
+
+    def __call__(self, config: Any, **kwargs: Any) -> dict[str, dict] | None:
+        return import_module("smalllm.sweep.runner").run_sweep(config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
 
 
 def __getattr__(name: str) -> Any:

@@ -656,11 +656,20 @@ class Trainer:
             state = self.state_dict(callbacks=callbacks)
             meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
             model = self.unwrapped_model
-            path = ckpt.publish_checkpoint(tmp, self.step, model, self.tokenizer, state, meta, weights)
+            path = ckpt.publish_checkpoint(
+                tmp, self.step, model, self.tokenizer, state, meta, weights, card=self._model_card()
+            )
             for kept in ckpt.prune_checkpoints(root, self.cfg.train.keep_last):
                 self.info(f"note: kept {kept} past train.keep_last: it holds files smalllm did not write")
         acc.wait_for_everyone()
         return path
+
+    def _model_card(self) -> str:
+        """The checkpoint's README.md; its metrics are the run's last evaluation up to this step."""
+        from smalllm.train.model_card import CardFacts, model_card
+
+        facts = CardFacts(self.step, self.tokens, self.num_params, self.num_non_embedding)
+        return model_card(self.cfg, facts, self.run.read_metrics())
 
     # ----------------------------------------------------------------------------------- logging
 
