@@ -225,7 +225,7 @@ def load_model_weights(model, path: Path) -> None:
         k = wrong[0]
         raise SmalllmError(
             f"{weights}: does not match the model ({k} is {tuple(state[k].shape)} in the checkpoint, "
-            f"{tuple(own[k].shape)} in the model; check model.preset)"
+            f"{tuple(own[k].shape)} in the model; check model.preset and the model.* shape keys)"
         )
     missing, unexpected = model.load_state_dict(state, strict=False)
     # Tied output heads are saved once; anything else missing means the checkpoint does not fit.

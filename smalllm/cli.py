@@ -143,6 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     _bounded(m, "--vocab-size", (1, MAX_TOKEN_ID), 50304, "vocabulary for the counts (default 50304)")
     _bounded(m, "--seq-len", (1, 2**24), 2048, "context for FLOPs/token (default 2048)")
     m.add_argument("--arch", default="olmo", help="count parameters of this architecture (default olmo)")
+    _config_args(m)  # a config and/or model.* overrides: show that one model instead of the ladder
 
     t = add("train", help="pretrain a model (config file and/or key=value overrides)")
     _config_args(t)
@@ -301,27 +302,36 @@ def _load(args) -> object:
 
 
 def cmd_models(args) -> None:
+    """The ladder, or (with a config or ``model.*`` overrides) the one shape a run would train."""
     from smalllm.config import ARCHS, ModelConfig
     from smalllm.model.build import build_model, count_params
     from smalllm.model.presets import PRESETS
     from smalllm.validation import one_of
 
-    one_of(args.arch, ARCHS, "--arch")
     V, T = args.vocab_size, args.seq_len
-    print(f"presets at vocabulary {V:,}, context {T} (arch {args.arch}, untied embeddings)")
-    header = f"{'preset':<11} {'params':>15} {'non-embedding':>15} {'layers':>6} {'width':>6} {'heads':>5} {'MLP':>7} {'FLOPs/token':>15}"
+    if args.args:
+        cfg = _load(args)
+        model, T = cfg.model, cfg.data.seq_len
+        print(f"the config's model at vocabulary {V:,}, context {T} (arch {model.arch})")
+        rows = [model]
+    else:
+        one_of(args.arch, ARCHS, "--arch")
+        print(f"presets at vocabulary {V:,}, context {T} (arch {args.arch}, untied embeddings)")
+        rows = [ModelConfig(preset=name, arch=args.arch) for name in PRESETS]
+    header = (
+        f"{'model':<22} {'params':>15} {'non-embedding':>15} {'layers':>6} {'width':>6} {'heads':>5} "
+        f"{'kv':>3} {'MLP':>7} {'FLOPs/token':>15}"
+    )
     print(header)
     print("-" * len(header))
-    for name, p in PRESETS.items():
-        if args.arch == "olmo":
-            total, non_emb = p.params(V), p.non_embedding_params()
-        else:
-            total, non_emb = count_params(
-                build_model(ModelConfig(preset=name, arch=args.arch), V, T, meta=True)
-            )
+    for model in rows:
+        shape = model.shape(T)
+        # Counted on a model built on the meta device: exact for every architecture (biases, norms).
+        total, non_emb = count_params(build_model(model, V, T, meta=True))
         print(
-            f"{name:<11} {total:>15,} {non_emb:>15,} {p.layers:>6} {p.width:>6} {p.heads:>5} {p.mlp_dim:>7} "
-            f"{p.flops_per_token(V, T):>15,}"
+            f"{shape.name:<22} {total:>15,} {non_emb:>15,} {shape.layers:>6} {shape.width:>6} "
+            f"{shape.heads:>5} {shape.kv_heads or shape.heads:>3} {shape.mlp_dim:>7} "
+            f"{shape.flops_per_token(V, T):>15,}"
         )
 
 

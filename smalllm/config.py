@@ -100,6 +100,12 @@ class RunConfig:
         self.train.validate("train")
         self.eval.validate("eval")
         self.logging.validate("logging")
+        positions = self.model.max_position_embeddings
+        require(
+            positions is None or positions >= self.data.seq_len,
+            "model.max_position_embeddings",
+            f"{positions} is shorter than data.seq_len {self.data.seq_len}",
+        )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -107,6 +107,7 @@ SLOW_TESTS = {
     "test_same_seed_same_stream_and_seek_equals_iteration": 11,
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
+    "test_a_custom_shape_trains": 3.2,
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
     # faster tests of the same code in the fast tier.
     "test_training_does_not_import_matplotlib": 9,

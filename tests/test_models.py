@@ -75,3 +75,104 @@ def test_dry_run_that_does_not_fit_prints_the_plan_and_refuses(capsys):
     assert "DOES NOT FIT" in captured.out and "optimizer (AdamW)" in captured.out
     (line,) = captured.err.strip().splitlines()
     assert line.startswith("smalllm: error: model.preset: 4b needs ~")
+
+
+# ---------------------------------------------------------------------------------------------- shapes
+
+NANOGPT = [
+    "model.preset=null",
+    "model.arch=gpt2",
+    "model.num_layers=4",
+    "model.hidden_size=128",
+    "model.num_heads=4",
+    "model.intermediate_size=512",
+    "model.tie_embeddings=true",
+    "data.seq_len=64",
+]
+
+
+def test_a_nanogpt_shape_without_a_preset_is_built_as_given():
+    from smalllm.config import load_config
+    from smalllm.model.build import hf_config
+
+    cfg = load_config(None, NANOGPT)
+    hf = hf_config(cfg.model, vocab_size=65, max_seq_len=cfg.data.seq_len)
+    assert (hf.n_layer, hf.n_embd, hf.n_head, hf.n_inner, hf.n_positions) == (4, 128, 4, 512, 64)
+    assert hf.tie_word_embeddings
+    model = build_model(cfg.model, 65, cfg.data.seq_len)
+    assert model.lm_head.weight is model.transformer.wte.weight
+    total, non_emb = count_params(model)
+    shape = cfg.model.shape(cfg.data.seq_len)
+    assert shape.name == "L4-d128-h4-i512" and shape.mlp_dim == 512
+    # The analytic count leaves out biases and LayerNorm weights (4 layers x (9d + 4d) + 2d here).
+    extras = 4 * (128 * 3 + 128 + 512 + 128 + 4 * 128) + 2 * 128
+    assert non_emb == shape.non_embedding_params() + extras == 12 * 128 * 128 * 4 + extras
+    assert total == shape.params(65) + extras == non_emb + (65 + 64) * 128
+
+
+def test_shape_keys_override_a_preset_and_gqa_counts_match_the_built_model():
+    cfg = ModelConfig(preset="micro-w64", num_layers=2, num_kv_heads=2)
+    cfg.validate()
+    shape = cfg.shape(32)
+    assert (shape.layers, shape.width, shape.heads, shape.kv_heads, shape.intermediate) == (2, 64, 4, 2, 256)
+    assert shape.name == "L2-d64-h4-i256-kv2"
+    model = build_model(cfg, 100, 32)
+    assert model.config.num_key_value_heads == 2
+    total, non_emb = count_params(model)
+    assert (total, non_emb) == (shape.params(100), shape.non_embedding_params())
+    # A preset alone keeps its name, and the plain-MLP architectures keep 1.5 x its SwiGLU width.
+    assert ModelConfig(preset="micro-w64").shape(32).name == "micro-w64"
+    assert ModelConfig(preset="micro-w64", arch="gpt_neox").shape(32).intermediate == 384
+    assert ModelConfig(preset="micro-w64", hidden_size=96).shape(32).intermediate == 384  # 4 x width
+
+
+@pytest.mark.parametrize(
+    "overrides,expect",
+    [
+        (
+            ["model.preset=null", "model.num_layers=2"],
+            "model.hidden_size: required when model.preset is null",
+        ),
+        (["model.num_heads=3"], "model.num_heads: 3 heads do not divide hidden size 64"),
+        (
+            ["model.hidden_size=72", "model.num_heads=8"],
+            "model.num_heads: head dimension 72 / 8 = 9 must be even",
+        ),
+        (
+            ["model.arch=gpt2", "model.num_kv_heads=2"],
+            "model.num_kv_heads: grouped-query attention needs arch",
+        ),
+        (["model.num_kv_heads=3"], "model.num_kv_heads: 3 key/value heads do not divide 4 heads"),
+        (["model.num_layers=0"], "model.num_layers: must be >= 1"),
+        (["model.intermediate_size=-5"], "model.intermediate_size: must be >= 1"),
+        (["model.hidden_size=1e9"], "model.hidden_size"),
+        (
+            ["data.seq_len=64", "model.max_position_embeddings=32"],
+            "model.max_position_embeddings: 32 is shorter",
+        ),
+    ],
+)
+def test_bad_shapes_are_one_line_errors_naming_the_field(overrides, expect):
+    from smalllm.config import load_config
+    from smalllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+        load_config(None, overrides)
+
+
+def test_models_command_shows_the_configured_shape(capsys):
+    assert main(["models", "--vocab-size", "65", *NANOGPT]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("L4-d128-h4-i512"))
+    assert row.split()[1:3] == ["809,856", "793,344"]  # counted on the built model, biases included
+
+
+def test_a_custom_shape_trains(tmp_path):
+    from conftest import quiet, tiny_config
+
+    from smalllm.train.trainer import Trainer
+
+    cfg = tiny_config(tmp_path / "run", *[o for o in NANOGPT if not o.startswith("data.seq_len")])
+    summary = Trainer(cfg, log=quiet).fit()
+    assert summary["status"] == "completed"
+    assert summary["non_embedding_params"] == count_params(build_model(cfg.model, 300, 32))[1]

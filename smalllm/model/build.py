@@ -1,9 +1,8 @@
-"""Hugging Face models from ladder presets.
+"""Hugging Face models of a configured shape (a ladder preset or a custom one).
 
 Every model is a stock ``transformers`` causal LM, so a checkpoint is a ``save_pretrained`` directory
-that plain ``AutoModelForCausalLM.from_pretrained`` opens. Architectures other than OLMo keep the
-preset's width, depth and heads; non-gated MLPs (gpt2, gpt_neox) get 1.5 × the SwiGLU intermediate
-size so the MLP parameter count matches.
+that plain ``AutoModelForCausalLM.from_pretrained`` opens. The shape (width, depth, heads, MLP width)
+is :meth:`ModelConfig.shape`'s, in every architecture.
 """
 
 from __future__ import annotations
@@ -20,15 +19,16 @@ from transformers import (
 )
 
 from smalllm.model.config import ModelConfig
-from smalllm.model.presets import PRESETS, Preset
 
 
 def hf_config(
     cfg: ModelConfig, vocab_size: int, max_seq_len: int, pad_id: int = 0, eos_id: int = 1
 ) -> PretrainedConfig:
-    """The transformers config for ``cfg.preset`` in architecture ``cfg.arch``; the embedding has
-    ``vocab_size`` rounded up to ``cfg.vocab_multiple`` rows."""
-    p: Preset = PRESETS[cfg.preset]
+    """The transformers config of ``cfg``'s shape in architecture ``cfg.arch``; the embedding has
+    ``vocab_size`` rounded up to ``cfg.vocab_multiple`` rows and positions up to
+    ``cfg.max_position_embeddings`` (default ``max_seq_len``)."""
+    p = cfg.shape(max_seq_len)
+    positions = cfg.max_position_embeddings or max_seq_len
     common = dict(
         vocab_size=cfg.embedding_rows(vocab_size),
         tie_word_embeddings=cfg.tie_embeddings,
@@ -44,7 +44,8 @@ def hf_config(
             intermediate_size=p.intermediate,
             num_hidden_layers=p.layers,
             num_attention_heads=p.heads,
-            max_position_embeddings=max_seq_len,
+            num_key_value_heads=p.kv_heads or p.heads,
+            max_position_embeddings=positions,
             initializer_range=cfg.init_std,
             **common,
         )
@@ -53,8 +54,8 @@ def hf_config(
             n_embd=p.width,
             n_layer=p.layers,
             n_head=p.heads,
-            n_inner=p.intermediate * 3 // 2,
-            n_positions=max_seq_len,
+            n_inner=p.intermediate,
+            n_positions=positions,
             initializer_range=cfg.init_std,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
@@ -64,10 +65,10 @@ def hf_config(
     elif cfg.arch == "gpt_neox":
         hf = GPTNeoXConfig(
             hidden_size=p.width,
-            intermediate_size=p.intermediate * 3 // 2,
+            intermediate_size=p.intermediate,
             num_hidden_layers=p.layers,
             num_attention_heads=p.heads,
-            max_position_embeddings=max_seq_len,
+            max_position_embeddings=positions,
             initializer_range=cfg.init_std,
             hidden_dropout=0.0,
             attention_dropout=0.0,

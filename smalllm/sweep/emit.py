@@ -72,7 +72,7 @@ def _accelerate_words(spec: SweepSpec, cfg: RunConfig) -> str:
     """The distribution options of a cell: its ``--config_file`` (``target.accelerate``); without
     one, ``--multi_gpu`` (DDP) for a cell of several GPUs; else nothing."""
     choice = spec.target.accelerate
-    path = choice.config_for(cfg.model.preset) if choice is not None else None
+    path = choice.config_for(cfg.model.shape(cfg.data.seq_len)) if choice is not None else None
     if path is not None:
         return f"--config_file {shlex.quote(str(path))}"
     return "--multi_gpu" if _gpu_cells(spec) and spec.target.gpus_per_cell > 1 else ""

@@ -61,7 +61,7 @@ from typing import Any
 
 from smalllm.config import RunConfig, load_config
 from smalllm.errors import ConfigError, did_you_mean
-from smalllm.model.presets import PRESETS
+from smalllm.model.presets import PRESETS, ModelShape
 from smalllm.safe_yaml import load_yaml_file, load_yaml_text
 from smalllm.sweep.records import SAFE_NAME_RULE, check_name, is_safe_name, run_dir_of
 from smalllm.validation import seed as check_seed
@@ -137,10 +137,10 @@ class AccelerateChoice:
     fsdp_from: str | None = None
     """Smallest preset (``smalllm models``) that runs under ``fsdp``; required with ``fsdp``."""
 
-    def config_for(self, preset: str) -> Path | None:
-        """The accelerate config file of a cell training ``preset``."""
+    def config_for(self, shape: ModelShape) -> Path | None:
+        """The accelerate config file of a cell training a model of ``shape``."""
         large = self.fsdp_from is not None and (
-            PRESETS[preset].non_embedding_params() >= PRESETS[self.fsdp_from].non_embedding_params()
+            shape.non_embedding_params() >= PRESETS[self.fsdp_from].non_embedding_params()
         )
         return self.fsdp if large and self.fsdp is not None else self.default
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from smalllm.model.presets import Preset
+from smalllm.model.presets import ModelShape
 
 GIB = 1024**3
 
@@ -64,7 +64,7 @@ class MemoryEstimate:
 
 
 def estimate_memory(
-    preset: Preset,
+    shape: ModelShape,
     vocab_size: int,
     seq_len: int,
     micro_batch: int,
@@ -74,10 +74,10 @@ def estimate_memory(
     sharding: str = "none",
     attention: str = "sdpa",
 ) -> MemoryEstimate:
-    """Bytes needed per process to train ``preset`` (see the module docstring for the model)."""
+    """Bytes needed per process to train a model of ``shape`` (see the module docstring for the model)."""
     if sharding not in SHARDINGS:
         raise ValueError(f"sharding {sharding!r} is not one of {', '.join(SHARDINGS)}")
-    n = preset.params(vocab_size)
+    n = shape.params(vocab_size)
     half = precision in ("bf16", "fp16")
     compute_bytes = 2 if half else 4
     shards = 1 if sharding == "none" else world
@@ -85,19 +85,19 @@ def estimate_memory(
     if sharding == "none":
         working = 2 * n if half else 0  # autocast's cached 16-bit casts; fp32 computes on the master
     elif sharding == "full_shard":
-        layer = preset.non_embedding_params() / preset.layers
-        root = n - preset.non_embedding_params()  # embeddings and LM head stay gathered in FSDP's root
+        layer = shape.non_embedding_params() / shape.layers
+        root = n - shape.non_embedding_params()  # embeddings and LM head stay gathered in FSDP's root
         working = compute_bytes * (root + 2 * layer)
     else:
         working = compute_bytes * n
     gradients = 4 * n / shards
     optimizer = 8 * n / shards
-    b, s, h, i, a = micro_batch, seq_len, preset.width, preset.intermediate, preset.heads
+    b, s, h, i, a = micro_batch, seq_len, shape.width, shape.intermediate, shape.heads
     per_layer = b * s * (10 * h + 6 * i) + (2 * b * a * s * s if attention == "eager" else 0)
     if gradient_checkpointing:
-        activations = compute_bytes * (preset.layers * b * s * h + per_layer)
+        activations = compute_bytes * (shape.layers * b * s * h + per_layer)
     else:
-        activations = compute_bytes * preset.layers * per_layer
+        activations = compute_bytes * shape.layers * per_layer
     logits = 3 * b * s * vocab_size * 4
     return MemoryEstimate(parameters, working, gradients, optimizer, activations, logits)
 

@@ -14,7 +14,7 @@ import torch
 
 from smalllm.config import RunConfig
 from smalllm.errors import SmalllmError
-from smalllm.model.presets import PRESETS, Preset
+from smalllm.model.presets import PRESETS, ModelShape
 from smalllm.train.config import TrainConfig
 from smalllm.train.environment import cuda_unavailable_reason
 from smalllm.train.memory import SHARDINGS, MemoryEstimate, available_memory, estimate_memory, format_bytes
@@ -136,7 +136,7 @@ def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
 
 @dataclass
 class Plan:
-    preset: Preset
+    shape: ModelShape
     vocab_size: int
     seq_len: int
     device: str
@@ -156,7 +156,7 @@ class Plan:
 
     @property
     def params(self) -> int:
-        return self.preset.params(self.vocab_size)
+        return self.shape.params(self.vocab_size)
 
     @property
     def tokens_per_step(self) -> int:
@@ -168,7 +168,7 @@ class Plan:
 
     @property
     def flops_per_token(self) -> int:
-        return self.preset.flops_per_token(self.vocab_size, self.seq_len)
+        return self.shape.flops_per_token(self.vocab_size, self.seq_len)
 
     def mfu(self, tokens_per_s: float) -> float:
         """Model FLOPs utilisation of a global throughput of ``tokens_per_s`` (all processes)."""
@@ -179,7 +179,7 @@ class Plan:
         return self.memory.total <= self.memory_fraction * self.available
 
     def describe(self) -> str:
-        p = self.preset
+        p = self.shape
         lines = [
             f"model        {p.name}: {self.params:,} parameters ({p.non_embedding_params():,} non-embedding), "
             f"{p.layers} layers, width {p.width}, {p.heads} heads, MLP {p.mlp_dim}",
@@ -205,7 +205,7 @@ class Plan:
         if self.fits:
             return
         raise DoesNotFit(
-            f"model.preset: {self.preset.name} needs ~{format_bytes(self.memory.total)} per process but "
+            f"{'model.preset' if self.shape.name in PRESETS else 'model'}: {self.shape.name} needs ~{format_bytes(self.memory.total)} per process but "
             f"{format_bytes(self.memory_fraction * self.available)} is usable on {self.device}; lower "
             "train.micro_batch_size, enable train.gradient_checkpointing=true, shard over more GPUs (FSDP), "
             "or pick a smaller preset"
@@ -257,7 +257,7 @@ def make_plan(
     world = target.world
     # The model's embedding rows (the tokenizer's vocabulary padded to model.vocab_multiple).
     vocab = cfg.model.embedding_rows(vocab_size if vocab_size is not None else tokenizer_vocab_estimate(cfg))
-    preset = PRESETS[cfg.model.preset]
+    shape = cfg.model.shape(cfg.data.seq_len)
     # micro_batch_size is a cap: with more processes than the global batch has micro-batches, each
     # process runs its whole share in one pass (batch 32 on 8 GPUs: 4 rows each, no accumulation).
     per_process = t.global_batch_size // world
@@ -276,7 +276,7 @@ def make_plan(
     tokens_per_step = t.global_batch_size * cfg.data.seq_len
     steps = max(1, math.ceil(t.max_tokens / tokens_per_step))
     memory = estimate_memory(
-        preset,
+        shape,
         vocab,
         cfg.data.seq_len,
         micro,
@@ -293,7 +293,7 @@ def make_plan(
         available, peak = available_memory(target.device), default_peak_flops(target.device)
         gpu_name = torch.cuda.get_device_name() if target.device == "cuda" else None
     return Plan(
-        preset=preset,
+        shape=shape,
         vocab_size=vocab,
         seq_len=cfg.data.seq_len,
         device=target.device,
