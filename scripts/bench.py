@@ -131,13 +131,6 @@ def nanogpt_model_overrides() -> list[str]:
     ]
 
 
-def gpt2_flops_per_token(layers: int, width: int, mlp: int, vocab: int, context: int) -> int:
-    """Training FLOPs per token of a GPT-2 block stack, counted as ``Preset.flops_per_token`` does:
-    6 x matmul parameters (attention 4·d², MLP 2·d·mlp, LM head V·d) + 12·L·d·T attention scores."""
-    matmul = layers * (4 * width * width + 2 * width * mlp) + vocab * width
-    return 6 * matmul + 12 * layers * width * context
-
-
 def bench_reference(steps: int, repeats: int, last: int, peak: float, tolerance: float) -> dict:
     """smalllm's trainer vs ``ref_gpt`` at the nanoGPT shape, in alternating repeats of ``steps`` steps."""
     n = NANOGPT
@@ -208,7 +201,7 @@ def bench_reference(steps: int, repeats: int, last: int, peak: float, tolerance:
     ratios = np.array(t_ref) / np.array(t_smalllm)  # smalllm tokens/s over the reference's, per pair
     loss_smalllm = float(torch.stack(smalllm_losses[-last:]).mean())
     loss_ref = float(torch.stack(ref_losses[-last:]).mean())
-    flops = gpt2_flops_per_token(n["layers"], n["width"], n["mlp"], vocab, block)
+    flops = trainer.plan.flops_per_token  # the same shape for both: GPT-2 blocks, MLP 512, tied head
     tps_smalllm, tps_ref = tokens / min(t_smalllm), tokens / min(t_ref)
     return {
         "shape": dict(n),
