@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import gc
 import json
 import sys
 import time
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         tok_s = tokens / m["step_s"]
                         row |= m | {"tokens_per_s": tok_s, "mfu": plan.mfu(tok_s)}
+                    gc.collect()  # the failed or finished measurement's model and optimizer
+                    torch._dynamo.reset()  # and compiled graphs, before the next one
                     torch.cuda.empty_cache()
                 rows.append(row)
                 print_row(
