@@ -229,11 +229,63 @@ def _parser() -> argparse.ArgumentParser:
         below="--rows and --steps must be >= 0",
     )
 
-    e = add("eval", help="evaluate a checkpoint or HF model directory on a run's held-out sets")
-    e.add_argument("path", help="checkpoint directory (or a run directory: its latest checkpoint)")
+    e = add(
+        "eval",
+        help="evaluate a checkpoint on a run's held-out sets, or any causal LM (--model) on smalllm's tasks",
+    )
+    e.add_argument("path", nargs="?", help="checkpoint directory (or a run directory: its latest checkpoint)")
     e.add_argument("--run", help="run directory whose eval sets to use (default: inferred from path)")
-    e.add_argument("--tasks", nargs="*", help="only these tasks")
-    e.add_argument("--out", help=f"JSONL file to append results to (default: <run>/{EVAL_RESULTS_FILE})")
+    e.add_argument(
+        "--tasks", nargs="*", help="only these tasks (with --model: the tasks to build), e.g. t_cmp,t_add"
+    )
+    e.add_argument(
+        "--out",
+        help=f"JSONL file to append results to (default: <run>/{EVAL_RESULTS_FILE}); "
+        "with --model: a JSON file for the curve, baselines and emergence",
+    )
+    e.add_argument(
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="score this causal LM instead, its tasks built in its own tokenizer (no run needed)",
+    )
+    e.add_argument(
+        "--revision",
+        action="append",
+        default=[],
+        metavar="R",
+        help="with --model, repeatable: a hub revision (e.g. Pythia's step1000), or for a local "
+        "directory PATH its subdirectory PATH/R; several give a curve over the steps their names end in",
+    )
+    _bounded(e, "--seed", (0, MAX_SEED), 0, "with --model: the seed of the task tables and instances")
+    _bounded(
+        e, "--eval-size", (1, 1_000_000), 256, "with --model: held-out instances drawn per task (default 256)"
+    )
+    e.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="with --model, repeatable: a task parameter, e.g. t_cmp.num_values=20",
+    )
+
+    x = add("export", help="export a run's task instances for other tools")
+    xadd = _with_parents(x.add_subparsers(dest="export_command", required=True, metavar="FORMAT"), common)
+    xl = xadd("lm-eval", help="lm-evaluation-harness task YAMLs and JSONL data, one group per run")
+    xl.add_argument("run", nargs="?", help="run directory: its held-out sets in its tokenizer")
+    xl.add_argument("--tasks", nargs="*", help="instead of a run: build these tasks, e.g. t_cmp,t_add")
+    xl.add_argument(
+        "--tokenizer", metavar="PATH_OR_HUB_ID", help="with --tasks: the tokenizer to build them in"
+    )
+    xl.add_argument("--out", required=True, help="directory to write the YAMLs and data files to")
+    _bounded(xl, "--seed", (0, MAX_SEED), 0, "with --tasks: the seed of the task tables and instances")
+    _bounded(xl, "--eval-size", (1, 1_000_000), 256, "with --tasks: instances drawn per task (default 256)")
+    xl.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help="with --tasks: a task parameter",
+    )
 
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
@@ -457,9 +509,62 @@ def cmd_data(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from smalllm.eval.checkpoint_eval import evaluate_checkpoint
+    tasks = [t for item in args.tasks or [] for t in item.split(",") if t] or None
+    if args.model is None:
+        for flag, given in (("--revision", args.revision), ("--param", args.param)):
+            if given:
+                raise SmalllmError(f"{flag}: only with --model")
+        if args.path is None:
+            raise SmalllmError("eval: give a checkpoint or run directory, or --model PATH_OR_HUB_ID")
+        from smalllm.eval.checkpoint_eval import evaluate_checkpoint
 
-    evaluate_checkpoint(args.path, run_dir=args.run, tasks=args.tasks, out=args.out)
+        evaluate_checkpoint(args.path, run_dir=args.run, tasks=tasks, out=args.out)
+        return
+    if args.path is not None or args.run is not None:
+        raise SmalllmError("--model: scores a model on freshly built tasks; drop the run path and --run")
+    from smalllm.eval.any_model import evaluate_any_model
+
+    evaluate_any_model(
+        args.model,
+        tasks or [],
+        revisions=args.revision,
+        params=_per_task_params(args.param),
+        seed=args.seed,
+        eval_size=args.eval_size,
+        out=args.out,
+    )
+
+
+def _per_task_params(items: list[str]) -> dict[str, dict[str, object]]:
+    """``task.key=value`` words as {task: {key: value}}, values read as in ``tasks show``."""
+    out: dict[str, dict[str, object]] = {}
+    for item in items:
+        task, dot, rest = item.partition(".")
+        if not dot or not task or "=" not in rest:
+            raise SmalllmError(f"--param: expected TASK.KEY=VALUE, got '{item}'")
+        out.setdefault(task, {}).update(_task_params([rest]))
+    return out
+
+
+def cmd_export(args) -> None:
+    from smalllm.eval.lm_eval_export import export_run, export_tasks
+
+    tasks = [t for item in args.tasks or [] for t in item.split(",") if t]
+    if args.run is not None:
+        if tasks or args.tokenizer or args.param:
+            raise SmalllmError("export lm-eval: give a run directory or --tasks with --tokenizer, not both")
+        export_run(args.run, args.out)
+        return
+    if not tasks or not args.tokenizer:
+        raise SmalllmError("export lm-eval: give a run directory, or --tasks and --tokenizer")
+    export_tasks(
+        args.tokenizer,
+        tasks,
+        args.out,
+        params=_per_task_params(args.param),
+        seed=args.seed,
+        eval_size=args.eval_size,
+    )
 
 
 def cmd_report(args) -> None:
@@ -518,6 +623,7 @@ COMMANDS = {
     "tasks": cmd_tasks,
     "data": cmd_data,
     "eval": cmd_eval,
+    "export": cmd_export,
     "report": cmd_report,
     "sweep": cmd_sweep,
     "demo": cmd_demo,

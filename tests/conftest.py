@@ -108,6 +108,8 @@ SLOW_TESTS = {
     "test_resume_inside_a_logging_window_is_bit_identical": 3,
     "test_debug_shows_traceback": 3,
     "test_a_custom_shape_trains": 3.2,
+    "test_eval_model_with_two_revisions_writes_a_curve_with_baselines": 7,
+    "test_lm_eval_accuracy_equals_choice_acc": 19,
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
     # faster tests of the same code in the fast tier.
     "test_training_does_not_import_matplotlib": 9,

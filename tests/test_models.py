@@ -176,3 +176,28 @@ def test_a_custom_shape_trains(tmp_path):
     summary = Trainer(cfg, log=quiet).fit()
     assert summary["status"] == "completed"
     assert summary["non_embedding_params"] == count_params(build_model(cfg.model, 300, 32))[1]
+
+
+@pytest.mark.parametrize("arch", ["olmo", "llama", "gpt2", "gpt_neox"])
+def test_every_architecture_takes_the_shape_keys(arch):
+    kv = 2 if arch in ("olmo", "llama") else None
+    cfg = ModelConfig(
+        preset=None,
+        arch=arch,
+        num_layers=3,
+        hidden_size=48,
+        num_heads=6,
+        num_kv_heads=kv,
+        intermediate_size=80,
+    )
+    cfg.validate()
+    model = build_model(cfg, vocab_size=50, max_seq_len=16)
+    hf = model.config
+    assert (hf.num_hidden_layers, hf.hidden_size, hf.num_attention_heads) == (3, 48, 6)
+    assert getattr(hf, "n_inner", None) == 80 or hf.intermediate_size == 80
+    assert getattr(hf, "num_key_value_heads", 6) == (kv or 6)
+    total, non_emb = count_params(model)
+    shape = cfg.shape(16)
+    if arch in ("olmo", "llama"):  # no biases; llama's RMSNorm weights are the only extra
+        norms = 0 if arch == "olmo" else (2 * 3 + 1) * 48
+        assert non_emb == shape.non_embedding_params() + norms

@@ -104,6 +104,33 @@ def eligible_table_tokens(cfg: TaskTokensConfig, tokenizer: Any, counts: np.ndar
     return np.array([i for i in seen if round_trips(tokenizer, i)], dtype=np.int64)
 
 
+WORD_INITIAL_RULE = (
+    "word-initial tokens of the model's tokenizer (a space then letters) that round-trip alone"
+)
+
+
+def word_initial_tokens(tokenizer: Any) -> np.ndarray:
+    """Sorted ids whose text is a space followed by letters and that re-encode to themselves alone.
+
+    The table policy for a model smalllm did not train (``smalllm eval --model``): there is no
+    background corpus to count, and whole words with a leading space (the paper's "address analyze
+    pony") are what keeps a table instance's text re-tokenizing to the same ids in context.
+    """
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i in range(len(tokenizer)):
+        if i in special:
+            continue
+        if is_word(tokenizer.decode([i])) and round_trips(tokenizer, i):
+            out.append(i)
+    return np.array(out, dtype=np.int64)
+
+
+def word_initial_vocab(tokenizer: Any) -> TaskVocab:
+    """The :class:`TaskVocab` of an outside model: tables drawn from :func:`word_initial_tokens`."""
+    return TaskVocab(tokenizer, word_initial_tokens(tokenizer), WORD_INITIAL_RULE)
+
+
 def describe_rule(cfg: TaskTokensConfig) -> str:
     """The policy in words, naming its fields (shown with a table and in the too-few-tokens error)."""
     if cfg.source == "vocabulary":

@@ -142,6 +142,26 @@ class Task(ABC):
         shown by ``smalllm tasks show`` and ``smalllm data inspect``. Empty for symbol tasks."""
         return []
 
+    def render(self, instance: Instance, prefix: Sequence[int] = ()) -> tuple[str, str]:
+        """(context text, answer text) of ``instance``, so an outside model or harness can read it.
+
+        Instances are ids; the text is their decoding, which re-tokenizes to the same ids only for
+        some instances (see :mod:`smalllm.tasks.text`): callers check it with :meth:`text_problem`.
+        """
+        from smalllm.tasks.text import render
+
+        text = render(self.vocab.tokenizer, instance, prefix)
+        return text.context, text.answer
+
+    def text_problem(self, instance: Instance, prefix: Sequence[int] = ()) -> str | None:
+        """Why :meth:`render`'s text would not re-tokenize to ``instance``'s ids (None: it does), the
+        alternatives of a single-token answer set included."""
+        from smalllm.tasks.text import text_problem
+
+        answers = self.answer_set(instance.skill)
+        choices = answers if answers is not None and len(instance.answer) == 1 else None
+        return text_problem(self.vocab.tokenizer, instance, prefix, choices)
+
     @property
     def skills(self) -> list[str]:
         """Names of the sub-skills of a task family; a plain task has one."""

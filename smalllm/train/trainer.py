@@ -15,12 +15,17 @@ its own rows; the model is a stock transformers model. Read it top to bottom:
 Callbacks see the run only through the contract in :mod:`smalllm.train.callbacks.base`: a
 :class:`RunContext`, a :class:`StepRecord` per step, a :class:`FitEnd`, and the :class:`Control`
 surface this module implements (``_TrainerControl``).
+
+The hot path does not wait for the device: a step queues its work and returns. Loss, gradient norm
+and the non-finite flag stay on the device; a non-finite step is skipped there (fused AdamW reads
+``found_inf``, as under a grad scaler). The host reads them only at *sync steps* (log, eval and
+checkpoint steps, the last step, a checkpoint or evaluation requested in between): there the
+trainer settles the steps since the last one (counts skips, applies ``train.nan_policy``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import threading
@@ -44,6 +49,7 @@ from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.eval.config import EvalConfig
 from smalllm.eval.evaluator import evaluate
+from smalllm.eval.schedule import eval_steps
 from smalllm.model.build import build_model, count_params
 from smalllm.run_record import (
     CHECKPOINT_SHARDED_STATE,
@@ -95,6 +101,9 @@ class Trainer:
         self.train_seconds = 0.0
         self.wall_seconds = 0.0
         self.skipped_steps = 0
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
+        self._signal: str | None = None
         self._begun = False
         self._summary_fields: dict = {}
         self.control: Control = _TrainerControl(self)
@@ -116,6 +125,9 @@ class Trainer:
             # Before anything touches CUDA, so no process opens a context on GPU 0 by accident.
             torch.cuda.set_device(check_local_rank(torch.cuda.device_count()))
         precision = resolve_precision(t.precision, device)
+        if device == "cuda":  # TF32 matmuls (fp32 runs, and fp32 parts of mixed precision)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         mixed = {"bf16": "bf16", "fp16": "fp16"}.get(precision, "no")
         trackers = (["tensorboard"] if cfg.logging.tensorboard else []) + (
             ["wandb"] if cfg.logging.wandb else []
@@ -173,6 +185,7 @@ class Trainer:
         if t.compile:
             model = torch.compile(model)
         self.model, self.optimizer = acc.prepare(model, optimizer)
+        self._found_inf = self._device_skip(precision)
         # The schedule is a pure function of the step; not prepared, so accelerate cannot step it per process.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
@@ -183,6 +196,11 @@ class Trainer:
             if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
                 acc.load_state(str(resume_from / CHECKPOINT_SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
+        self._sync_steps = {s for s in range(0, self.total_steps + 1, t.log_every)} | {self.total_steps}
+        if t.checkpoint_every:
+            self._sync_steps |= set(range(0, self.total_steps + 1, t.checkpoint_every))
+        if cfg.eval.enabled:
+            self._sync_steps |= set(eval_steps(self.total_steps, cfg.eval, self.plan.tokens_per_step))
         self.context = RunContext(
             plan=self.plan,
             train=t,
@@ -204,6 +222,17 @@ class Trainer:
             background_holdout=self.stream.background_holdout,
             fit_instances=self.stream.fit_instances,
         )
+
+    def _device_skip(self, precision: str) -> torch.Tensor | None:
+        """The ``found_inf`` flag fused AdamW skips its update by (on the device, no sync), or None
+        where the step is decided on the host: fp16 (the grad scaler owns the flag), DeepSpeed and
+        optimizers that do not read it."""
+        inner = getattr(self.optimizer, "optimizer", self.optimizer)
+        fused = isinstance(inner, torch.optim.AdamW) and inner.defaults.get("fused")
+        if precision == "fp16" or not fused or self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return None
+        inner.found_inf = torch.zeros((), device=self.accelerator.device)
+        return inner.found_inf
 
     def _environment(self) -> dict:
         """The run's facts for its summary and hparams: the machine's, then what this run uses."""
@@ -345,6 +374,7 @@ class Trainer:
             self.begin()
             while self.step < self.total_steps and self.stop_requested is None:
                 self.run_step()
+            self.settle()  # a stop between sync steps: its skips are counted before the end
         except BaseException as exc:  # recorded below, then raised again
             error = exc
         finally:
@@ -440,16 +470,22 @@ class Trainer:
         return record
 
     def _request_stop(self, signum, _frame) -> None:
-        self.stop_requested = signal.Signals(signum).name
+        name = signal.Signals(signum).name
+        if self._signal is None:
+            self._signal = name
+        if self.world == 1 and self.stop_requested is None:  # nothing to agree on: stop after this step
+            self.stop_requested = name
 
     def _agree_on_stop(self) -> None:
-        """All processes stop after the same step when any of them got a signal (else: deadlock in
-        the next collective while one rank waits to checkpoint)."""
-        if self.world == 1:
+        """Turn a signal into a stop request. All processes stop after the same step when any of them
+        got a signal (else: deadlock in the next collective while one rank waits to checkpoint); with
+        several processes they agree at sync steps only (a reduction waits for the device), so a
+        signal stops the run at the next log, eval or checkpoint step."""
+        if self.world == 1 or self.step not in self._sync_steps:
             return
-        flag = torch.tensor(0.0 if self.stop_requested is None else 1.0, device=self.accelerator.device)
+        flag = torch.tensor(0.0 if self._signal is None else 1.0, device=self.accelerator.device)
         if float(self.accelerator.reduce(flag, reduction="sum")) > 0 and self.stop_requested is None:
-            self.stop_requested = "signal on another process"
+            self.stop_requested = self._signal or "signal on another process"
 
     def _train_step(self) -> StepRecord:
         """One optimizer step over this process's share of global batch ``self.step``; advances
@@ -464,7 +500,7 @@ class Trainer:
         total_loss = torch.zeros((), device=acc.device)
         for i in range(self.plan.accumulation):
             rows = slice(i * micro, (i + 1) * micro)
-            ids = torch.from_numpy(batch.input_ids[rows]).to(acc.device)
+            ids = _to_device(batch.input_ids[rows], acc.device)
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
                 logits = model(input_ids=ids).logits
@@ -475,23 +511,30 @@ class Trainer:
             _per_label(logits.detach(), targets, loss.detach(), batch, rows, label_loss, label_count)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
-        finite = math.isfinite(grad_norm) and bool(torch.isfinite(total_loss))
         if self.plan.precision == "fp16":
-            # The grad scaler skips overflowing steps and lowers its scale itself; that is not divergence.
-            self.optimizer.step()
-            finite = finite or acc.optimizer_step_was_skipped
-        elif finite:
+            # The grad scaler skips overflowing steps (on the device) and lowers its scale itself; that
+            # is not divergence, a non-finite loss is.
+            skipped = ~torch.isfinite(total_loss)
             self.optimizer.step()
         else:
-            label_loss.zero_()
-            label_count.zero_()
-            self._non_finite(total_loss)
+            skipped = ~(torch.isfinite(grad_norm) & torch.isfinite(total_loss))
+            if self._found_inf is not None:
+                self._found_inf.copy_(skipped)  # fused AdamW leaves weights and moments as they are
+                self.optimizer.step()
+            elif not skipped.item():  # no device-side skip for this optimizer: decide on the host
+                self.optimizer.step()
+        label_loss = torch.where(skipped, 0.0, label_loss)
+        label_count = torch.where(skipped, 0.0, label_count)
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t0
-        self.train_seconds += elapsed
+        self._pending.append((self.step, skipped, total_loss))
         self.step += 1
         self.tokens += self.plan.tokens_per_step
+        if self.step in self._sync_steps:
+            # Inside the timed part: the wait for the device is the steps' own time.
+            self.settle()
+        elapsed = time.perf_counter() - t0
+        self.train_seconds += elapsed
         return StepRecord(
             step=self.step,
             tokens=self.tokens,
@@ -499,24 +542,46 @@ class Trainer:
             grad_norm=grad_norm,
             lr=lr,
             step_time=elapsed,
-            skipped=not finite,
+            skipped=skipped,
             label_loss=label_loss,
             label_count=label_count,
         )
 
-    def _clip(self) -> float:
+    def _clip(self) -> torch.Tensor:
+        """Clip the gradients; returns their norm before clipping (0-dim, on the device)."""
         clip = self.cfg.train.grad_clip
         params = self.model.parameters()
         norm = self.accelerator.clip_grad_norm_(params, clip if clip > 0 else float("inf"))
-        return float(norm)
+        if isinstance(norm, torch.Tensor):
+            return norm.detach()
+        return torch.tensor(float(norm), device=self.accelerator.device)
 
-    def _non_finite(self, loss: torch.Tensor) -> None:
+    def settle(self) -> None:
+        """Read the non-finite flags of the steps since the last call (one wait for the device) and
+        apply ``train.nan_policy`` to them: count the skips, log each, or raise :class:`TrainingDiverged`
+        at the first one. Called at sync steps, before a checkpoint or an evaluation, and at the end.
+
+        The non-finite step itself was skipped on the device (weights and Adam moments untouched); with
+        ``stop``, the steps after it until this sync step were trained, and nothing was checkpointed.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        flags = torch.stack([flag for _, flag, _ in pending]).tolist()
+        if not any(flags):
+            return
+        losses = torch.stack([loss.float() for _, _, loss in pending]).tolist()
+        for (step, _, _), bad, loss in zip(pending, flags, losses, strict=True):
+            if bad:
+                self._non_finite(step, loss)
+
+    def _non_finite(self, step: int, loss: float) -> None:
         self.skipped_steps += 1
         if self.cfg.train.nan_policy == "skip":
-            self.info(f"step {self.step}: non-finite loss/gradient ({float(loss):.4g}); batch skipped")
+            self.info(f"step {step}: non-finite loss/gradient ({loss:.4g}); batch skipped")
             return
         raise TrainingDiverged(
-            f"train.nan_policy=stop: loss became {float(loss):.4g} at step {self.step}; "
+            f"train.nan_policy=stop: loss became {loss:.4g} at step {step}; "
             "the last good checkpoint is kept (lower train.lr or set train.nan_policy=skip)"
         )
 
@@ -576,6 +641,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Write a checkpoint of the current step. The main process writes; under FSDP/DeepSpeed
         every process takes part in gathering the weights and writing its optimizer shard."""
+        self.settle()  # a diverged run is not checkpointed; the skip count is part of the state
         acc = self.accelerator
         root = self.run.checkpoints_dir
         tmp = ckpt.stage_checkpoint(root, self.step) if self.is_main else ckpt.staging_dir(root, self.step)
@@ -694,6 +760,7 @@ class _TrainerControl(Control):
         self, eval_sets: list[TaskEvalSet], background: np.ndarray | None, cfg: EvalConfig
     ) -> dict[str, float]:
         trainer = self._trainer
+        trainer.settle()
         with trainer.accelerator.autocast():
             return evaluate(
                 trainer.unwrapped_model,
@@ -718,18 +785,22 @@ class _TrainerControl(Control):
 
 
 def build_optimizer(model: torch.nn.Module, t: TrainConfig, device: str) -> torch.optim.Optimizer:
-    """AdamW over ``model``; no weight decay on biases, norms and the input embeddings."""
+    """Fused AdamW over ``model``; no weight decay on biases, norms and the input embeddings.
+
+    Fused on every device (CPU included): its kernel skips a step whose ``found_inf`` flag is set
+    without the host reading the flag, which is how the trainer skips non-finite steps without a
+    wait for the device. (On the CPU it differs from the foreach AdamW in the last bits of the
+    weights; runs stay bit-reproducible.) ``device`` is kept for callers."""
+    del device
     embeddings = {id(model.get_input_embeddings().weight)}
     decay = [p for p in model.parameters() if p.ndim >= 2 and id(p) not in embeddings]
     no_decay = [p for p in model.parameters() if p.ndim < 2 or id(p) in embeddings]
-    fused = device == "cuda"
     return torch.optim.AdamW(
         [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=t.lr,
         betas=(t.beta1, t.beta2),
         eps=t.eps,
-        fused=fused,
-        foreach=None if fused else True,
+        fused=True,
     )
 
 
@@ -760,8 +831,12 @@ def _targets(ids: torch.Tensor, loss_mask: np.ndarray) -> torch.Tensor:
     targets = ids[:, 1:]
     if loss_mask.all():  # packed rows have no padding: nothing to mask
         return targets
-    keep = torch.from_numpy(loss_mask[:, 1:]).to(ids.device)
-    return targets.masked_fill(~keep, -100)
+    return targets.masked_fill(~_to_device(loss_mask[:, 1:], ids.device), -100)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device`` without waiting for the device (a blocking copy syncs the stream)."""
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
 
 
 def _per_label(
@@ -770,20 +845,25 @@ def _per_label(
     """Accumulate loss per stream label: the *answer* tokens of each task, and background tokens.
 
     The fused mean loss already holds the sum over all targets, so per-token losses are computed
-    only at task positions (a small share of the row); background = total - task tokens.
+    only at task positions (a small share of the row); background = total - task tokens. The task
+    positions are found on the host (labels come from the batch's arrays), so no masked selection
+    waits for the device; an ignored target (-100) there adds 0 to the sums and counts.
     """
     device = targets.device
-    labels = torch.from_numpy(batch.task_ids[rows, 1:].astype(np.int64)).to(device)
-    answer = torch.from_numpy(batch.answer_mask[rows, 1:]).to(device)
-    valid = targets != -100
-    task = (labels > 0) & valid
-    ce = F.cross_entropy(logits[:, :-1][task].float(), targets[task], reduction="none")
-    lab, ans = labels[task], answer[task]
-    sums.index_add_(0, lab[ans], ce[ans])
-    counts.index_add_(0, lab[ans], torch.ones_like(ce[ans]))
-    n_valid = valid.sum()
+    labels = batch.task_ids[rows, 1:].astype(np.int64)
+    task = np.flatnonzero(labels > 0)  # flat positions in [b * (L-1)]
+    answer = batch.answer_mask[rows, 1:].reshape(-1)[task]
+    at = _to_device(task, device)
+    task_targets = targets.flatten()[at]
+    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1)[at].float(), task_targets, reduction="none")
+    counted = (task_targets != -100).float()
+    ans = _to_device(np.flatnonzero(answer), device)
+    lab = _to_device(labels.reshape(-1)[task][answer], device)
+    sums.index_add_(0, lab, ce[ans])
+    counts.index_add_(0, lab, counted[ans])
+    n_valid = (targets != -100).sum()
     sums[0] += mean_loss * n_valid - ce.sum()
-    counts[0] += n_valid - task.sum()
+    counts[0] += n_valid - counted.sum()
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:

@@ -44,9 +44,11 @@ Reduction = Literal["sum", "mean"]
 class StepRecord:
     """One optimizer step on this process.
 
-    Tensors stay on the device: reading them (``float(record.loss)``) waits for the device, so that
-    cost is paid only by a callback that needs the value, and only when it needs it. Records compare
-    by identity (each is one event; tensors have no single truth value to compare by).
+    Tensors stay on the device: reading them (``float(record.loss)``, ``bool(record.skipped)``)
+    waits for the device, so that cost is paid only by a callback that needs the value, and only
+    when it needs it (the trainer's own hot path reads none of them outside log, eval and checkpoint
+    steps; a callback reading one every step makes every step wait). Records compare by identity
+    (each is one event; tensors have no single truth value to compare by).
     """
 
     step: int
@@ -55,14 +57,17 @@ class StepRecord:
     """Tokens trained on so far, over all processes."""
     loss: torch.Tensor
     """This process's mean next-token loss of the step (0-dim, on the device)."""
-    grad_norm: float
-    """Gradient norm before clipping, over all processes."""
+    grad_norm: torch.Tensor
+    """Gradient norm before clipping, over all processes (0-dim, on the device)."""
     lr: float
     """Learning rate the step was taken with."""
     step_time: float
     """Seconds the step took on this process (training only: no callbacks, evaluation or saves)."""
-    skipped: bool
-    """The loss or gradient was not finite, so the batch was skipped (``train.nan_policy=skip``)."""
+    skipped: torch.Tensor
+    """0-dim bool on the device: the loss or gradient was not finite, so the optimizer step was
+    skipped on the device (weights and Adam moments unchanged). ``train.nan_policy`` is applied to
+    it at the next log, eval or checkpoint step (see :meth:`~smalllm.train.trainer.Trainer.settle`).
+    Under fp16 only a non-finite loss counts: gradient overflow is the grad scaler's to skip."""
     label_loss: torch.Tensor
     """Per-label sums of token loss on this process, indexed like :attr:`RunContext.labels` (zero
     when skipped): task answer tokens, and every background token for label 0."""

@@ -19,6 +19,9 @@ class MetricsLogger(Callback):
 
     Throughput (``tokens_per_s``, ``mfu``) is measured over the same window, from the steps' own
     times: evaluation and checkpoints between steps do not count.
+
+    The window's sums stay on the device between records: a step that is not a log step reads
+    nothing back (no wait for the device); the record's step reads them once.
     """
 
     def __init__(self) -> None:
@@ -30,8 +33,10 @@ class MetricsLogger(Callback):
         self._reset()
 
     def _reset(self) -> None:
-        self.loss_sum = 0.0
-        self.steps = 0
+        self.loss_sum: torch.Tensor | None = None
+        """Sum of the window's kept (not skipped) step losses, float64 on the device."""
+        self.steps: torch.Tensor | None = None
+        """How many steps of the window were kept, on the device."""
         self.label_loss = None
         self.label_count = None
         # Not checkpointed: wall-clock time, so a resumed run's window times only its own steps.
@@ -52,9 +57,13 @@ class MetricsLogger(Callback):
             )
 
     def on_step_end(self, record: StepRecord, control: Control) -> None:
-        if not record.skipped:  # a skipped (non-finite) batch must not poison the window mean
-            self.loss_sum += float(record.loss)
-            self.steps += 1
+        # A skipped (non-finite) batch must not poison the window mean; selected on the device.
+        kept = torch.logical_not(record.skipped)
+        loss = torch.where(kept, record.loss.double(), 0.0)
+        if self.loss_sum is None:
+            self.loss_sum, self.steps = loss, kept.long()
+        else:
+            self.loss_sum, self.steps = self.loss_sum + loss, self.steps + kept.long()
         if self.label_loss is None:
             self.label_loss, self.label_count = record.label_loss.clone(), record.label_count.clone()
         else:
@@ -70,7 +79,7 @@ class MetricsLogger(Callback):
             if self.plain_lines and seconds and time.perf_counter() - self._last_line >= seconds:
                 # Between records: this process's own window, so no collective is needed (the
                 # other processes do not know a line is due).
-                mean = self.loss_sum / self.steps if self.steps else float("nan")
+                mean = self._window_mean()
                 tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
                 local = {"step": record.step, "tokens": record.tokens, "loss": mean, "lr": record.lr}
                 self._print_line({**local, "tokens_per_s": tokens_per_s, "mfu": run.plan.mfu(tokens_per_s)})
@@ -78,7 +87,7 @@ class MetricsLogger(Callback):
         # Sums over processes: every rank saw different rows.
         label_loss = run.reduce(self.label_loss, "sum")
         label_count = run.reduce(self.label_count, "sum")
-        mean = self.loss_sum / self.steps if self.steps else float("nan")
+        mean = self._window_mean()
         loss = float(run.reduce(torch.tensor(mean, device=run.device), "mean"))
         tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
         mfu = run.plan.mfu(tokens_per_s)
@@ -89,7 +98,7 @@ class MetricsLogger(Callback):
             "time": time.time(),
             "loss": loss,
             "lr": record.lr,
-            "grad_norm": record.grad_norm,
+            "grad_norm": float(record.grad_norm),
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
         }
@@ -106,6 +115,17 @@ class MetricsLogger(Callback):
             self._print_line(line)
         self._reset()
 
+    def _window(self) -> tuple[float, int]:
+        """The window's loss sum and kept steps, read from the device (one wait)."""
+        if self.loss_sum is None:
+            return 0.0, 0
+        loss_sum, steps = torch.stack([self.loss_sum, self.steps.double()]).tolist()
+        return loss_sum, int(steps)
+
+    def _window_mean(self) -> float:
+        loss_sum, steps = self._window()
+        return loss_sum / steps if steps else float("nan")
+
     def _print_line(self, record: dict) -> None:
         run = self.run
         now = time.perf_counter()
@@ -120,9 +140,10 @@ class MetricsLogger(Callback):
     def state_dict(self, run: RunContext) -> dict:
         """The open window of every process (each saw other rows), so a run resumed mid-window logs
         the same record as one that never stopped."""
+        loss_sum, steps = self._window()
         mine = {
-            "loss_sum": self.loss_sum,
-            "steps": self.steps,
+            "loss_sum": loss_sum,
+            "steps": steps,
             "label_loss": None if self.label_loss is None else self.label_loss.detach().cpu().clone(),
             "label_count": None if self.label_count is None else self.label_count.detach().cpu().clone(),
         }
@@ -140,7 +161,8 @@ class MetricsLogger(Callback):
         else:
             mine = {"loss_sum": 0.0, "steps": 0, "label_loss": None, "label_count": None}
         device = run.device
-        self.loss_sum, self.steps = float(mine["loss_sum"]), int(mine["steps"])
+        self.loss_sum = torch.tensor(float(mine["loss_sum"]), dtype=torch.float64, device=device)
+        self.steps = torch.tensor(int(mine["steps"]), device=device)
         self.label_loss = None if mine["label_loss"] is None else mine["label_loss"].to(device)
         self.label_count = None if mine["label_count"] is None else mine["label_count"].to(device)
 
