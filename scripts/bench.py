@@ -1,5 +1,18 @@
-"""Benchmarks behind ``make bench``: trainer throughput vs a plain PyTorch loop, stream throughput,
-and per-task generation throughput. Prints tables; ``--json PATH`` also writes the numbers.
+"""Benchmarks behind ``make bench``: this machine's matmul peak, smalllm vs a hand-written nanoGPT-style
+reference at its own shape, trainer throughput vs a plain PyTorch loop, stream throughput, and per-task
+generation throughput. Prints tables; ``--json PATH`` also writes the numbers.
+
+Matmul peak: the best of a few n x n x n matmuls (2·n³ FLOPs each) in fp32 and bf16 at the bench's
+thread count. MFU = training FLOPs per token x tokens/s / the measured fp32 peak (every run here is
+fp32), with FLOPs per token as ``Preset.flops_per_token`` counts them: 6 x the matmul parameters
+(LM head included) + 12 x layers x width x context for the attention scores.
+
+smalllm vs reference: ``scripts/ref_gpt.py`` (pre-LayerNorm GPT-2 block, GELU MLP 4x, learned
+positions, tied head, SDPA, AdamW, clipping) against smalllm's trainer running transformers' GPT-2
+at the same shape (4 layers x 128, 4 heads, MLP 512, tied, learned positions), on the same
+character-level rows of smalllm's built-in corpus, batch 12 x 64, lr 1e-3 on smalllm's schedule, same
+threads. Repeats of both alternate; the ratio is the median over the pairs (min-max printed), and
+both losses over the last steps of the same number of steps are compared against a stated tolerance.
 
 Trainer vs plain loop: both train the same transformers model from the same initial weights with
 the same AdamW, gradient clipping, batch and precision. The plain loop gets its batches
@@ -24,6 +37,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ref_gpt.py, run as a script or imported
+from ref_gpt import RefGPT, make_optimizer, train_steps  # noqa: E402
+
 from smalllm.config import load_config
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
@@ -31,6 +47,8 @@ from smalllm.model.build import build_model
 from smalllm.model.presets import PRESETS
 from smalllm.tasks import TaskVocab, build_task, registered_tasks
 from smalllm.train.callbacks.metrics_logger import MetricsLogger
+from smalllm.train.plan import default_peak_flops
+from smalllm.train.schedule import lr_factor
 from smalllm.train.trainer import Trainer, build_optimizer
 
 BENCH_TASKS = (
@@ -81,7 +99,135 @@ def time_plain(model, optimizer, batches: list[torch.Tensor], clip: float) -> fl
     return time.perf_counter() - start
 
 
-def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: int) -> dict:
+def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of ``repeats`` n x n x n matmuls in ``dtype`` at the current thread count (after a warm-up)."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    torch.mm(a, b)  # warm-up: the first call picks and packs a kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+# nanoGPT's CPU recipe for character-level Shakespeare: its model shape and batch.
+NANOGPT = {"layers": 4, "width": 128, "heads": 4, "mlp": 512, "block": 64, "batch": 12, "lr": 1e-3}
+
+
+def nanogpt_model_overrides() -> list[str]:
+    """smalllm's model at the nanoGPT shape: transformers' GPT-2, tied embeddings, learned positions."""
+    n = NANOGPT
+    return [
+        "model.preset=null",
+        "model.arch=gpt2",
+        f"model.num_layers={n['layers']}",
+        f"model.hidden_size={n['width']}",
+        f"model.num_heads={n['heads']}",
+        f"model.intermediate_size={n['mlp']}",
+        "model.tie_embeddings=true",
+    ]
+
+
+def bench_reference(steps: int, repeats: int, last: int, peak: float, tolerance: float) -> dict:
+    """smalllm's trainer vs ``ref_gpt`` at the nanoGPT shape, in alternating repeats of ``steps`` steps."""
+    n = NANOGPT
+    block, batch = n["block"], n["batch"]
+    total = 2 + steps * repeats  # one warm-up pair of 2 steps, then the timed repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            None,
+            [
+                *nanogpt_model_overrides(),
+                "data.tokenizer.kind=char",
+                "data.tasks=[]",
+                f"data.seq_len={block}",
+                f"train.global_batch_size={batch}",
+                f"train.micro_batch_size={batch}",
+                f"train.max_tokens={total * batch * block}",
+                f"train.lr={n['lr']}",
+                f"train.num_threads={torch.get_num_threads()}",
+                "train.log_every=10",
+                "eval.enabled=false",
+                "logging.tensorboard=false",
+                "logging.progress=false",
+                f"run_dir={Path(tmp) / 'run'}",
+            ],
+        )
+        trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
+        trainer.open_run()
+        try:
+            t = cfg.train
+            vocab = trainer.plan.vocab_size
+            # The reference trains on the very rows the trainer's stream gives for each step.
+            batches = [torch.from_numpy(trainer.stream.batch(k).input_ids) for k in range(total)]
+            torch.manual_seed(t.seed)
+            ref = RefGPT(vocab, block, n["layers"], n["width"], n["heads"], n["mlp"])
+            opt = make_optimizer(ref, t.lr, t.weight_decay, (t.beta1, t.beta2))
+
+            def lr_at(step: int) -> float:
+                return t.lr * lr_factor(step, trainer.plan.steps, t)
+
+            smalllm_losses: list = []
+            ref_losses: list = []
+
+            def run_smalllm(k: int) -> float:
+                start = time.perf_counter()
+                for _ in range(k):
+                    smalllm_losses.append(trainer.run_step().loss)
+                return time.perf_counter() - start
+
+            def run_ref(first: int, k: int) -> float:
+                return train_steps(
+                    ref, opt, batches[first : first + k], t.grad_clip, lr_at, first, ref_losses
+                )
+
+            trainer.begin()
+            run_smalllm(2)
+            run_ref(0, 2)
+            t_smalllm, t_ref = [], []
+            for i in range(repeats):
+                first = 2 + i * steps
+                for which in (0, 1) if i % 2 == 0 else (1, 0):
+                    if which == 0:
+                        t_smalllm.append(run_smalllm(steps))
+                    else:
+                        t_ref.append(run_ref(first, steps))
+        finally:
+            trainer.run.release()
+    tokens = steps * batch * block
+    ratios = np.array(t_ref) / np.array(t_smalllm)  # smalllm tokens/s over the reference's, per pair
+    loss_smalllm = float(torch.stack(smalllm_losses[-last:]).mean())
+    loss_ref = float(torch.stack(ref_losses[-last:]).mean())
+    flops = trainer.plan.flops_per_token  # the same shape for both: GPT-2 blocks, MLP 512, tied head
+    tps_smalllm, tps_ref = tokens / min(t_smalllm), tokens / min(t_ref)
+    return {
+        "shape": dict(n),
+        "vocab": vocab,
+        "params_reference": sum(p.numel() for p in ref.parameters()),
+        "steps": total,
+        "smalllm_tok_s": tps_smalllm,
+        "reference_tok_s": tps_ref,
+        "smalllm_ms_per_step": 1000 * min(t_smalllm) / steps,
+        "reference_ms_per_step": 1000 * min(t_ref) / steps,
+        "ratio": float(np.median(ratios)),
+        "ratio_min": float(ratios.min()),
+        "ratio_max": float(ratios.max()),
+        "last_steps": last,
+        "loss_smalllm": loss_smalllm,
+        "loss_reference": loss_ref,
+        "loss_diff": loss_smalllm - loss_ref,
+        "loss_tolerance": tolerance,
+        "same_quality": abs(loss_smalllm - loss_ref) <= tolerance,
+        "flops_per_token": flops,
+        "mfu_smalllm": flops * tps_smalllm / peak,
+        "mfu_reference": flops * tps_ref / peak,
+    }
+
+
+def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: int, peak: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = bench_config(preset, seq_len, batch, str(Path(tmp) / "run"), steps * (repeats + 1) + 2)
         trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
@@ -123,8 +269,8 @@ def bench_trainer(preset: str, seq_len: int, batch: int, steps: int, repeats: in
             "plain_tok_s": tps_plain,
             "ratio": ratio,
             "overhead": 1 - ratio,
-            "mfu": plan.mfu(tps_trainer),
-            "peak_flops": plan.peak_flops,
+            "mfu": plan.flops_per_token * tps_trainer / peak,
+            "peak_flops": peak,
         }
 
 
@@ -167,8 +313,12 @@ def bench_tasks(seconds: float = 0.3) -> list[dict]:
     return rows
 
 
-def main() -> int:
+SECTIONS = ("peak", "reference", "trainer", "stream", "tasks")
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sections", nargs="*", choices=SECTIONS, default=list(SECTIONS), help="what to run")
     ap.add_argument(
         "--presets", nargs="*", default=["micro-w32", "micro-w64", "micro-w128", "micro-w176", "4m", "20m"]
     )
@@ -176,45 +326,91 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--matmul-size", type=int, default=2048, help="n of the n x n x n peak matmuls")
+    ap.add_argument("--ref-steps", type=int, default=25, help="steps per repeat, smalllm vs reference")
+    ap.add_argument("--ref-repeats", type=int, default=9, help="alternating repeats, smalllm vs reference")
+    ap.add_argument("--ref-last", type=int, default=50, help="the loss check averages the last K steps")
+    ap.add_argument("--ref-tolerance", type=float, default=0.05, help="largest |loss difference| (nats)")
     ap.add_argument("--json", help="also write the numbers to this file")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     os.environ.setdefault("SMALLLM_CACHE", str(Path(".smalllm_cache").absolute()))
     threads = torch.get_num_threads()
     results: dict = {"threads": threads, "torch": torch.__version__, "trainer": [], "stream": [], "tasks": []}
 
-    print(f"# trainer vs plain PyTorch loop (CPU, {threads} threads, fp32, vocabulary 512 BPE)")
-    print(
-        f"{'preset':<11} {'params':>11} {'T x B':>9} {'smalllm tok/s':>14} {'plain tok/s':>12} {'ratio':>6} {'overhead':>9} {'MFU':>6}"
-    )
-    for preset in args.presets:
-        steps = args.steps if PRESETS[preset].non_embedding_params() < 5e6 else max(3, args.steps // 3)
-        r = bench_trainer(preset, args.seq_len, args.batch, steps, args.repeats)
-        results["trainer"].append(r)
+    # MFU needs a peak: measured here unless the section is skipped (then the old per-thread guess).
+    peak = default_peak_flops("cpu")
+    if "peak" in args.sections:
+        n = args.matmul_size
+        peak = matmul_peak(torch.float32, n)
+        peak_bf16 = matmul_peak(torch.bfloat16, n)
+        results["peak"] = {"n": n, "fp32": peak, "bf16": peak_bf16}
+        print(f"# matmul peak (CPU, {threads} threads, best of 5 {n}x{n}x{n} torch.mm, 2n^3 FLOPs each)")
+        print(f"fp32 {peak / 1e9:,.1f} GFLOP/s    bf16 {peak_bf16 / 1e9:,.1f} GFLOP/s")
         print(
-            f"{preset:<11} {r['params']:>11,} {args.seq_len:>4}x{args.batch:<4} {r['trainer_tok_s']:>14,.0f} "
-            f"{r['plain_tok_s']:>12,.0f} {r['ratio']:>6.3f} {r['overhead']:>8.1%} {r['mfu']:>6.1%}"
+            "MFU below = FLOPs/token x tokens/s / fp32 peak; FLOPs/token = 6 x matmul params + 12 x L x d x T\n"
         )
-    print(
-        f"(MFU against {results['trainer'][0]['peak_flops']:.3g} FLOP/s; set train.peak_flops for your CPU/GPU)"
-    )
+    else:
+        print(f"(peak not measured: MFU against the guessed {peak / 1e9:,.0f} GFLOP/s)\n")
 
-    print("\n# stream throughput (one core, pre-tokenized background, 3 tasks injected)")
-    print(f"{'T x B':>11} {'tokens/s':>14} {'instances/batch':>16} {'x trainer@4m':>13}")
-    trainer_4m = next((r["trainer_tok_s"] for r in results["trainer"] if r["preset"] == "4m"), None)
-    for seq_len, batch in ((1024, 64), (4096, 16), (128, 16)):
-        r = bench_stream(seq_len, batch)
-        results["stream"].append(r)
-        vs = f"{r['tokens_per_s'] / trainer_4m:>12.0f}x" if trainer_4m else "-"
+    if "reference" in args.sections:
+        r = bench_reference(args.ref_steps, args.ref_repeats, args.ref_last, peak, args.ref_tolerance)
+        results["reference"] = r
+        n = r["shape"]
         print(
-            f"{seq_len:>5}x{batch:<5} {r['tokens_per_s']:>14,.0f} {r['instances_per_batch']:>16.2f} {vs:>13}"
+            f"# smalllm vs reference at the nanoGPT shape ({n['layers']} layers x {n['width']}, {n['heads']} heads, "
+            f"MLP {n['mlp']}, tied, vocab {r['vocab']} chars; batch {n['batch']} x {n['block']}, lr {n['lr']:g}, "
+            f"{threads} threads)"
         )
-    torch.set_num_threads(threads)
+        print(f"{'':<10} {'tok/s':>9} {'ms/step':>8} {'MFU':>6} {'loss':>7}")
+        for name, key in (("smalllm", "smalllm"), ("reference", "reference")):
+            print(
+                f"{name:<10} {r[key + '_tok_s']:>9,.0f} {r[key + '_ms_per_step']:>8.1f} "
+                f"{r['mfu_' + key]:>6.1%} {r['loss_' + key]:>7.3f}"
+            )
+        print(
+            f"ratio smalllm/reference tokens/s: {r['ratio']:.3f} (median of {args.ref_repeats} interleaved pairs, "
+            f"min-max {r['ratio_min']:.3f}-{r['ratio_max']:.3f})"
+        )
+        verdict = "same within tolerance" if r["same_quality"] else "DIFFERENT"
+        print(
+            f"quality: mean train loss over the last {r['last_steps']} of {r['steps']} equal steps, "
+            f"difference {r['loss_diff']:+.3f} (tolerance {r['loss_tolerance']:.3f}): {verdict}\n"
+        )
 
-    print("\n# task generation (one core, byte tokenizer, default parameters)")
-    print(f"{'task':<16} {'instances/s':>12} {'tokens/s':>12}")
-    for r in bench_tasks():
-        results["tasks"].append(r)
-        print(f"{r['task']:<16} {r['instances_per_s']:>12,.0f} {r['tokens_per_s']:>12,.0f}")
+    if "trainer" in args.sections:
+        print(f"# trainer vs plain PyTorch loop (CPU, {threads} threads, fp32, vocabulary 512 BPE)")
+        print(
+            f"{'preset':<11} {'params':>11} {'T x B':>9} {'smalllm tok/s':>14} {'plain tok/s':>12} {'ratio':>6} {'overhead':>9} {'MFU':>6}"
+        )
+        for preset in args.presets:
+            steps = args.steps if PRESETS[preset].non_embedding_params() < 5e6 else max(3, args.steps // 3)
+            r = bench_trainer(preset, args.seq_len, args.batch, steps, args.repeats, peak)
+            results["trainer"].append(r)
+            print(
+                f"{preset:<11} {r['params']:>11,} {args.seq_len:>4}x{args.batch:<4} {r['trainer_tok_s']:>14,.0f} "
+                f"{r['plain_tok_s']:>12,.0f} {r['ratio']:>6.3f} {r['overhead']:>8.1%} {r['mfu']:>6.1%}"
+            )
+        print(f"(MFU against {peak:.3g} FLOP/s)")
+
+    if "stream" in args.sections:
+        print("\n# stream throughput (one core, pre-tokenized background, 3 tasks injected)")
+        print(f"{'T x B':>11} {'tokens/s':>14} {'instances/batch':>16} {'x trainer@4m':>13}")
+        trainer_4m = next((r["trainer_tok_s"] for r in results["trainer"] if r["preset"] == "4m"), None)
+        for seq_len, batch in ((1024, 64), (4096, 16), (128, 16)):
+            r = bench_stream(seq_len, batch)
+            results["stream"].append(r)
+            vs = f"{r['tokens_per_s'] / trainer_4m:>12.0f}x" if trainer_4m else "-"
+            print(
+                f"{seq_len:>5}x{batch:<5} {r['tokens_per_s']:>14,.0f} {r['instances_per_batch']:>16.2f} {vs:>13}"
+            )
+        torch.set_num_threads(threads)
+
+    if "tasks" in args.sections:
+        print("\n# task generation (one core, byte tokenizer, default parameters)")
+        print(f"{'task':<16} {'instances/s':>12} {'tokens/s':>12}")
+        for r in bench_tasks():
+            results["tasks"].append(r)
+            print(f"{r['task']:<16} {r['instances_per_s']:>12,.0f} {r['tokens_per_s']:>12,.0f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

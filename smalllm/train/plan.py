@@ -19,8 +19,18 @@ from smalllm.train.config import TrainConfig
 from smalllm.train.environment import cuda_unavailable_reason
 from smalllm.train.memory import SHARDINGS, MemoryEstimate, available_memory, estimate_memory, format_bytes
 
-# Peak dense FLOP/s per device for MFU when train.peak_flops is not set (bf16 tensor cores on GPUs).
-_GPU_PEAKS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40": 181e12, "A10": 125e12, "4090": 165e12}
+# Peak dense (no sparsity) bf16 tensor-core FLOP/s by device name, for MFU when train.peak_flops is
+# not set. Matched as substrings in this order, so the more specific names come first.
+_GPU_PEAKS = {
+    "H200": 989e12,  # NVIDIA H200 datasheet: BF16 Tensor Core 1,979 TFLOPS with sparsity (SXM), dense half
+    "H100 PCIe": 756e12,  # NVIDIA H100 datasheet, PCIe: BF16 1,513 TFLOPS with sparsity, dense half
+    "H100": 989e12,  # NVIDIA H100 datasheet, SXM: BF16 1,979 TFLOPS with sparsity, dense half
+    "A100": 312e12,  # NVIDIA A100 datasheet: BF16 Tensor Core 312 TFLOPS dense (624 with sparsity)
+    "L40S": 362e12,  # NVIDIA L40S datasheet: BF16 Tensor Core 362.05 TFLOPS dense (733 with sparsity)
+    "L40": 181e12,  # NVIDIA L40 datasheet: BF16 Tensor Core 181.05 TFLOPS dense (362.1 with sparsity)
+    "A10": 125e12,  # NVIDIA A10 datasheet: BF16 Tensor Core 125 TFLOPS dense (250 with sparsity)
+    "4090": 165e12,  # NVIDIA Ada (AD102) whitepaper, RTX 4090: BF16 with FP32 accumulate 165.2 TFLOPS dense
+}
 _CPU_PEAK_PER_THREAD = 100e9  # fp32 AVX2: 2 FMA units x 8 lanes x 2 FLOP x ~3 GHz per core
 
 
