@@ -52,7 +52,6 @@ class InstancePool:
                     self._check_split(0)
                 elif space is not None:
                     self._check_split(space - len(self.test))
-        self._cache: dict[int, np.ndarray] = {}
 
     def _check_split(self, num_train: int) -> None:
         """Refuse a split that trains on fewer distinct instances than it evaluates on."""
