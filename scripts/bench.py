@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -325,7 +326,71 @@ def bench_tasks(seconds: float = 0.3) -> list[dict]:
     return rows
 
 
-SECTIONS = ("peak", "reference", "trainer", "stream", "tasks")
+def bench_startup(preset: str = "micro-w64") -> dict:
+    """Seconds a ``smalllm train`` process takes for a one-step run of the default config (its three
+    tasks) at ``preset``, with the corpus already cached (a first run builds it), and for the imports
+    alone: an upper bound on start-up to the first step."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = [
+            sys.executable,
+            "-m",
+            "smalllm.cli",
+            "train",
+            f"model.preset={preset}",
+            "train.max_tokens=1",
+            "eval.enabled=false",
+            "logging.progress=false",
+            "train.checkpoint_every=0",
+        ]
+        env = {**os.environ, "SMALLLM_CACHE": os.environ["SMALLLM_CACHE"]}
+        subprocess.run([*run, f"run_dir={tmp}/warm"], check=True, env=env, capture_output=True)
+        start = time.perf_counter()
+        subprocess.run([*run, f"run_dir={tmp}/run"], check=True, env=env, capture_output=True)
+        one_step = time.perf_counter() - start
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import smalllm.train.trainer"], check=True, env=env)
+        imports = time.perf_counter() - start
+    return {"preset": preset, "one_step_run_s": one_step, "imports_s": imports}
+
+
+def bench_logging(steps: int = 200, repeats: int = 9) -> dict:
+    """Milliseconds a step pays for logging every step (``train.log_every=1``, TensorBoard on): the
+    metrics logger's step hook at log_every 1 against a window that never closes, on a real step's
+    record, in alternating repeats (median of the pairs' differences)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(
+            None,
+            [
+                "model.preset=micro-w32",
+                "eval.enabled=false",
+                "logging.tensorboard=true",
+                "logging.progress=false",
+                f"run_dir={Path(tmp) / 'run'}",
+            ],
+        )
+        trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
+        trainer.open_run()
+        try:
+            trainer.begin()
+            record = trainer.run_step()
+            logger = trainer.callbacks[0]
+            diffs = []
+            for i in range(repeats):
+                times = {}
+                for every in (1, 10**9) if i % 2 == 0 else (10**9, 1):
+                    cfg.train.log_every = every
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        logger.on_step_end(record, trainer.control)
+                    times[every] = (time.perf_counter() - start) / steps
+                diffs.append(times[1] - times[10**9])
+        finally:
+            trainer.accelerator.end_training()
+            trainer.run.release()
+    return {"ms_per_step": 1e3 * float(np.median(diffs)), "repeats": repeats, "steps": steps}
+
+
+SECTIONS = ("peak", "reference", "trainer", "startup", "logging", "stream", "tasks")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +476,23 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"(ratio: median over {args.repeats} alternating pairs of ~{args.repeat_seconds:g} s each, IQR over "
             f"the pairs; goal >= 0.97; MFU against {peak:.3g} FLOP/s)"
+        )
+
+    if "startup" in args.sections:
+        r = bench_startup()
+        results["startup"] = r
+        print(
+            f"\n# start-up: a one-step `smalllm train` of the default config at {r['preset']}, corpus cached: "
+            f"{r['one_step_run_s']:.1f} s for the whole process (goal <= 5 s to the first step), of which "
+            f"the imports alone (torch, transformers, accelerate) {r['imports_s']:.1f} s"
+        )
+
+    if "logging" in args.sections:
+        r = bench_logging()
+        results["logging"] = r
+        print(
+            f"\n# logging every step (JSONL record + TensorBoard scalars): {r['ms_per_step']:.2f} ms per step "
+            f"(median of {r['repeats']} alternating repeats; goal <= 0.5 ms)"
         )
 
     if "stream" in args.sections:

@@ -109,6 +109,7 @@ SLOW_TESTS = {
     "test_checkpoint_loads_at_the_lowest_allowed_transformers": 7,
     "test_debug_shows_traceback": 3,
     "test_a_custom_shape_trains": 3.2,
+    "test_tensorboard_holds_every_record_of_metrics_jsonl": 3.8,
     "test_eval_model_with_two_revisions_writes_a_curve_with_baselines": 7,
     "test_lm_eval_accuracy_equals_choice_acc": 19,
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps

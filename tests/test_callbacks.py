@@ -191,3 +191,27 @@ def test_training_does_not_import_matplotlib(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "loaded: []" in result.stdout
+
+
+def test_tensorboard_holds_every_record_of_metrics_jsonl(tmp_path):
+    # The trainer writes one TensorBoard event per record (not accelerate's one per scalar and a
+    # flush): the event file must still hold every number of every record, at its step.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from smalllm.run_record import RunDir
+
+    cfg = tiny_config(tmp_path / "run", "logging.tensorboard=true", "eval.enabled=false")
+    Trainer(cfg, log=quiet).fit()
+    run = RunDir(cfg.run_dir)
+    records = [r for r in run.read_metrics() if r["kind"] == "train"]
+    # The hparams summary goes to a file of its own; the scalars are in the one with "loss".
+    for events in run.tracker_dir.rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if "loss" in acc.Tags()["scalars"]:
+            break
+    for key in ("loss", "lr", "grad_norm", "train/t_cmp/loss"):
+        logged = {e.step: e.value for e in acc.Scalars(key)}
+        expected = {r["step"]: r[key] for r in records if key in r}
+        assert expected and logged.keys() == expected.keys()
+        assert all(logged[s] == pytest.approx(v, rel=1e-6) for s, v in expected.items())
