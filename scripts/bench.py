@@ -42,12 +42,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ref_gpt.py, 
 from ref_gpt import RefGPT, make_optimizer, train_steps  # noqa: E402
 
 from smalllm.config import load_config
-from smalllm.data.shards import ensure_corpus
+from smalllm.data.shards import default_cache_dir, ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.model.build import build_model
 from smalllm.tasks import TaskVocab, build_task, registered_tasks
 from smalllm.train.callbacks.metrics_logger import MetricsLogger
-from smalllm.train.plan import default_peak_flops
+from smalllm.train.plan import default_peak_flops, measure_matmul_peak, record_cpu_peak
 from smalllm.train.schedule import lr_factor
 from smalllm.train.trainer import Trainer, build_optimizer
 
@@ -97,20 +97,6 @@ def time_plain(model, optimizer, batches: list[torch.Tensor], clip: float) -> fl
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     return time.perf_counter() - start
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    """Best FLOP/s of ``repeats`` n x n x n matmuls in ``dtype`` at the current thread count (after a warm-up)."""
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randn(n, n, generator=gen).to(dtype)
-    b = torch.randn(n, n, generator=gen).to(dtype)
-    torch.mm(a, b)  # warm-up: the first call picks and packs a kernel
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
 
 
 # nanoGPT's CPU recipe for character-level Shakespeare: its model shape and batch.
@@ -413,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ref-tolerance", type=float, default=0.05, help="largest |loss difference| (nats)")
     ap.add_argument("--json", help="also write the numbers to this file")
     args = ap.parse_args(argv)
+    runs_cache = default_cache_dir()  # where training runs look up the measured peak
     os.environ.setdefault("SMALLLM_CACHE", str(Path(".smalllm_cache").absolute()))
     threads = torch.get_num_threads()
     results: dict = {"threads": threads, "torch": torch.__version__, "trainer": [], "stream": [], "tasks": []}
@@ -421,11 +408,16 @@ def main(argv: list[str] | None = None) -> int:
     peak = default_peak_flops("cpu")
     if "peak" in args.sections:
         n = args.matmul_size
-        peak = matmul_peak(torch.float32, n)
-        peak_bf16 = matmul_peak(torch.bfloat16, n)
+        peak = measure_matmul_peak(torch.float32, n)
+        peak_bf16 = measure_matmul_peak(torch.bfloat16, n)
         results["peak"] = {"n": n, "fp32": peak, "bf16": peak_bf16}
+        kept = record_cpu_peak(
+            peak, peak_bf16, runs_cache
+        )  # training runs on this machine compute MFU against it
         print(f"# matmul peak (CPU, {threads} threads, best of 5 {n}x{n}x{n} torch.mm, 2n^3 FLOPs each)")
         print(f"fp32 {peak / 1e9:,.1f} GFLOP/s    bf16 {peak_bf16 / 1e9:,.1f} GFLOP/s")
+        if kept is not None:
+            print(f"(kept in {kept}: training runs here report MFU against it)")
         print(
             "MFU below = FLOPs/token x tokens/s / fp32 peak; FLOPs/token = 6 x matmul params + 12 x L x d x T\n"
         )

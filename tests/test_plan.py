@@ -226,3 +226,19 @@ def test_cell_estimate_on_the_cpu():
     )
     assert est.seconds == pytest.approx(541056 * 10240 / (2e11 * 0.25) + 5)
     assert est.gpu_hours is None and est.device == "cpu x3"
+
+
+def test_a_peak_measured_by_bench_is_what_mfu_is_against(tmp_path, monkeypatch):
+    from smalllm.train.plan import CPU_PEAK_FILE, cpu_peak_flops, default_peak_flops, record_cpu_peak
+
+    monkeypatch.setenv("SMALLLM_CACHE", str(tmp_path))
+    nominal, source = cpu_peak_flops()
+    assert source.startswith("nominal") and nominal == default_peak_flops("cpu")
+    assert record_cpu_peak(123e9, 150e9) == tmp_path / CPU_PEAK_FILE
+    peak, source = cpu_peak_flops()
+    assert peak == 123e9 == default_peak_flops("cpu") and source.startswith("measured by make bench")
+    plan = make_plan(load_config(None, ["model.preset=micro-w32", "train.device=cpu"]))
+    assert plan.peak_flops == 123e9 and "measured by make bench" in plan.describe()
+    # A damaged file is the nominal figure again, not an error.
+    (tmp_path / CPU_PEAK_FILE).write_text("{not json")
+    assert cpu_peak_flops()[0] == nominal

@@ -57,7 +57,7 @@ def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -
     that of ``target.gpu`` times ``target.gpus_per_cell``, and GPU hours are reported. ``threads``
     replaces the cell's CPU thread count (as ``--workers`` does).
     """
-    from smalllm.train.plan import _GPU_PEAKS, default_peak_flops, make_plan
+    from smalllm.train.plan import _GPU_PEAKS, NOMINAL_CPU_PEAK_PER_THREAD, make_plan
 
     plan = make_plan(cfg)
     flops = float(plan.flops_per_token) * plan.total_tokens
@@ -73,12 +73,8 @@ def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -
         import torch
 
         threads = threads or cfg.train.num_threads or torch.get_num_threads()
-        # plan.peak_flops counts this process's threads; the cell runs with its own thread count.
-        peak = (
-            t.peak_flops
-            or cfg.train.peak_flops
-            or default_peak_flops("cpu") / torch.get_num_threads() * threads
-        )
+        # The nominal peak, not a measured one: CPU_MFU is calibrated against it.
+        peak = t.peak_flops or cfg.train.peak_flops or NOMINAL_CPU_PEAK_PER_THREAD * threads
         devices, label = 1, f"cpu x{threads}"
     mfu = t.mfu or (GPU_MFU if gpu else CPU_MFU)
     overhead = t.overhead_s if t.overhead_s is not None else (GPU_OVERHEAD_S if gpu else CPU_OVERHEAD_S)

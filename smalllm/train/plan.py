@@ -6,9 +6,14 @@ does not fit the device.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
+import platform
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -31,7 +36,12 @@ _GPU_PEAKS = {
     "A10": 125e12,  # NVIDIA A10 datasheet: BF16 Tensor Core 125 TFLOPS dense (250 with sparsity)
     "4090": 165e12,  # NVIDIA Ada (AD102) whitepaper, RTX 4090: BF16 with FP32 accumulate 165.2 TFLOPS dense
 }
-_CPU_PEAK_PER_THREAD = 100e9  # fp32 AVX2: 2 FMA units x 8 lanes x 2 FLOP x ~3 GHz per core
+NOMINAL_CPU_PEAK_PER_THREAD = 100e9
+"""A nominal fp32 peak per CPU thread (AVX2: 2 FMA units x 8 lanes x 2 FLOP x ~3 GHz). MFU uses it
+until ``make bench`` has measured this machine (:func:`cpu_peak_flops`); sweep time estimates use
+it always, with an MFU calibrated against it (``smalllm.sweep.estimates.CPU_MFU``)."""
+CPU_PEAK_FILE = "cpu_peak.json"
+"""Measured matmul peaks by machine, thread count and torch version, in the cache directory."""
 
 
 class DoesNotFit(SmalllmError):
@@ -109,13 +119,73 @@ def hypothetical_precision(requested: str) -> str:
 
 
 def default_peak_flops(device: str) -> float:
+    """The FLOP/s MFU is against when ``train.peak_flops`` is not set: the GPU's datasheet dense bf16
+    peak, or this CPU's measured fp32 matmul peak (the nominal one until measured)."""
     if device == "cuda":
         name = torch.cuda.get_device_name()
         for key, peak in _GPU_PEAKS.items():
             if key in name:
                 return peak
         return 100e12
-    return _CPU_PEAK_PER_THREAD * torch.get_num_threads()
+    return cpu_peak_flops()[0]
+
+
+def measure_matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of ``repeats`` n x n x n matmuls in ``dtype`` at the current thread count (after a
+    warm-up). Meaningful on a quiet machine only: another process's load lowers it."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(dtype)
+    b = torch.randn(n, n, generator=gen).to(dtype)
+    torch.mm(a, b)  # warm-up: the first call picks and packs a kernel
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def _cpu_key() -> str:
+    """This machine's CPU model, thread count and torch version: what a measured peak holds for."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+
+
+def record_cpu_peak(fp32: float, bf16: float | None = None, cache_dir: Path | None = None) -> Path | None:
+    """Keep a measured peak for this machine in ``cache_dir`` (default: the cache directory runs
+    read it from); ``make bench`` calls it. None if the cache is not writable."""
+    from smalllm.data.shards import default_cache_dir
+    from smalllm.run_record import atomic_write_json
+
+    path = (cache_dir or default_cache_dir()) / CPU_PEAK_FILE
+    try:
+        known = json.loads(path.read_text()) if path.is_file() else {}
+        known = known if isinstance(known, dict) else {}
+        known[_cpu_key()] = {"fp32": fp32, "bf16": bf16, "measured": time.strftime("%Y-%m-%d")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, known)
+    except (OSError, ValueError):
+        return None
+    return path
+
+
+def cpu_peak_flops() -> tuple[float, str]:
+    """(fp32 FLOP/s, where it comes from) for this CPU at the current thread count: measured by
+    ``make bench`` when it has run here, else the nominal per-thread figure."""
+    from smalllm.data.shards import default_cache_dir
+
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
+        entry = json.loads((default_cache_dir() / CPU_PEAK_FILE).read_text())[_cpu_key()]
+        fp32 = float(entry["fp32"])
+        if math.isfinite(fp32) and fp32 > 0:
+            return fp32, f"measured by make bench on {entry.get('measured', '?')}"
+    threads = torch.get_num_threads()
+    return NOMINAL_CPU_PEAK_PER_THREAD * threads, "nominal; `make bench` measures this machine's"
 
 
 def tokenizer_vocab_estimate(cfg: RunConfig) -> int:
@@ -153,6 +223,8 @@ class Plan:
     sharding: str = "none"
     gpu: str | None = None
     """The GPU the plan is for, by name (None on the CPU)."""
+    peak_source: str = ""
+    """Where ``peak_flops`` comes from, when it is not obvious (the CPU's: measured or nominal)."""
 
     @property
     def params(self) -> int:
@@ -189,7 +261,7 @@ class Plan:
             f"({self.world} process(es) x {self.micro_batch} micro-batch x {self.accumulation} accumulation)",
             f"steps        {self.steps:,}  ({self.total_tokens:,} tokens)",
             f"device       {self.device}{f' ({self.gpu})' if self.gpu else ''}, precision {self.precision}, "
-            f"peak {self.peak_flops:.3g} FLOP/s for MFU",
+            f"peak {self.peak_flops:.3g} FLOP/s for MFU{f' ({self.peak_source})' if self.peak_source else ''}",
             f"processes    {self.world}, sharding {self.sharding}",
             f"memory (per {'GPU' if self.device == 'cuda' else 'process'}, estimated):",
         ]
@@ -306,6 +378,9 @@ def make_plan(
         memory=memory,
         available=available,
         peak_flops=t.peak_flops or peak,
+        peak_source="train.peak_flops"
+        if t.peak_flops
+        else (cpu_peak_flops()[1] if target.device == "cpu" and gpu is None else ""),
         memory_fraction=t.memory_fraction,
         sharding=target.sharding,
         gpu=gpu_name,
