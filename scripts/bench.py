@@ -41,7 +41,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ref_gpt.py, run as a script or imported
 from ref_gpt import RefGPT, make_optimizer, train_steps  # noqa: E402
 
-from smalllm.config import load_config
+from smalllm.config import RunConfig, load_config
 from smalllm.data.shards import default_cache_dir, ensure_corpus
 from smalllm.data.stream import TaskStream
 from smalllm.model.build import build_model
@@ -58,23 +58,26 @@ BENCH_TASKS = (
 )
 
 
-def bench_config(preset: str, seq_len: int, batch: int, run_dir: str, steps: int):
+def timed_run(seq_len: int, batch: int, steps: int, run_dir: str) -> list[str]:
+    """Overrides every benchmarked run shares: ``steps`` steps of ``batch`` x ``seq_len`` tokens at
+    the bench's thread count, no evaluation, no TensorBoard, no progress bar."""
+    return [
+        f"data.seq_len={seq_len}",
+        f"train.global_batch_size={batch}",
+        f"train.micro_batch_size={batch}",
+        f"train.max_tokens={steps * batch * seq_len}",
+        f"train.num_threads={torch.get_num_threads()}",
+        "train.log_every=10",
+        "eval.enabled=false",
+        "logging.tensorboard=false",
+        "logging.progress=false",
+        f"run_dir={run_dir}",
+    ]
+
+
+def bench_config(preset: str, seq_len: int, batch: int, run_dir: str, steps: int) -> RunConfig:
     return load_config(
-        None,
-        [
-            f"model.preset={preset}",
-            f"data.seq_len={seq_len}",
-            BENCH_TASKS,
-            f"train.global_batch_size={batch}",
-            f"train.micro_batch_size={batch}",
-            f"train.max_tokens={steps * batch * seq_len}",
-            f"train.num_threads={torch.get_num_threads()}",
-            "train.log_every=10",
-            "eval.enabled=false",
-            "logging.tensorboard=false",
-            "logging.progress=false",
-            f"run_dir={run_dir}",
-        ],
+        None, [f"model.preset={preset}", BENCH_TASKS, *timed_run(seq_len, batch, steps, run_dir)]
     )
 
 
@@ -117,31 +120,28 @@ def nanogpt_model_overrides() -> list[str]:
     ]
 
 
+def nanogpt_config(run_dir: str, steps: int) -> RunConfig:
+    """A run of ``steps`` steps at the nanoGPT shape on character-level rows of the built-in corpus."""
+    n = NANOGPT
+    return load_config(
+        None,
+        [
+            *nanogpt_model_overrides(),
+            "data.tokenizer.kind=char",
+            "data.tasks=[]",
+            f"train.lr={n['lr']}",
+            *timed_run(n["block"], n["batch"], steps, run_dir),
+        ],
+    )
+
+
 def bench_reference(steps: int, repeats: int, last: int, peak: float, tolerance: float) -> dict:
     """smalllm's trainer vs ``ref_gpt`` at the nanoGPT shape, in alternating repeats of ``steps`` steps."""
     n = NANOGPT
     block, batch = n["block"], n["batch"]
     total = 2 + steps * repeats  # one warm-up pair of 2 steps, then the timed repeats
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(
-            None,
-            [
-                *nanogpt_model_overrides(),
-                "data.tokenizer.kind=char",
-                "data.tasks=[]",
-                f"data.seq_len={block}",
-                f"train.global_batch_size={batch}",
-                f"train.micro_batch_size={batch}",
-                f"train.max_tokens={total * batch * block}",
-                f"train.lr={n['lr']}",
-                f"train.num_threads={torch.get_num_threads()}",
-                "train.log_every=10",
-                "eval.enabled=false",
-                "logging.tensorboard=false",
-                "logging.progress=false",
-                f"run_dir={Path(tmp) / 'run'}",
-            ],
-        )
+        cfg = nanogpt_config(str(Path(tmp) / "run"), total)
         trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
         trainer.open_run()
         try:
@@ -470,22 +470,27 @@ def main(argv: list[str] | None = None) -> int:
             f"the pairs; goal >= 0.97; MFU against {peak:.3g} FLOP/s)"
         )
 
-    if "startup" in args.sections:
-        r = bench_startup()
-        results["startup"] = r
-        print(
-            f"\n# start-up: a one-step `smalllm train` of the default config at {r['preset']}, corpus cached: "
-            f"{r['one_step_run_s']:.1f} s for the whole process (goal <= 5 s to the first step), of which "
-            f"the imports alone (torch, transformers, accelerate) {r['imports_s']:.1f} s"
-        )
-
-    if "logging" in args.sections:
-        r = bench_logging()
-        results["logging"] = r
-        print(
-            f"\n# logging every step (JSONL record + TensorBoard scalars): {r['ms_per_step']:.2f} ms per step "
-            f"(median of {r['repeats']} alternating repeats; goal <= 0.5 ms)"
-        )
+    one_line_sections = {
+        "startup": (
+            bench_startup,
+            lambda r: (
+                f"# start-up: a one-step `smalllm train` of the default config at {r['preset']}, corpus "
+                f"cached: {r['one_step_run_s']:.1f} s for the whole process (goal <= 5 s to the first step), of "
+                f"which the imports alone (torch, transformers, accelerate) {r['imports_s']:.1f} s"
+            ),
+        ),
+        "logging": (
+            bench_logging,
+            lambda r: (
+                f"# logging every step (JSONL record + TensorBoard scalars): {r['ms_per_step']:.2f} ms "
+                f"per step (median of {r['repeats']} alternating repeats; goal <= 0.5 ms)"
+            ),
+        ),
+    }
+    for name, (measure, line) in one_line_sections.items():
+        if name in args.sections:
+            results[name] = measure()
+            print("\n" + line(results[name]))
 
     if "stream" in args.sections:
         print("\n# stream throughput (one core, pre-tokenized background, 3 tasks injected)")

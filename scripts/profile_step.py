@@ -26,9 +26,8 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import NANOGPT, bench_config, nanogpt_model_overrides  # noqa: E402
+from bench import NANOGPT, bench_config, nanogpt_config  # noqa: E402
 
-from smalllm.config import load_config  # noqa: E402
 from smalllm.train import trainer as trainer_module  # noqa: E402
 from smalllm.train.callbacks.metrics_logger import MetricsLogger  # noqa: E402
 from smalllm.train.trainer import Trainer  # noqa: E402
@@ -88,24 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = str(Path(tmp) / "run")
         budget = args.steps + 10
         if args.nanogpt:
-            n = NANOGPT
-            block, batch = n["block"], n["batch"]
-            overrides = [
-                *nanogpt_model_overrides(),
-                "data.tokenizer.kind=char",
-                "data.tasks=[]",
-                f"data.seq_len={block}",
-                f"train.global_batch_size={batch}",
-                f"train.micro_batch_size={batch}",
-                f"train.max_tokens={budget * batch * block}",
-                f"train.num_threads={torch.get_num_threads()}",
-                "train.log_every=10",
-                "eval.enabled=false",
-                "logging.tensorboard=false",
-                "logging.progress=false",
-                f"run_dir={run_dir}",
-            ]
-            cfg, what = load_config(None, overrides), f"nanoGPT shape, {batch} x {block}"
+            cfg = nanogpt_config(run_dir, budget)
+            what = f"nanoGPT shape, {NANOGPT['batch']} x {NANOGPT['block']}"
         else:
             cfg = bench_config(args.preset, args.seq_len, args.batch, run_dir, budget)
             what = f"{args.preset}, {args.batch} x {args.seq_len}, 3 tasks"

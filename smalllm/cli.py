@@ -256,17 +256,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --model, repeatable: a hub revision (e.g. Pythia's step1000), or for a local "
         "directory PATH its subdirectory PATH/R; several give a curve over the steps their names end in",
     )
-    _bounded(e, "--seed", (0, MAX_SEED), 0, "with --model: the seed of the task tables and instances")
-    _bounded(
-        e, "--eval-size", (1, 1_000_000), 256, "with --model: held-out instances drawn per task (default 256)"
-    )
-    e.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="TASK.KEY=VALUE",
-        help="with --model, repeatable: a task parameter, e.g. t_cmp.num_values=20",
-    )
+    _task_building_args(e, "--model")
 
     x = add("export", help="export a run's task instances for other tools")
     xadd = _with_parents(x.add_subparsers(dest="export_command", required=True, metavar="FORMAT"), common)
@@ -277,15 +267,7 @@ def _parser() -> argparse.ArgumentParser:
         "--tokenizer", metavar="PATH_OR_HUB_ID", help="with --tasks: the tokenizer to build them in"
     )
     xl.add_argument("--out", required=True, help="directory to write the YAMLs and data files to")
-    _bounded(xl, "--seed", (0, MAX_SEED), 0, "with --tasks: the seed of the task tables and instances")
-    _bounded(xl, "--eval-size", (1, 1_000_000), 256, "with --tasks: instances drawn per task (default 256)")
-    xl.add_argument(
-        "--param",
-        action="append",
-        default=[],
-        metavar="TASK.KEY=VALUE",
-        help="with --tasks: a task parameter",
-    )
+    _task_building_args(xl, "--tasks")
 
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
@@ -335,6 +317,22 @@ def _with_parents(
         return sub.add_parser(name, parents=list(parents), **kwargs)
 
     return add
+
+
+def _task_building_args(p: argparse.ArgumentParser, mode: str) -> None:
+    """Options of the commands that build task instances outside a run (``eval --model``,
+    ``export lm-eval --tasks``): the seed, how many held-out instances, task parameters."""
+    _bounded(p, "--seed", (0, MAX_SEED), 0, f"with {mode}: the seed of the task tables and instances")
+    _bounded(
+        p, "--eval-size", (1, 1_000_000), 256, f"with {mode}: held-out instances drawn per task (default 256)"
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="TASK.KEY=VALUE",
+        help=f"with {mode}, repeatable: a task parameter, e.g. t_cmp.num_values=20",
+    )
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
