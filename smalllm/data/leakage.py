@@ -110,8 +110,8 @@ def check_leaks(families: list[Family]) -> None:
         a, b = families[ti].task.name, families[tj].task.name
         raise ConfigError(
             f"data.tasks.{ti} ('{a}') and data.tasks.{tj} ('{b}'): {len(leaked)} held-out instance(s) of "
-            f"'{a}' occur verbatim inside training instances of '{b}' (shared table tokens?); "
-            "give one of them another seed or other parameters"
+            f"'{a}' occur verbatim inside training instances of '{b}' (the tasks share tokens); "
+            "give one of them another seed or other parameters, or drop one"
         )
 
 
@@ -256,7 +256,11 @@ def audit_stream(
     for s, family in zip(sets, stream.families):
         memo = family.task.memorization
         tasks.append(
-            TaskLeaks(s.task, len(s.instances), skipped="memorisation task, scored on its training set" if memo else "")
+            TaskLeaks(
+                s.task,
+                len(s.instances),
+                skipped="memorisation task, scored on its training set" if memo else "",
+            )
         )
         tokens.append([] if memo else [i.prompt + i.answer for i in s.instances])
     seen = [set() for _ in tasks]
