@@ -110,3 +110,14 @@ def test_two_tasks_on_one_table_are_refused_before_training(tmp_path, capsys):
     # Longer strings over the whole alphabet: no palindrome held out by chance, accepted.
     other = shared.replace("length: 3, alphabet_size: 2", "length: 6, alphabet_size: 26")
     assert main(["train", *args, other, "--dry-run"]) == 0
+
+
+def test_audit_bad_input_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    rc = main(["audit", str(empty)])
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.out, captured.err, f"RUN_DIR: '{empty}' holds no run")
+    rc = main(["audit", "--ngram", "0"])
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.out, captured.err, "--ngram: must be between 1")
