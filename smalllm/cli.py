@@ -269,6 +269,17 @@ def _parser() -> argparse.ArgumentParser:
     xl.add_argument("--out", required=True, help="directory to write the YAMLs and data files to")
     _task_building_args(xl, "--tasks")
 
+    au = add(
+        "audit",
+        help="leakage audit: scan a run's training stream for its held-out instances and background n-grams",
+    )
+    au.add_argument(
+        "args", nargs="*", metavar="RUN_DIR | [CONFIG.yaml] [key=value ...]", help="run directory or config"
+    )
+    _bounded(au, "--ngram", (1, 1024), 13, "n of the background n-gram overlap (default 13)")
+    _bounded(au, "--max-rows", (1, 2**40), None, "scan at most this many rows (default: all the run reads)")
+    au.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
+
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
 
@@ -513,6 +524,44 @@ def cmd_data(args) -> None:
         )
 
 
+def cmd_audit(args) -> None:
+    import math
+
+    from smalllm.config import load_config
+    from smalllm.data.leakage import audit_stream, check_leaks
+    from smalllm.data.shards import ensure_corpus
+    from smalllm.data.stream import TaskStream
+    from smalllm.errors import ConfigError
+    from smalllm.run_record import RunDir, atomic_write_text
+
+    path, overrides = _split_config_args(args.args)
+    if path is not None and Path(path).is_dir():
+        run = RunDir(path)
+        if not run.has_config():
+            raise SmalllmError(f"RUN_DIR: '{path}' holds no run ({run.config_file.name} missing)")
+        path = str(run.config_file)
+    cfg = load_config(path, overrides)
+    corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1))
+    batch = cfg.train.global_batch_size
+    stream = TaskStream(cfg.data, corpus, batch)
+    try:
+        check_leaks(stream.families)
+        print("preflight: pools disjoint, no held-out instance inside another task's training instances")
+    except ConfigError as exc:
+        print(f"preflight: {exc}")
+    rows = max(1, math.ceil(cfg.train.max_tokens / (batch * cfg.data.seq_len))) * batch
+    if args.max_rows is not None:
+        rows = min(rows, args.max_rows)
+    holdout = stream.background_holdout(cfg.eval.background_sequences)
+    report = audit_stream(stream, rows, holdout, ngram=args.ngram)
+    print("\n".join(report.lines()))
+    if args.out:
+        import json
+
+        atomic_write_text(Path(args.out), json.dumps(report.to_dict(), indent=1))
+        print(f"wrote {args.out}")
+
+
 def cmd_eval(args) -> None:
     tasks = [t for item in args.tasks or [] for t in item.split(",") if t] or None
     if args.model is None:
@@ -634,6 +683,7 @@ COMMANDS = {
     "tasks": cmd_tasks,
     "data": cmd_data,
     "eval": cmd_eval,
+    "audit": cmd_audit,
     "export": cmd_export,
     "report": cmd_report,
     "sweep": cmd_sweep,

@@ -17,7 +17,9 @@ that a run refuses, with the same one-line message, and cannot drift from it:
 3. every task against that tokenizer, its tables drawn from the tokens ``data.task_tokens``
    allows (counted in the cached corpus; without one, stand-in tables from the whole vocabulary,
    and the eligible-token check waits for the run), and the placement feasibility of the whole
-   mixture, gap schedules included (:func:`smalllm.data.stream.build_families`);
+   mixture, gap schedules included (:func:`smalllm.data.stream.build_families`), and the cheap
+   leakage checks: each pool's train and held-out parts disjoint, and no held-out instance verbatim
+   inside another task's training instances (:func:`smalllm.data.leakage.check_leaks`);
 4. the plan: batch divisibility and the memory estimate (a plan that does not fit is refused);
 5. with a corpus at hand, the corpus-dependent stream checks (a row longer than the corpus);
 6. the passes over the background corpus the run makes (exact with the corpus, else estimated;
@@ -36,6 +38,7 @@ from typing import Any
 from smalllm.config import RunConfig
 from smalllm.data.background import check_source_files, check_token_files
 from smalllm.data.config import DataConfig
+from smalllm.data.leakage import check_leaks
 from smalllm.data.passes import estimated_background_tokens, passes_line
 from smalllm.data.shards import (
     INDEX,
@@ -79,6 +82,7 @@ def check_run(
     run can print what does not fit.
     """
     families = build_families(cfg.data, task_vocab(cfg.data, tokenizer, corpus), cfg.train.global_batch_size)
+    check_leaks(families)
     plan = make_plan(cfg, vocab_size=len(tokenizer), strict=strict, target=target)
     if show is not None:
         show(plan)

@@ -1,0 +1,123 @@
+"""The leakage audit: a held-out instance planted in the background is found where it lands, a clean
+tiny run has none, and a mixture whose tasks share a table is refused before training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from conftest import TINY_OVERRIDES, TINY_TASKS, assert_one_line_error, quiet, tiny_config
+
+from smalllm.cli import main
+from smalllm.data.leakage import audit_stream, check_leaks, window_hashes
+from smalllm.data.shards import ensure_corpus
+from smalllm.data.stream import TaskStream, build_families
+from smalllm.data.task_tokens import task_vocab
+from smalllm.data.tokenizer import byte_tokenizer
+
+SEQ = 32
+PLANT_ROW, PLANT_OFFSET = 3, 10  # past any prefix instance the stream writes at the row's start
+
+
+def test_window_hashes_agree_with_a_pattern_hashed_alone():
+    ids = np.arange(40, dtype=np.int64).reshape(2, 20) % 7
+    h = window_hashes(ids, 5)
+    assert h.shape == (2, 16)
+    assert h[1, 3] == window_hashes(ids[1, 3:8], 5)[0, 0]
+    assert (h[0, 0] == h[0, 7]) == (ids[0, 0:5].tolist() == ids[0, 7:12].tolist())
+
+
+def _planted_source(tmp_path) -> tuple[list[str], tuple[int, ...]]:
+    """Overrides for a byte-token background that carries one held-out t_cmp instance verbatim at
+    training row PLANT_ROW, offset PLANT_OFFSET (unshuffled, so row g is window g of the file)."""
+    tasks = [
+        "data.tasks=[{name: t_cmp, frequency: 0.01, params: {num_values: 20}, eval_size: 32}]",
+        "data.task_tokens.source=vocabulary",  # tables independent of the corpus, so known before it
+        "data.tokenizer.kind=byte",
+        "data.background.shuffle=false",
+    ]
+    cfg = tiny_config(tmp_path / "probe", *tasks)
+    families = build_families(cfg.data, task_vocab(cfg.data, byte_tokenizer(), None), 8)
+    task = families[0].task
+    instance = families[0].pools[0].eval_instances()[5]
+    planted = instance.prompt + instance.answer
+    # Filler of one token outside the task's table and labels: no chance match anywhere else.
+    filler = next(t for t in range(ord("a"), 256) if t not in set(task.table_tokens()))
+    eos = byte_tokenizer().eos_token_id
+    held_out = [filler] * 100 + [eos]
+    train = [filler] * (SEQ * 40) + [eos]
+    at = PLANT_ROW * SEQ + PLANT_OFFSET
+    train[at : at + len(planted)] = planted
+    path = tmp_path / "background.npy"
+    np.save(path, np.array(held_out + train, dtype=np.uint16))
+    source = [
+        "data.background.source=tokens",
+        f"data.background.paths=[{path}]",
+        "data.background.holdout_documents=1",
+    ]
+    return [*tasks, *source], planted
+
+
+def test_audit_finds_a_held_out_instance_planted_in_the_background(tmp_path, capsys):
+    overrides, planted = _planted_source(tmp_path)
+    cfg = tiny_config(tmp_path / "run", *overrides)
+    stream = TaskStream(cfg.data, ensure_corpus(cfg.data, log=quiet), 8)
+    report = audit_stream(stream, 40, stream.background_holdout(2), ngram=8)
+    (t_cmp,) = report.tasks
+    assert (t_cmp.occurrences, t_cmp.leaked) == (1, 1)
+    (hit,) = t_cmp.examples
+    assert (hit["row"], hit["offset"], hit["in"]) == (PLANT_ROW, PLANT_OFFSET, "background")
+    assert stream.rows(PLANT_ROW, PLANT_ROW + 1).input_ids[0, PLANT_OFFSET:][: len(planted)].tolist() == list(
+        planted
+    )
+    # The held-out background (filler) shares its 8-grams with the training filler.
+    assert report.background is not None and report.background.found == report.background.holdout_ngrams == 1
+
+    # The command: the same finding, the speed printed, the report as JSON.
+    out = tmp_path / "audit.json"
+    args = [*TINY_OVERRIDES, *TINY_TASKS, f"run_dir={tmp_path / 'run'}", *overrides]
+    assert main(["audit", *args, "--max-rows", "40", "--ngram", "8", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"row {PLANT_ROW} offset {PLANT_OFFSET}" in printed and "tokens/s" in printed
+    saved = json.loads(out.read_text())
+    assert saved["tasks"][0]["examples"][0]["row"] == PLANT_ROW and saved["tokens"] == 40 * SEQ
+
+
+def test_clean_tiny_run_has_no_leak(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    stream = TaskStream(cfg.data, ensure_corpus(cfg.data, log=quiet), cfg.train.global_batch_size)
+    check_leaks(stream.families)
+    rows = cfg.train.max_tokens // cfg.data.seq_len
+    report = audit_stream(stream, rows, stream.background_holdout(8), chunk_tokens=1000)
+    assert report.rows == rows and [t.task for t in report.tasks] == ["t_cmp", "copy"]
+    assert report.task_occurrences == 0 and all(t.leaked == 0 for t in report.tasks)
+    assert report.tokens_per_second > 0
+
+
+def test_two_tasks_on_one_table_are_refused_before_training(tmp_path, capsys):
+    # copy and reverse write strings of the same letter tokens: a palindrome is an instance of both,
+    # so one task's held-out palindromes are the other's training instances (3 letters of 2: 4 of 8).
+    strings = "params: {length: 3, alphabet_size: 2}, eval_size: 4"
+    shared = f"data.tasks=[{{name: copy, frequency: 0.01, {strings}}}, {{name: reverse, frequency: 0.01, {strings}}}]"
+    args = [*TINY_OVERRIDES, f"run_dir={tmp_path / 'run'}"]
+    for extra in (["--dry-run"], []):
+        rc = main(["train", *args, shared, *extra])
+        captured = capsys.readouterr()
+        assert_one_line_error(
+            rc, captured.out, captured.err, "data.tasks.0 ('copy') and data.tasks.1 ('reverse')"
+        )
+    assert not (tmp_path / "run").exists()
+    # Longer strings over the whole alphabet: no palindrome held out by chance, accepted.
+    other = shared.replace("length: 3, alphabet_size: 2", "length: 6, alphabet_size: 26")
+    assert main(["train", *args, other, "--dry-run"]) == 0
+
+
+def test_audit_bad_input_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "not-a-run"
+    empty.mkdir()
+    rc = main(["audit", str(empty)])
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.out, captured.err, f"RUN_DIR: '{empty}' holds no run")
+    rc = main(["audit", "--ngram", "0"])
+    captured = capsys.readouterr()
+    assert_one_line_error(rc, captured.out, captured.err, "--ngram: must be between 1")
