@@ -118,7 +118,9 @@ CHECKPOINT_UPLOAD_EXCLUDED: frozenset[str] = frozenset(
 )
 """What ``smalllm push`` leaves out of a checkpoint: the optimizer and trainer state, the manifest."""
 
-WALL_CLOCK_FIELDS: frozenset[str] = frozenset({"time", "step_time", "tokens_per_s", "mfu", "eval_s"})
+WALL_CLOCK_FIELDS: frozenset[str] = frozenset(
+    {"time", "step_time", "tokens_per_s", "mfu", "eval_s", "samples_s"}
+)
 """Fields of a metrics record that measure the machine, not the training: a resumed run's records
 equal the uninterrupted run's except in these."""
 

@@ -350,6 +350,8 @@ RANGE_CASES: list[tuple[str, str, str]] = [
     ("eval-every-tokens-huge", "eval.every_tokens=1e20", "eval.every_tokens: must be <= 1e15, got 1e20"),
     ("eval-batch-zero", "eval.batch_size=0", "eval.batch_size: must be >= 1, got 0"),
     ("eval-background-negative", "eval.background_sequences=-1", "eval.background_sequences: must be >= 0"),
+    ("eval-samples-negative", "eval.samples=-1", "eval.samples: must be >= 0, got -1"),
+    ("eval-sample-tokens-huge", "eval.sample_tokens=5000", "eval.sample_tokens: must be <= 4096, got 5000"),
     ("eval-patience-negative", "eval.criterion.patience=-1", "eval.criterion.patience: must be >= 0, got -1"),
     ("init-std-zero", "model.init_std=0", "model.init_std: must be > 0, got 0.0"),
     ("init-std-inf", "model.init_std=inf", "model.init_std: must be a finite number > 0, got inf"),

@@ -19,6 +19,7 @@ from smalllm.train.callbacks.base import Callback, Control, FitEnd, RunContext, 
 from smalllm.train.callbacks.checkpointer import Checkpointer
 from smalllm.train.callbacks.evaluator import EvaluatorCallback
 from smalllm.train.callbacks.metrics_logger import MetricsLogger
+from smalllm.train.callbacks.samples import SamplesCallback
 from smalllm.train.trainer import TRAINER_SUMMARY_FIELDS, Trainer, default_callbacks
 
 SHORT = ("train.max_tokens=2048", "train.device=cpu", "train.log_every=3", "eval.every_steps=4")
@@ -31,7 +32,9 @@ SUBSETS = [c for n in range(len(DEFAULTS) + 1) for c in itertools.combinations(D
 def test_default_callbacks_are_the_three_concerns(tmp_path: Path) -> None:
     on = [type(cb) for cb in default_callbacks(tiny_config(tmp_path / "run"))]
     off = [type(cb) for cb in default_callbacks(tiny_config(tmp_path / "run", "eval.enabled=false"))]
-    assert on == list(DEFAULTS) and off == [MetricsLogger, Checkpointer]
+    unsampled = [type(cb) for cb in default_callbacks(tiny_config(tmp_path / "run", "eval.samples=0"))]
+    assert on == [EvaluatorCallback, SamplesCallback, MetricsLogger, Checkpointer]
+    assert unsampled == list(DEFAULTS) and off == [MetricsLogger, Checkpointer]
 
 
 @pytest.mark.parametrize("kinds", SUBSETS, ids=lambda ks: "+".join(k.__name__ for k in ks) or "none")

@@ -110,6 +110,12 @@ class EvalConfig:
     """Held-out background sequences scored for the background loss."""
     criterion: CriterionConfig = field(default_factory=CriterionConfig)
     """When a task counts as learned: metric, threshold, confirmation and what an unconfirmed end means."""
+    samples: int = 2
+    """Greedy completions written at each evaluation, per task and of background prefixes (0: none),
+    so a run shows what its model says, not only how it scores. The same held-out prompts every time:
+    the log reads as one prompt's answer changing over training."""
+    sample_tokens: int = 16
+    """Tokens generated per sample (0: no samples). Small, so samples add little to evaluation time."""
 
     def validate(self, prefix: str = "eval") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
@@ -121,3 +127,10 @@ class EvalConfig:
             integer(self.batch_tokens, f"{prefix}.batch_tokens", ge=1, le=100_000_000)
         integer(self.background_sequences, f"{prefix}.background_sequences", ge=0, le=10_000_000)
         self.criterion.validate(f"{prefix}.criterion")
+        integer(self.samples, f"{prefix}.samples", ge=0, le=1000)
+        integer(self.sample_tokens, f"{prefix}.sample_tokens", ge=0, le=4096)
+
+    @property
+    def samples_on(self) -> bool:
+        """Whether evaluations also write greedy samples."""
+        return self.enabled and self.samples > 0 and self.sample_tokens > 0

@@ -125,14 +125,20 @@ class Run:
 
     @property
     def metrics(self) -> list[dict]:
-        """Every metrics record, in order: ``kind`` is ``train`` or ``eval``; eval keys read
-        ``eval/<task>/<metric>``. ``pandas.DataFrame(run.metrics)`` gives the curves."""
+        """Every metrics record, in order: ``kind`` is ``train``, ``eval`` or ``samples``; eval keys
+        read ``eval/<task>/<metric>``. ``pandas.DataFrame(run.metrics)`` gives the curves (samples
+        records add a ``samples`` column of lists; :attr:`samples` has them alone)."""
         return self.dir.read_metrics()
 
     @property
     def evals(self) -> list[dict]:
         """The evaluation records only (one per evaluation step)."""
         return [r for r in self.metrics if r.get("kind") == "eval"]
+
+    @property
+    def samples(self) -> list[dict]:
+        """The greedy samples records (one per evaluation step; see :mod:`smalllm.eval.samples`)."""
+        return [r for r in self.metrics if r.get("kind") == "samples"]
 
     @property
     def emergence(self) -> list[dict]:

@@ -50,6 +50,7 @@ from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.eval.config import EvalConfig
 from smalllm.eval.evaluator import evaluate
+from smalllm.eval.samples import greedy_complete
 from smalllm.eval.schedule import eval_steps
 from smalllm.model.build import build_model, count_params
 from smalllm.run_record import (
@@ -235,6 +236,7 @@ class Trainer:
             eval_sets=self.stream.eval_sets,
             background_holdout=self.stream.background_holdout,
             fit_instances=self.stream.fit_instances,
+            decode=self._decode,
         )
 
     def _device_skip(self, precision: str) -> torch.Tensor | None:
@@ -705,6 +707,10 @@ class Trainer:
     def _gather(self, obj: object) -> list:
         return gather_object([obj]) if self.world > 1 else [obj]
 
+    def _decode(self, ids) -> str:
+        """Token ids as text with the run's tokenizer, special tokens kept (an EOD shows)."""
+        return self.tokenizer.decode([int(t) for t in ids], skip_special_tokens=False)
+
     def _write_metrics(self, record: dict) -> None:
         """Append one metrics record (JSONL) and forward its numbers to the trackers (main process)."""
         if not self.is_main:
@@ -815,8 +821,20 @@ class _TrainerControl(Control):
                 batch_tokens=cfg.batch_tokens,
             )
 
+    def generate(self, prompts: list, max_new_tokens: int) -> list[list[int]]:
+        trainer = self._trainer
+        trainer.settle()
+        with trainer.accelerator.autocast():
+            return greedy_complete(trainer.unwrapped_model, prompts, max_new_tokens)
+
     def write_metrics(self, record: dict) -> None:
         self._trainer._write_metrics(record)
+
+    def write_text(self, texts: dict[str, str], step: int) -> None:
+        trainer = self._trainer
+        # accelerate's trackers take a string value as text (TensorBoard: SummaryWriter.add_text).
+        if trainer.is_main and trainer.accelerator.trackers and texts:
+            trainer.accelerator.log(dict(texts), step=step)
 
     def add_summary(self, **fields: Any) -> None:
         owned = sorted(TRAINER_SUMMARY_FIELDS & fields.keys())
@@ -928,7 +946,8 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
 
 
 def default_callbacks(cfg: RunConfig) -> list[Callback]:
-    """The callbacks of a ``smalllm train`` run: evaluation (when enabled), metrics, checkpoints.
+    """The callbacks of a ``smalllm train`` run: evaluation and its samples (when enabled), metrics,
+    checkpoints.
 
     Each works alone; the order only decides what a step's hooks see first (an evaluation record is
     written before the training record of the same step, a checkpoint after both).
@@ -941,6 +960,10 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         from smalllm.train.callbacks.evaluator import EvaluatorCallback
 
         callbacks.append(EvaluatorCallback())
+    if cfg.eval.samples_on:  # after the evaluator: a step's eval record comes before its samples
+        from smalllm.train.callbacks.samples import SamplesCallback
+
+        callbacks.append(SamplesCallback())
     callbacks += [MetricsLogger(), Checkpointer()]
     return callbacks
 

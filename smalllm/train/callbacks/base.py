@@ -15,13 +15,13 @@ Hooks run on every process, in the order of the trainer's callback list. A recor
 ``tokens``, ``grad_norm``, ``lr`` and ``skipped`` are the same on every process (its loss and
 per-label sums are this process's until reduced), and the trainer agrees on signals before the hooks
 run: a decision made from them is taken alike everywhere, as collective actions (``save_checkpoint``,
-``evaluate``, ``reduce``, ``gather``) need.
+``evaluate``, ``generate``, ``reduce``, ``gather``) need.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -108,6 +108,9 @@ class RunContext:
     fit_instances: Callable[[int], list[list[Instance]]] | None = None
     """Per task (in ``eval_sets()`` order), training instances to fit baselines on: a finite pool's
     train part, or the first ``n`` training instances of a fresh pool. None: no rule baselines."""
+    decode: Callable[[Sequence[int]], str] | None = None
+    """Token ids as text, with the run's tokenizer (special tokens kept, so an EOD shows). None: the
+    trainer has no tokenizer to offer, and text-writing callbacks show ids."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +158,23 @@ class Control(ABC):
         under FSDP/DeepSpeed: every process must call it."""
 
     @abstractmethod
+    def generate(self, prompts: list[Sequence[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuations of ``prompts`` (token ids) by the model being trained, exactly
+        ``max_new_tokens`` each (no stop at EOD, so every process runs the same number of forward
+        passes), fewer only where the model's positions run out. Eval mode, no gradients, the KV
+        cache on; training mode is restored after. A collective under FSDP/DeepSpeed: every process
+        must call it with the same prompts."""
+
+    @abstractmethod
     def write_metrics(self, record: dict[str, Any]) -> None:
         """Append one record to the run's ``metrics.jsonl`` and send its numbers to the trackers
         (TensorBoard, W&B) at ``record["step"]``. Only the main process writes; elsewhere a no-op."""
+
+    @abstractmethod
+    def write_text(self, texts: dict[str, str], step: int) -> None:
+        """Send ``texts`` (tag -> markdown text) to the trackers at ``step`` (TensorBoard's text tab,
+        W&B); not to ``metrics.jsonl``, which takes records through :meth:`write_metrics`. Only the
+        main process writes; a no-op elsewhere and when no tracker is on."""
 
     @abstractmethod
     def add_summary(self, **fields: Any) -> None:
