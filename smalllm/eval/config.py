@@ -114,7 +114,7 @@ class EvalConfig:
     """Greedy completions written at each evaluation, per task and of background prefixes (0: none),
     so a run shows what its model says, not only how it scores. The same held-out prompts every time:
     the log reads as one prompt's answer changing over training."""
-    sample_tokens: int = 16
+    sample_tokens: int = 8
     """Tokens generated per sample (0: no samples). Small, so samples add little to evaluation time."""
 
     def validate(self, prefix: str = "eval") -> None:
