@@ -283,6 +283,12 @@ def _parser() -> argparse.ArgumentParser:
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
 
+    f = add("fit", help="scaling-law fits of a sweep: L(N), L(N, D), L(C), N_opt(C), per-task power laws")
+    f.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep directory with finished cells")
+    f.add_argument("--out", help="directory for fits.json, fits.md and the plots (default: SWEEP_DIR)")
+    _bounded(f, "--resamples", (0, 100_000), 400, "bootstrap resamples of runs per fit (default 400)")
+    _bounded(f, "--seed", (0, MAX_SEED), 0, "seed of the bootstrap (default 0)")
+
     s = add("sweep", help="run a grid of model sizes x task frequencies x seeds")
     s.add_argument("config", help="sweep YAML (see configs/experiments/)")
     s.add_argument(
@@ -643,6 +649,18 @@ def cmd_report(args) -> None:
         print(f)
 
 
+def cmd_fit(args) -> None:
+    from smalllm.sweep.fit_plots import plot_fits
+    from smalllm.sweep.fits import fit_sweep, fits_markdown, write_fits
+
+    fits = fit_sweep(args.sweep_dir, resamples=args.resamples, rng_seed=args.seed)
+    out = Path(args.out) if args.out else Path(args.sweep_dir)
+    written = write_fits(fits, out) + plot_fits(fits, out)
+    print(fits_markdown(fits))
+    for path in written:
+        print(path)
+
+
 def cmd_sweep(args) -> None:
     from smalllm.sweep.runner import run_sweep
 
@@ -687,6 +705,7 @@ COMMANDS = {
     "export": cmd_export,
     "report": cmd_report,
     "sweep": cmd_sweep,
+    "fit": cmd_fit,
     "push": cmd_push,
     "demo": cmd_demo,
     "env": cmd_env,

@@ -92,6 +92,20 @@ FRONTIER_CSV_FILE = "frontier.csv"
 FRONTIER_JSON_FILE = "frontier.json"
 
 
+FITS_JSON_FILE = "fits.json"
+FITS_MD_FILE = "fits.md"
+
+
+def fits_json_file(out_dir: str | Path) -> Path:
+    """Where ``smalllm fit`` writes its fits (the sweep directory unless ``--out``)."""
+    return Path(out_dir) / FITS_JSON_FILE
+
+
+def fits_md_file(out_dir: str | Path) -> Path:
+    """The markdown table of the fits, beside ``fits.json``."""
+    return Path(out_dir) / FITS_MD_FILE
+
+
 def frontier_csv_file(sweep_dir: str | Path) -> Path:
     """The sweep's crossing-frequency table: one row per task (facet), basis and model size."""
     return Path(sweep_dir) / FRONTIER_CSV_FILE

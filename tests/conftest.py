@@ -74,6 +74,9 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    # Writes 9 cells' configs (omegaconf) and reads them back, fits with 20 resamples, draws 4 plots:
+    # 14 s at load average ~7.5, 6 s at ~3.
+    "test_smalllm_fit_end_to_end": 14,
     # The toy's acceptance runs (quick preset): 35 + 30 s at load average ~8, 10 + 10 s at ~2.
     "test_quick_critical_widths_within_one_rung": 65,
     "test_quick_rank1_matches_theory": 10,

@@ -49,8 +49,10 @@ from smalllm.run_record import (
     FRONTIER_JSON_FILE,
     atomic_write_json,
     atomic_write_text,
+    fits_json_file,
     frontier_csv_file,
     frontier_json_file,
+    read_json,
 )
 from smalllm.sweep.aggregate import SweepInfo, collect, curves, write_table
 from smalllm.sweep.frontier import (
@@ -888,6 +890,20 @@ def _threshold(rows: list[dict], task: str) -> float | None:
     return None
 
 
+def _fits_section(sweep_dir: Path) -> list[str]:
+    """The scaling-fit table, when ``smalllm fit`` has written ``fits.json`` into the sweep directory."""
+    path = fits_json_file(sweep_dir)
+    if not path.is_file():
+        return []
+    from smalllm.sweep.fits import fits_markdown
+
+    try:
+        table = fits_markdown(read_json(path))
+    except (KeyError, TypeError):
+        return ["", "## Scaling fits", "", f"`{path.name}` is not one `smalllm fit` wrote; rerun it.", ""]
+    return ["", "## Scaling fits", "", f"From `{path.name}` (`smalllm fit`):", "", table, ""]
+
+
 def write_sweep_report(sweep_dir: str | Path, log: Callable[[str], None] | None = print) -> list[Path]:
     """Write the tidy table, the plots and ``report/summary.md``; print the frontier; return the files.
 
@@ -932,6 +948,7 @@ def write_sweep_report(sweep_dir: str | Path, log: Callable[[str], None] | None 
         md.insert(4, f"Crossing frequencies: `{FRONTIER_CSV_FILE}` and `{FRONTIER_JSON_FILE}`.")
     if not texts:
         md.append("No finished cells with task evaluations yet.")
+    md += _fits_section(info.sweep_dir)
     summary = out / "summary.md"
     summary.write_text("\n".join(md) + "\n")
     written.append(summary)
