@@ -359,6 +359,9 @@ def test_pretrained_tokenizer_from_a_local_directory_with_a_padded_embedding(tmp
         "model.vocab_multiple=64",
         "train.max_tokens=512",
         "eval.enabled=false",
+        # One task: over 103 characters, t_cmp's held-out triples occur inside copy's training
+        # instances, and the pre-flight leak check rightly refuses the pair.
+        "data.tasks=[{name: t_cmp, frequency: 0.01, params: {num_values: 20}, eval_size: 32}]",
     )
     model = build_model(cfg.model, vocab_size=vocab, max_seq_len=32)
     assert model.get_input_embeddings().weight.shape[0] == 128  # 103 rounded up to 2 x 64

@@ -36,19 +36,19 @@ def hf_config(
         eos_token_id=eos_id,
         bos_token_id=None,
         use_cache=False,
+        initializer_range=cfg.init_std,
+    )
+    # The shape under the names olmo, llama and gpt_neox share (gpt2 has names of its own).
+    shape = dict(
+        hidden_size=p.width,
+        intermediate_size=p.intermediate,
+        num_hidden_layers=p.layers,
+        num_attention_heads=p.heads,
+        max_position_embeddings=positions,
     )
     if cfg.arch in ("olmo", "llama"):
         config_cls = OlmoConfig if cfg.arch == "olmo" else LlamaConfig
-        hf = config_cls(
-            hidden_size=p.width,
-            intermediate_size=p.intermediate,
-            num_hidden_layers=p.layers,
-            num_attention_heads=p.heads,
-            num_key_value_heads=p.kv_heads or p.heads,
-            max_position_embeddings=positions,
-            initializer_range=cfg.init_std,
-            **common,
-        )
+        hf = config_cls(**shape, num_key_value_heads=p.kv_heads or p.heads, **common)
     elif cfg.arch == "gpt2":
         hf = GPT2Config(
             n_embd=p.width,
@@ -59,24 +59,13 @@ def hf_config(
             # GPT-2's tanh-approximated GELU as one fused kernel; GPT2Config's default "gelu_new" spells
             # it out in seven elementwise ops (about a fifth of a CPU step at the nanoGPT shape).
             activation_function="gelu_pytorch_tanh",
-            initializer_range=cfg.init_std,
             resid_pdrop=0.0,
             embd_pdrop=0.0,
             attn_pdrop=0.0,
             **common,
         )
     elif cfg.arch == "gpt_neox":
-        hf = GPTNeoXConfig(
-            hidden_size=p.width,
-            intermediate_size=p.intermediate,
-            num_hidden_layers=p.layers,
-            num_attention_heads=p.heads,
-            max_position_embeddings=positions,
-            initializer_range=cfg.init_std,
-            hidden_dropout=0.0,
-            attention_dropout=0.0,
-            **common,
-        )
+        hf = GPTNeoXConfig(**shape, hidden_dropout=0.0, attention_dropout=0.0, **common)
     else:  # validated earlier; kept for direct callers
         raise ValueError(f"model.arch: unknown architecture '{cfg.arch}'")
     return hf
