@@ -887,3 +887,12 @@ def test_a_cell_failing_inside_training_is_failed_until_retried(tmp_path, monkey
     assert cell_state(sweep_dir, bad) == "done" and read_status(sweep_dir, bad)["attempts"] == 2
     assert "(resume)" in (sweep_dir / "cells" / bad / "train.log").read_text()
     assert run.read_summary()["steps"] == 32 and log_attempts(sweep_dir, "seed-0") == 1
+
+
+def test_parallel_wall_is_the_longest_first_schedule():
+    from smalllm.sweep.estimates import parallel_wall
+
+    # Two workers, longest first: A takes 7, B takes 4 then 3 (free at 4), A takes 2 (free at 7).
+    assert parallel_wall([3, 7, 4, 2], 2) == 9  # worker A: 7 then 2; worker B: 4 then 3
+    assert parallel_wall([10, 1, 1], 2) == 10  # one long cell sets the wall time, not the mean (6)
+    assert parallel_wall([5, 5], 1) == 10

@@ -5,6 +5,7 @@ Time is ``FLOPs / (peak FLOP/s x MFU)`` plus a fixed start-up per cell.
 
 from __future__ import annotations
 
+import heapq
 import os
 from dataclasses import dataclass
 
@@ -112,12 +113,22 @@ def data_seed_text(cfg: RunConfig) -> str:
     return "/".join(str(s) for s in dict.fromkeys([cfg.data.seed, *task_seeds]))
 
 
+def parallel_wall(seconds: list[float], workers: int) -> float:
+    """Wall time of jobs of ``seconds`` run as the sweep runs them: longest first, each worker taking
+    the next job when it is free. Not ``sum / workers``: the last long job can run on its own."""
+    free = [0.0] * max(1, workers)
+    for job in sorted(seconds, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + job)
+    return max(free)
+
+
 def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConfig], workers: int = 1) -> str:
     """One line per cell (state, seeds, size, tokens, FLOPs, time) and the totals (wall time over ``workers``).
 
     The data seed column shows ``data.seed`` then each task seed that differs from it (``0/1``).
     """
     rows, total_s, total_gpu_h, total_flops, total_tokens = [], 0.0, 0.0, 0.0, 0
+    cell_seconds = []
     any_gpu = False
     threads = cell_threads(workers)
     for cell in cells:
@@ -139,6 +150,7 @@ def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConf
             ]
         )
         total_s += est.seconds
+        cell_seconds.append(est.seconds)
         total_gpu_h += est.gpu_hours or 0.0
         total_flops += est.flops
         total_tokens += est.tokens
@@ -179,7 +191,8 @@ def dry_run_table(spec: SweepSpec, cells: list[Cell], configs: dict[str, RunConf
         + (
             "; total = sum of cells"
             if workers == 1 or gpu
-            else f"; {workers} workers: about {format_duration(total_s / workers)} wall"
+            else f"; {workers} workers, longest cells first: about "
+            f"{format_duration(parallel_wall(cell_seconds, workers))} wall"
         )
     )
     return "\n".join(lines)

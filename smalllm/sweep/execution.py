@@ -29,7 +29,7 @@ from smalllm.config import RunConfig
 from smalllm.errors import SmalllmError
 from smalllm.run_record import pid_alive
 from smalllm.sweep import records
-from smalllm.sweep.estimates import cell_threads, format_duration
+from smalllm.sweep.estimates import cell_threads, estimate_cell, format_duration
 from smalllm.sweep.grid import Cell, SweepSpec, sweep_manifest
 
 Log = Callable[[str], None]
@@ -260,6 +260,9 @@ def execute(
             todo.remove(cell)
             results[cell.name] = {**records.read_status(sweep_dir, cell.name), "state": "done"}
         if workers > 1 and configs is not None:
+            # Longest cells first, so the sweep does not end on one long cell running alone (the
+            # dry run's wall time assumes this order).
+            todo = deque(sorted(todo, key=lambda c: -estimate_cell(spec, configs[c.name], threads).seconds))
             prebuild_corpora(spec, list(todo), configs, log=log)
         _run_cells(spec, todo, workers, extra, lock_fd, results, log)
     return results
