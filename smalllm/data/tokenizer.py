@@ -121,17 +121,20 @@ def _with_eos_and_pad(tok: PreTrainedTokenizerFast, field: str, where: str) -> P
     return tok
 
 
-def load_pretrained(name_or_path: str, field: str = "data.tokenizer.name_or_path") -> PreTrainedTokenizerFast:
+def load_pretrained(
+    name_or_path: str, field: str = "data.tokenizer.name_or_path", revision: str | None = None
+) -> PreTrainedTokenizerFast:
     """A local tokenizer directory, else a hub tokenizer (from the HF cache, or downloaded once).
 
     A name that reads as a path (``/…``, ``./…``, ``~/…``) is only ever looked for locally, so a
-    mistyped directory is reported as such instead of being asked of the hub.
+    mistyped directory is reported as such instead of being asked of the hub. ``revision`` is a hub
+    revision, or for a local directory its subdirectory of that name.
     """
     local = Path(name_or_path).expanduser()
     if local.is_dir() or name_or_path.startswith(("/", ".", "~")):
-        return load_tokenizer(local, field=field)
+        return load_tokenizer(local / revision if revision else local, field=field)
     try:
-        tok = AutoTokenizer.from_pretrained(name_or_path)
+        tok = AutoTokenizer.from_pretrained(name_or_path, **({"revision": revision} if revision else {}))
     except (OSError, ValueError) as exc:
         raise ConfigError(
             f"{field}: '{name_or_path}' is neither a local tokenizer directory nor a loadable hub "

@@ -17,6 +17,7 @@ directory ``PATH``, revision ``r`` is the subdirectory ``PATH/r``; for a hub id 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -25,13 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from smalllm.data.config import TaskConfig
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.pools import InstancePool
 from smalllm.data.task_tokens import word_initial_vocab
+from smalllm.data.tokenizer import load_pretrained
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.eval.baselines import FIT_SAMPLE, compute_baselines, format_baselines
 from smalllm.eval.config import EvalConfig
@@ -79,18 +81,8 @@ def _source(model: str, revision: str | None, field: str = "--model") -> tuple[s
 
 def load_tokenizer_of(model: str, revision: str | None, field: str = "--model") -> Any:
     """The tokenizer of one revision, with an end-of-document token and a pad id."""
-    name, kwargs = _source(model, revision, field)
-    try:
-        tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    except (OSError, ValueError) as exc:
-        raise SmalllmError(
-            f"--model: '{name}' has no loadable tokenizer ({str(exc).splitlines()[0]})"
-        ) from None
-    if tok.eos_token_id is None:
-        raise SmalllmError(f"--model: the tokenizer of '{name}' has no end-of-document (eos) token")
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    _source(model, revision, field)  # a missing revision directory is named as such
+    return load_pretrained(model, field=field, revision=revision)
 
 
 def load_model_of(model: str, revision: str | None) -> Any:
@@ -172,6 +164,8 @@ def evaluate_any_model(
         raise SmalllmError("--tasks: name at least one task to score the model on")
     if out is not None and Path(out).is_dir():
         raise SmalllmError(f"--out: '{out}' is a directory; give a JSON file")
+    if out is not None:
+        _check_replaceable(Path(out))  # before the work, so a refusal costs nothing
     revs: list[str | None] = list(dict.fromkeys(revisions)) or [None]
     tokenizer = load_tokenizer_of(model, revs[0])
     built = build_outside_tasks(tokenizer, tasks, params, seed, eval_size)
@@ -200,6 +194,7 @@ def evaluate_any_model(
         log(f"revision {rev or '(main)'} (step {step})")
         for key, value in sorted(metrics.items()):
             log(f"  {key:<40} {value:.4f}")
+        del lm  # one revision's weights in memory at a time
     log("baselines:\n" + format_baselines(baselines))
     rows = emergence_table(records, cfg)
     log(format_emergence_table(rows))
@@ -221,3 +216,17 @@ def evaluate_any_model(
         atomic_write_json(Path(out), summary)
         log(f"wrote {out}")
     return summary
+
+
+def _check_replaceable(path: Path) -> None:
+    """``--out`` may be a new file or one an earlier ``eval --model`` wrote; anything else is kept."""
+    if not path.exists():
+        return
+    try:
+        ours = path.is_file() and {"model", "curve"} <= json.loads(path.read_text()).keys()
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        raise SmalllmError(
+            f"--out: '{path}' exists and is not an earlier `eval --model` output; not replaced"
+        )

@@ -262,10 +262,19 @@ def execute(
         if workers > 1 and configs is not None:
             # Longest cells first, so the sweep does not end on one long cell running alone (the
             # dry run's wall time assumes this order).
-            todo = deque(sorted(todo, key=lambda c: -estimate_cell(spec, configs[c.name], threads).seconds))
+            todo = deque(sorted(todo, key=lambda c: -_estimated_seconds(spec, configs[c.name], threads)))
             prebuild_corpora(spec, list(todo), configs, log=log)
         _run_cells(spec, todo, workers, extra, lock_fd, results, log)
     return results
+
+
+def _estimated_seconds(spec: SweepSpec, cfg: RunConfig, threads: int | None) -> float:
+    """A cell's estimated time, for ordering only: a cell whose estimate fails still runs (last), and
+    its own run reports what is wrong with it."""
+    try:
+        return estimate_cell(spec, cfg, threads).seconds
+    except Exception:
+        return 0.0
 
 
 def _run_cells(

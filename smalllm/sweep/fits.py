@@ -332,7 +332,9 @@ class RunCurve:
 def _non_embedding(info: SweepInfo, row: dict) -> int | None:
     if row.get("non_embedding_params"):
         return int(row["non_embedding_params"])
-    cell = next(c for c in info.cells if c.name == row["cell"])
+    cell = next((c for c in info.cells if c.name == row["cell"]), None)
+    if cell is None:  # a row of a cell the sweep file no longer lists: no config to count from
+        return None
     from smalllm.sweep.aggregate import cell_run_config
     from smalllm.train.plan import make_plan
 

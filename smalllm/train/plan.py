@@ -359,11 +359,15 @@ def make_plan(
         attention=cfg.model.attn_implementation,
     )
     gpu = target.gpu
+    peak_source = ""
     if gpu is not None:
         available, peak, gpu_name = gpu.memory, gpu.peak_flops, gpu.name
+    elif target.device == "cpu":  # one read of the measured peak, with where it comes from
+        (peak, peak_source), gpu_name = cpu_peak_flops(), None
+        available = available_memory(target.device)
     else:
         available, peak = available_memory(target.device), default_peak_flops(target.device)
-        gpu_name = torch.cuda.get_device_name() if target.device == "cuda" else None
+        gpu_name = torch.cuda.get_device_name()
     return Plan(
         shape=shape,
         vocab_size=vocab,
@@ -378,9 +382,7 @@ def make_plan(
         memory=memory,
         available=available,
         peak_flops=t.peak_flops or peak,
-        peak_source="train.peak_flops"
-        if t.peak_flops
-        else (cpu_peak_flops()[1] if target.device == "cpu" and gpu is None else ""),
+        peak_source="train.peak_flops" if t.peak_flops else peak_source,
         memory_fraction=t.memory_fraction,
         sharding=target.sharding,
         gpu=gpu_name,

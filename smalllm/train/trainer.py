@@ -678,7 +678,7 @@ class Trainer:
         path = None
         if self.is_main:
             state = self.state_dict(callbacks=callbacks)
-            meta = {"tokens": self.tokens, "preset": self.cfg.model.preset}
+            meta = {"tokens": self.tokens, "preset": self.plan.shape.name}  # the preset, or the custom shape
             model = self.unwrapped_model
             path = ckpt.publish_checkpoint(
                 tmp, self.step, model, self.tokenizer, state, meta, weights, card=self._model_card()
