@@ -328,13 +328,12 @@ def bench_startup(preset: str = "micro-w64") -> dict:
             "logging.progress=false",
             "train.checkpoint_every=0",
         ]
-        env = {**os.environ, "SMALLLM_CACHE": os.environ["SMALLLM_CACHE"]}
-        subprocess.run([*run, f"run_dir={tmp}/warm"], check=True, env=env, capture_output=True)
+        subprocess.run([*run, f"run_dir={tmp}/warm"], check=True, capture_output=True)
         start = time.perf_counter()
-        subprocess.run([*run, f"run_dir={tmp}/run"], check=True, env=env, capture_output=True)
+        subprocess.run([*run, f"run_dir={tmp}/run"], check=True, capture_output=True)
         one_step = time.perf_counter() - start
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import smalllm.train.trainer"], check=True, env=env)
+        subprocess.run([sys.executable, "-c", "import smalllm.train.trainer"], check=True)
         imports = time.perf_counter() - start
     return {"preset": preset, "one_step_run_s": one_step, "imports_s": imports}
 

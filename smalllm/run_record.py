@@ -619,12 +619,12 @@ class RunDir:
                     f"({error_line(exc)}); it is kept in '{self.path}'"
                 ) from None
             raise
-        self.remove()
+        self.remove(field)
         return started
 
-    def remove(self) -> None:
-        """Delete this run (it must carry the marker) and drop its lock."""
-        remove_owned(self.path, "run", "run_dir")
+    def remove(self, field: str = "run_dir") -> None:
+        """Delete this run (it must carry the marker) and drop its lock; errors name ``field``."""
+        remove_owned(self.path, "run", field)
         self.release()
 
     # status -----------------------------------------------------------------------------------

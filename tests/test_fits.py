@@ -146,6 +146,8 @@ def test_smalllm_fit_end_to_end(tmp_path, capsys):
     fits = json.loads((out / "fits.json").read_text())
     assert fits["L_N"]["runs"] == 9 and "alpha" in fits["L_N"]["ci"]
     assert fits["L_ND"]["points"] == 36 and math.isfinite(fits["L_ND"]["params"]["beta"])
+    # The fake sweep follows the known law: its token exponent comes back end to end too.
+    assert fits["L_ND"]["params"]["beta"] == pytest.approx(TRUE["beta"], abs=0.1)
     assert fits["frontier"]["points"] and "gamma" in fits["frontier"]["L_C"]["params"]
     by_size = [t for t in fits["tasks"] if t["vs"] == "size"]
     by_freq = [t for t in fits["tasks"] if t["vs"] == "frequency"]

@@ -108,6 +108,8 @@ class Trainer:
         self.wall_seconds = 0.0
         self.skipped_steps = 0
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._last_eval: dict | None = None
+        """The last ``kind: eval`` record written (the model card quotes it); None: not known yet."""
         """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
         self._signal: str | None = None
         self._begun = False
@@ -211,11 +213,11 @@ class Trainer:
             if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
                 acc.load_state(str(resume_from / CHECKPOINT_SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
-        self._sync_steps = {s for s in range(0, self.total_steps + 1, t.log_every)} | {self.total_steps}
-        if t.checkpoint_every:
-            self._sync_steps |= set(range(0, self.total_steps + 1, t.checkpoint_every))
-        if cfg.eval.enabled:
-            self._sync_steps |= set(eval_steps(self.total_steps, cfg.eval, self.plan.tokens_per_step))
+        self._eval_steps = (
+            frozenset(eval_steps(self.total_steps, cfg.eval, self.plan.tokens_per_step))
+            if cfg.eval.enabled
+            else frozenset()
+        )
         self.context = RunContext(
             plan=self.plan,
             train=t,
@@ -501,7 +503,7 @@ class Trainer:
         got a signal (else: deadlock in the next collective while one rank waits to checkpoint); with
         several processes they agree at sync steps only (a reduction waits for the device), so a
         signal stops the run at the next log, eval or checkpoint step."""
-        if self.world == 1 or self.step not in self._sync_steps:
+        if self.world == 1 or not self._is_sync_step(self.step):
             return
         flag = torch.tensor(0.0 if self._signal is None else 1.0, device=self.accelerator.device)
         if float(self.accelerator.reduce(flag, reduction="sum")) > 0 and self.stop_requested is None:
@@ -550,7 +552,7 @@ class Trainer:
         self._pending.append((self.step, skipped, total_loss))
         self.step += 1
         self.tokens += self.plan.tokens_per_step
-        if self.step in self._sync_steps:
+        if self._is_sync_step(self.step):
             # Inside the timed part: the wait for the device is the steps' own time.
             self.settle()
         elapsed = time.perf_counter() - t0
@@ -578,6 +580,16 @@ class Trainer:
         if isinstance(norm, torch.Tensor):
             return norm.detach()
         return torch.tensor(float(norm), device=self.accelerator.device)
+
+    def _is_sync_step(self, step: int) -> bool:
+        """A step after which the host reads the device: a log, checkpoint or evaluation step, or the last."""
+        t = self.cfg.train
+        return (
+            step % t.log_every == 0
+            or step == self.total_steps
+            or (bool(t.checkpoint_every) and step % t.checkpoint_every == 0)
+            or step in self._eval_steps
+        )
 
     def settle(self) -> None:
         """Read the non-finite flags of the steps since the last call (one wait for the device) and
@@ -693,7 +705,10 @@ class Trainer:
         from smalllm.train.model_card import CardFacts, model_card
 
         facts = CardFacts(self.step, self.tokens, self.num_params, self.num_non_embedding)
-        return model_card(self.cfg, facts, self.run.read_metrics())
+        if self._last_eval is None:  # a resumed run before its first evaluation: read the file once
+            evals = [r for r in self.run.read_metrics() if r.get("kind") == "eval"]
+            self._last_eval = evals[-1] if evals else {}
+        return model_card(self.cfg, facts, [self._last_eval] if self._last_eval else [])
 
     # ----------------------------------------------------------------------------------- logging
 
@@ -716,6 +731,8 @@ class Trainer:
         if not self.is_main:
             return
         self.run.append_metrics(record)
+        if record.get("kind") == "eval":
+            self._last_eval = record
         numbers = {k: v for k, v in record.items() if isinstance(v, int | float) and k not in ("step",)}
         for tracker in self.accelerator.trackers:
             if tracker.name == "tensorboard":
