@@ -18,9 +18,12 @@ trained on, since there is nothing else to test.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from smalllm.data.config import TaskConfig
+from smalllm.data.pool_cache import cached_distinct
 from smalllm.tasks import Instance, Task, skill_names
 
 FRESH_EVAL_SIZE = 256
@@ -30,11 +33,21 @@ FRESH_EVAL_SIZE = 256
 class InstancePool:
     """Training and held-out instances of one sub-skill of one task."""
 
-    def __init__(self, task: Task, skill: int, cfg: TaskConfig, task_index: int) -> None:
+    def __init__(
+        self, task: Task, skill: int, cfg: TaskConfig, task_index: int, cache_dir: Path | None = None
+    ) -> None:
+        """``cache_dir``: where a large finite pool is kept between runs (:mod:`~smalllm.data.pool_cache`;
+        None: always drawn)."""
         self.task, self.skill, self.cfg = task, skill, cfg
         self._seed = [cfg.seed, task_index, skill]
         if cfg.pool == "finite":
-            instances = _distinct(task, skill, cfg.pool_size, np.random.default_rng([*self._seed, 1]))
+
+            def draw(rng: np.random.Generator, n: int, max_draws: int | None = None) -> list[Instance]:
+                return _distinct(task, skill, n, rng, max_draws)
+
+            space = _space(task)
+            n = cfg.pool_size if space is None else min(cfg.pool_size, space)
+            instances = cached_distinct(task, skill, n, [*self._seed, 1], draw, cache_dir)
             n_test = max(1, round(len(instances) * cfg.test_fraction))
             if task.memorization:
                 self.train, self.test = instances, instances
@@ -123,14 +136,18 @@ def _space(task: Task) -> int | None:
     return space // len(task.skills)
 
 
-def _distinct(task: Task, skill: int, n: int, rng: np.random.Generator) -> list[Instance]:
-    """Up to ``n`` distinct instances (fewer if the task has fewer; gives up after many repeats)."""
+def _distinct(
+    task: Task, skill: int, n: int, rng: np.random.Generator, max_draws: int | None = None
+) -> list[Instance]:
+    """Up to ``n`` distinct instances in first-drawn order (fewer if the task has fewer; gives up
+    after many repeats, or after ``max_draws`` draws)."""
     space = _space(task)
     if space is not None:
         n = min(n, space)
     seen: dict[tuple, Instance] = {}
-    misses = 0
-    while len(seen) < n and misses < 20 * n + 1000:
+    misses = draws = 0
+    while len(seen) < n and misses < 20 * n + 1000 and (max_draws is None or draws < max_draws):
+        draws += 1
         inst = task.generate(rng, skill)
         if inst.key in seen:
             misses += 1

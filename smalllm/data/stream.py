@@ -27,8 +27,9 @@ import numpy as np
 from smalllm.data.config import DataConfig, TaskConfig
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
+from smalllm.data.pool_cache import POOLS_DIR
 from smalllm.data.pools import InstancePool
-from smalllm.data.shards import TokenShards
+from smalllm.data.shards import TokenShards, cache_root
 from smalllm.data.task_tokens import task_vocab
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
@@ -105,7 +106,7 @@ def _family(
     pools = []
     for skill in range(len(task.skills)):
         try:
-            pool = InstancePool(task, skill, tcfg, ti)
+            pool = InstancePool(task, skill, tcfg, ti, cache_root(cfg) / POOLS_DIR)
             _check_pool(pool, vocab, cfg.seq_len, where)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
