@@ -100,6 +100,12 @@ class RunConfig:
         self.train.validate("train")
         self.eval.validate("eval")
         self.logging.validate("logging")
+        around = self.eval.around_injections
+        require(
+            around is None or around in [t.name for t in self.data.tasks],
+            "eval.around_injections",
+            f"'{around}' is not a task of data.tasks ({', '.join(t.name for t in self.data.tasks) or 'none'})",
+        )
         positions = self.model.max_position_embeddings
         require(
             positions is None or positions >= self.data.seq_len,

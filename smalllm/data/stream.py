@@ -319,6 +319,17 @@ class TaskStream:
                 )
         return out
 
+    def injection_steps(self, task: str, num_steps: int) -> list[int]:
+        """Global batches ``s < num_steps`` that hold at least one instance of ``task`` (batch ``s`` is
+        trained by optimizer step ``s + 1``): under a ``gap`` schedule, the first batch of each period
+        that receives instances; under the others, nearly every batch at ordinary frequencies."""
+        family = next((f for f in self.families if f.task.name == task), None)
+        if family is None:
+            names = ", ".join(f.task.name for f in self.families) or "none"
+            raise ConfigError(f"task '{task}' is not in this run's data.tasks (it has: {names})")
+        boundaries = np.arange(num_steps + 1, dtype=np.int64) * self.global_batch
+        return np.flatnonzero(np.diff(family.rule.count(boundaries)) > 0).tolist()
+
     def eval_sets(self) -> list[TaskEvalSet]:
         """Held-out instances per task, grouped by sub-skill (fixed per run)."""
         sets = []

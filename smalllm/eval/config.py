@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from smalllm.errors import require
 from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of
 
 CriterionMetric = Literal["acc", "choice_acc", "loss_ratio", "choice_loss", "label_mass"]
@@ -116,6 +117,14 @@ class EvalConfig:
     the log reads as one prompt's answer changing over training."""
     sample_tokens: int = 8
     """Tokens generated per sample (0: no samples). Small, so samples add little to evaluation time."""
+    around_injections: str | None = None
+    """A task (``data.tasks`` name) whose injection cycles are bracketed by extra evaluations: right
+    before an injection batch, right after it, and right before the next one, so each bracketed cycle
+    has its loss gain at injection and its decay until the next (Huang et al. Fig. 6b; see
+    :mod:`smalllm.eval.retention`). Meant for a ``gap`` schedule. None: no extra evaluations."""
+    injection_cycles: int = 16
+    """Injection cycles bracketed with ``around_injections``, spread evenly over the run (first and
+    last included): up to three evaluations each."""
 
     def validate(self, prefix: str = "eval") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
@@ -129,6 +138,13 @@ class EvalConfig:
         self.criterion.validate(f"{prefix}.criterion")
         integer(self.samples, f"{prefix}.samples", ge=0, le=1000)
         integer(self.sample_tokens, f"{prefix}.sample_tokens", ge=0, le=4096)
+        if self.around_injections is not None:
+            require(
+                isinstance(self.around_injections, str) and bool(self.around_injections.strip()),
+                f"{prefix}.around_injections",
+                "must name a task of data.tasks, or be null",
+            )
+        integer(self.injection_cycles, f"{prefix}.injection_cycles", ge=1, le=100_000)
 
     @property
     def samples_on(self) -> bool:

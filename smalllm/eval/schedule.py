@@ -7,10 +7,14 @@ purely periodic schedule either wastes evaluations late or misses the start. Pyt
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from smalllm.eval.config import EvalConfig
 
 
-def eval_steps(total_steps: int, cfg: EvalConfig, tokens_per_step: int) -> list[int]:
+def eval_steps(
+    total_steps: int, cfg: EvalConfig, tokens_per_step: int, extra: Iterable[int] = ()
+) -> list[int]:
     """Steps (number of optimizer steps completed) at which to evaluate, sorted and unique.
 
     Step 0 is the initial model and ``total_steps`` the final one; both are always included.
@@ -20,6 +24,7 @@ def eval_steps(total_steps: int, cfg: EvalConfig, tokens_per_step: int) -> list[
       longer than the period); otherwise every multiple of ``cfg.every_steps`` (none if it is 0).
     * With ``cfg.log_spaced``: also 1, 2, 4, 8, … — the powers of two below the first periodic
       evaluation, or all powers of two up to ``total_steps`` when there is no periodic part.
+    * ``extra`` steps within ``0 … total_steps`` (e.g. the brackets of ``cfg.around_injections``).
     """
     if total_steps < 0:
         raise ValueError(f"total_steps must be >= 0, got {total_steps}")
@@ -40,6 +45,7 @@ def eval_steps(total_steps: int, cfg: EvalConfig, tokens_per_step: int) -> list[
     elif cfg.every_steps > 0:
         periodic = list(range(cfg.every_steps, total_steps + 1, cfg.every_steps))
     steps.update(periodic)
+    steps.update(s for s in extra if 0 <= s <= total_steps)
     if cfg.log_spaced:
         limit = periodic[0] if periodic else total_steps + 1
         p = 1

@@ -50,6 +50,7 @@ from smalllm.data.stream import STREAM_FORMAT, TaskStream
 from smalllm.errors import SmalllmError
 from smalllm.eval.config import EvalConfig
 from smalllm.eval.evaluator import evaluate
+from smalllm.eval.retention import bracket_steps, eval_steps_of
 from smalllm.eval.samples import greedy_complete
 from smalllm.eval.schedule import eval_steps
 from smalllm.model.build import build_model, count_params
@@ -213,8 +214,24 @@ class Trainer:
             if self.sharded:  # optimizer shards (and sharded weights) come back through accelerate
                 acc.load_state(str(resume_from / CHECKPOINT_SHARDED_STATE))
             self.info(f"resumed from {resume_from} at step {self.step} ({self.tokens:,} tokens)")
+        self.injection_brackets = (
+            bracket_steps(
+                self.stream.injection_steps(cfg.eval.around_injections, self.total_steps),
+                cfg.eval.injection_cycles,
+                self.total_steps,
+            )
+            if cfg.eval.enabled and cfg.eval.around_injections
+            else []
+        )
         self._eval_steps = (
-            frozenset(eval_steps(self.total_steps, cfg.eval, self.plan.tokens_per_step))
+            frozenset(
+                eval_steps(
+                    self.total_steps,
+                    cfg.eval,
+                    self.plan.tokens_per_step,
+                    extra=eval_steps_of(self.injection_brackets),
+                )
+            )
             if cfg.eval.enabled
             else frozenset()
         )
@@ -225,6 +242,7 @@ class Trainer:
             logging=cfg.logging,
             labels=list(self.stream.labels),
             total_steps=self.total_steps,
+            eval_steps=self._eval_steps,
             start_step=self.step,
             start_tokens=self.tokens,
             resumed=self.resumed,
@@ -770,6 +788,11 @@ class Trainer:
             # Epochs over the background corpus so far (above 1: documents were seen again).
             "background_passes": self.stream.background_passes(total_rows),
         }
+        if self.injection_brackets:  # what smalllm.eval.retention reads the cycles back with
+            summary["injections"] = {
+                "task": self.cfg.eval.around_injections,
+                "brackets": [list(b) for b in self.injection_brackets],
+            }
         summary.update(self._summary_fields)  # what the callbacks contributed (eval time, emergence)
         if self.error is not None:  # diverged, failed, or interrupted by an exception
             summary["error"] = error_line(self.error)
@@ -797,6 +820,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "environment",
         "stream_format",
         "background_passes",
+        "injections",
         "error",
         "failed_at_step",
         "attempt",

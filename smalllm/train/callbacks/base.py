@@ -87,6 +87,9 @@ class RunContext:
     labels: list[Label]
     """The stream's labels; index ``i`` is entry ``i`` of the step records' per-label tensors."""
     total_steps: int
+    eval_steps: frozenset[int]
+    """Steps at which the run evaluates (:func:`smalllm.eval.schedule.eval_steps`, with the brackets
+    of ``eval.around_injections``); empty when evaluation is off."""
     start_step: int
     """The step fit starts from: 0, or the step of the checkpoint a resumed run continues."""
     start_tokens: int

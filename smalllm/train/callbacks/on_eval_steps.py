@@ -3,7 +3,6 @@ across kills and resumes, and once more at the end of a completed run if its las
 
 from __future__ import annotations
 
-from smalllm.eval.schedule import eval_steps
 from smalllm.train.callbacks.base import Callback, Control, FitEnd, RunContext, StepRecord
 
 
@@ -43,7 +42,7 @@ class OnEvalSteps(Callback):
 
     def on_fit_start(self, run: RunContext, control: Control) -> None:
         self.run = run
-        self.steps = set(eval_steps(run.total_steps, run.eval, run.plan.tokens_per_step))
+        self.steps = set(run.eval_steps)
         self.prepare(run, control)
         done = self.last_step == run.start_step if self.restored else run.resumed
         if run.start_step in self.steps and not done:
