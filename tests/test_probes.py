@@ -187,6 +187,15 @@ def test_smalllm_probe_refuses_with_one_line(probed_run: Path, tmp_path: Path, c
     refused([str(tmp_path / "nowhere")], "is not a directory")
     assert not RunDir(run).probes_file.exists()
 
+    # A run being written (trained, evaluated, probed) by another process is not written into.
+    writer = RunDir(run)
+    writer.acquire()
+    try:
+        refused([str(run)], f"run_dir: '{run}' is in use by pid ")
+    finally:
+        writer.release()
+    assert not RunDir(run).probes_file.exists()
+
     # A run that trains neither probed task.
     config = yaml.safe_load(RunDir(run).config_file.read_text())
     config["data"]["tasks"] = [t for t in config["data"]["tasks"] if t["name"] == "copy"]

@@ -133,7 +133,7 @@ def probe_families(stream: TaskStream, names: list[str] | None, run: RunDir) -> 
     for name in names:
         if name not in own:
             raise SmalllmError(f"--task: '{name}' is not a task of {run.path}{did_you_mean(name, own)}")
-        if own[name] not in probed:
+        if not isinstance(own[name].task, tuple(PROBES)):
             raise SmalllmError(f"--task: '{name}' has no probe (probes read {kinds})")
         chosen.append(own[name])
     return chosen
@@ -223,7 +223,10 @@ def load_checkpoint_model(path: Path) -> Any:
 def _check_tables(run: RunDir, stream: TaskStream) -> None:
     """Refuse when the rebuilt held-out sets differ from the ones the run saved: then its tables
     (or its corpus, which picks the table tokens) are not those the run trained on."""
-    trained_on = run.read_summary().get("stream_format", STREAM_FORMAT)
+    summary = run.read_summary()
+    # As the trainer reads it: a run that recorded no format predates format 2 (a copied run without
+    # its summary is left to the eval-set comparison below).
+    trained_on = summary.get("stream_format", 1) if summary else STREAM_FORMAT
     if trained_on != STREAM_FORMAT:
         raise SmalllmError(
             f"RUN_DIR: '{run.path}' was trained on stream format {trained_on} and this smalllm builds "
