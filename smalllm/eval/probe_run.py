@@ -318,6 +318,10 @@ def _probe(
         n = task.params.num_values
         entry: dict[str, Any] = {"probe": _probe_kind(family), "num_values": n, "prefix": prefix}
         if entry["probe"] == "fourier":
+            if n < 3:
+                raise SmalllmError(
+                    f"--task: '{task.name}' has num_values={n}; a Fourier spectrum needs at least 3 values"
+                )
             entry.update({"modulus": n, "p_null": 2.0 / (n - 1), "threshold": 4.0 / (n - 1)})
         entry["steps"] = []
         result["tasks"][task.name] = entry
