@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from smalllm.errors import SmalllmError
-from smalllm.run_record import EVAL_RESULTS_FILE
+from smalllm.run_record import EVAL_RESULTS_FILE, PROBES_FILE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,6 +279,28 @@ def _parser() -> argparse.ArgumentParser:
     _bounded(au, "--ngram", (1, 1024), 13, "n of the background n-gram overlap (default 13)")
     _bounded(au, "--max-rows", (1, 2**40), None, "scan at most this many rows (default: all the run reads)")
     au.add_argument("--out", metavar="FILE.json", help="also write the report as JSON")
+
+    pr = add(
+        "probe",
+        help="representation probes of a run's checkpoints: T_CMP value R² and T_ADD Fourier modes per layer",
+    )
+    pr.add_argument("run", metavar="RUN_DIR", help="run directory with checkpoints")
+    pr.add_argument(
+        "--checkpoints",
+        default="all",
+        metavar="all|last|STEP,...",
+        help="which checkpoints to probe (default all)",
+    )
+    pr.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="repeatable: only this task (default every t_cmp / t_add task of the run)",
+    )
+    pr.add_argument("--out", metavar="DIR", help=f"write {PROBES_FILE} and the plots here instead of the run")
+    _bounded(pr, "--max-instances", (1, 1 << 30), 2000, "held-out instances read per task (default 2000)")
+    _bounded(pr, "--seed", (0, MAX_SEED), 0, "seed of the probe folds and controls (default 0)")
 
     r = add("report", help="plots and a markdown summary of a run or a sweep")
     r.add_argument("path", help="run directory or sweep directory")
@@ -627,6 +649,28 @@ def cmd_export(args) -> None:
     )
 
 
+def cmd_probe(args) -> None:
+    from smalllm.config import load_config
+    from smalllm.eval.probe_run import ProbeSettings, probe_run
+    from smalllm.run_record import RunDir
+
+    run = RunDir(args.run)
+    if not run.path.is_dir():
+        raise SmalllmError(f"RUN_DIR: '{run.path}' is not a directory")
+    if not run.has_config():
+        raise SmalllmError(f"RUN_DIR: '{run.path}' holds no run ({run.config_file.name} missing)")
+    cfg = load_config(run.config_file)  # the run's own data config rebuilds its task tables
+    probe_run(
+        run.path,
+        cfg.data,
+        cfg.train.global_batch_size,
+        checkpoints=args.checkpoints,
+        tasks=[t for item in args.task for t in item.split(",") if t] or None,
+        out=args.out,
+        settings=ProbeSettings(max_instances=args.max_instances, seed=args.seed),
+    )
+
+
 def cmd_report(args) -> None:
     from smalllm.run_record import RunDir
     from smalllm.sweep.records import is_sweep_dir
@@ -703,6 +747,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "audit": cmd_audit,
     "export": cmd_export,
+    "probe": cmd_probe,
     "report": cmd_report,
     "sweep": cmd_sweep,
     "fit": cmd_fit,

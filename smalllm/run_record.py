@@ -12,8 +12,9 @@ checkpointing, sweeps and reports reach those files only through :class:`RunDir`
       eval_sets.json        the held-out sets, so a checkpoint can be re-scored later
       emergence.json        per-task emergence summary, written at the end
       eval_results.jsonl    records appended by ``smalllm eval``
+      probes.json           representation probes of the checkpoints, by ``smalllm probe``
       tb/                   TensorBoard event files
-      report/               plots and summary.md written by ``smalllm report``
+      report/               plots and summary.md written by ``smalllm report`` (and ``smalllm probe``'s plots)
       checkpoints/step_00000100/   a ``save_pretrained`` directory, its model card (README.md)
                                    and tokenizer, plus the trainer state
 
@@ -33,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -60,6 +62,7 @@ EVAL_SETS_FILE = "eval_sets.json"
 EMERGENCE_FILE = "emergence.json"
 BASELINES_FILE = "baselines.json"
 EVAL_RESULTS_FILE = "eval_results.jsonl"
+PROBES_FILE = "probes.json"
 TRACKER_DIR = "tb"
 REPORT_DIR = "report"
 REPORT_SUMMARY_FILE = "summary.md"
@@ -79,6 +82,7 @@ RUN_NAMES: frozenset[str] = frozenset(
         EMERGENCE_FILE,
         BASELINES_FILE,
         EVAL_RESULTS_FILE,
+        PROBES_FILE,
         TRACKER_DIR,
         REPORT_DIR,
         CHECKPOINTS_DIR,
@@ -114,6 +118,21 @@ def frontier_csv_file(sweep_dir: str | Path) -> Path:
 def frontier_json_file(sweep_dir: str | Path) -> Path:
     """The sweep's frontier estimate in full: f* per size with CIs, and the exchange rates."""
     return Path(sweep_dir) / FRONTIER_JSON_FILE
+
+
+PROBE_PLOT_PREFIX = "probe_"
+
+
+def probes_json_file(out_dir: str | Path) -> Path:
+    """Where ``smalllm probe --out DIR`` writes its results (a run's own: :attr:`RunDir.probes_file`)."""
+    return Path(out_dir) / PROBES_FILE
+
+
+def probe_plot_file(plot_dir: str | Path, task: str, kind: str) -> Path:
+    """One plot of ``smalllm probe``: ``probe_<task>_<kind>.png`` in a run's report directory or in
+    ``--out`` (a task name's characters outside ``[A-Za-z0-9_.-]`` become ``_``)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", task)
+    return Path(plot_dir) / f"{PROBE_PLOT_PREFIX}{safe}_{kind}.png"
 
 
 # Names inside one checkpoint directory.
@@ -495,6 +514,11 @@ class RunDir:
     @property
     def eval_results_file(self) -> Path:
         return self.path / EVAL_RESULTS_FILE
+
+    @property
+    def probes_file(self) -> Path:
+        """Results of ``smalllm probe`` (its plots go to :attr:`report_dir`)."""
+        return self.path / PROBES_FILE
 
     @property
     def tracker_dir(self) -> Path:

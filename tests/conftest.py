@@ -115,6 +115,8 @@ SLOW_TESTS = {
     "test_tensorboard_holds_every_record_of_metrics_jsonl": 3.8,
     "test_eval_model_with_two_revisions_writes_a_curve_with_baselines": 7,
     "test_lm_eval_accuracy_equals_choice_acc": 19,
+    # tests/test_probes.py: probes two checkpoints of a tiny run (T_CMP, T_ADD), then one again.
+    "test_smalllm_probe_end_to_end": 5,  # 4.7 s on a quiet machine, 19 s under heavy load
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
     # faster tests of the same code in the fast tier.
     "test_training_does_not_import_matplotlib": 9,

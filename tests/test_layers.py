@@ -219,6 +219,7 @@ def test_only_the_run_record_spells_run_directory_names() -> None:
         rr.EVAL_SETS_FILE,
         rr.EMERGENCE_FILE,
         rr.EVAL_RESULTS_FILE,
+        rr.PROBES_FILE,
         rr.CHECKPOINTS_DIR,
         rr.CHECKPOINT_MANIFEST,
         rr.CHECKPOINT_STATE,
