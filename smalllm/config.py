@@ -3,7 +3,7 @@
 Each section lives beside the component that reads it, with its own ``validate``:
 :class:`~smalllm.model.config.ModelConfig`, :mod:`smalllm.data.config` (data, tokenizer,
 background, tasks and their schedules), :class:`~smalllm.eval.config.EvalConfig` and
-:mod:`smalllm.train.config` (train, logging). They are re-exported here, so
+:mod:`smalllm.train.config` (train, logging, interference). They are re-exported here, so
 ``from smalllm.config import TaskConfig`` keeps working.
 
 OmegaConf does the parsing, merging and type checking; this module reads YAML through
@@ -44,7 +44,7 @@ from smalllm.errors import ConfigError, did_you_mean, require
 from smalllm.eval.config import EvalConfig, upgrade_legacy_eval
 from smalllm.model.config import ARCHS, ModelConfig
 from smalllm.safe_yaml import YamlSyntaxError, load_yaml_file, load_yaml_text
-from smalllm.train.config import LR_SCHEDULES, PRECISIONS, LoggingConfig, TrainConfig
+from smalllm.train.config import LR_SCHEDULES, PRECISIONS, InterferenceConfig, LoggingConfig, TrainConfig
 from smalllm.validation import one_of
 
 __all__ = [
@@ -60,6 +60,7 @@ __all__ = [
     "BackgroundConfig",
     "DataConfig",
     "EvalConfig",
+    "InterferenceConfig",
     "LoggingConfig",
     "ModelConfig",
     "RunConfig",
@@ -89,6 +90,8 @@ class RunConfig:
     """Held-out evaluation and emergence detection."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     """Where metrics go."""
+    interference: InterferenceConfig = field(default_factory=InterferenceConfig)
+    """Gradient interference measurements (off by default)."""
 
     def validate(self) -> None:
         """Check every section's ranges and choices; raise a one-line :class:`ConfigError` naming the
@@ -100,6 +103,7 @@ class RunConfig:
         self.train.validate("train")
         self.eval.validate("eval")
         self.logging.validate("logging")
+        self.interference.validate("interference")
         around = self.eval.around_injections
         require(
             around is None or around in [t.name for t in self.data.tasks],
@@ -111,6 +115,10 @@ class RunConfig:
             positions is None or positions >= self.data.seq_len,
             "model.max_position_embeddings",
             f"{positions} is shorter than data.seq_len {self.data.seq_len}",
+        )
+        shape = self.model.shape(self.data.seq_len)
+        self.interference.check_run(
+            [(t.name, t.pool) for t in self.data.tasks], shape.layers, shape.intermediate, "interference"
         )
 
 

@@ -94,6 +94,10 @@ SLOW_TESTS = {
     "test_outside_plugin_is_discovered_and_trains": 25,
     "test_emitted_shell_script_leaves_the_same_records_as_smalllm_sweep": 150,
     "test_two_processes_match_one": 46,
+    # tests/test_interference.py (s, measured at load average ~5 on 2 cores)
+    "test_two_processes_measure_what_one_does": 51,
+    "test_callback_on_and_off_train_identical_weights": 7,
+    "test_schedule_injections_and_resume": 4,
     "test_memory_estimate_is_within_30_percent_of_a_measured_training_step": 14,
     "test_bad_input_subprocess": 40,
     "test_broken_plugins_are_named_and_the_other_tasks_still_list": 10,

@@ -32,6 +32,7 @@ SECTIONS = {
     "EvalConfig": eval_config,
     "TrainConfig": train_config,
     "LoggingConfig": train_config,
+    "InterferenceConfig": train_config,
 }
 
 

@@ -360,6 +360,37 @@ class TaskStream:
         :meth:`~smalllm.data.pools.InstancePool.fit_instances`."""
         return [[inst for pool in f.pools for inst in pool.fit_instances(sample)] for f in self.families]
 
+    def batch_instances(self, step: int) -> list[int]:
+        """Per task (in :meth:`eval_sets` order), the instances placed in global batch ``step`` (all
+        processes' rows together; from the placement rules alone, no row is built)."""
+        bounds = np.array([step * self.global_batch, (step + 1) * self.global_batch], dtype=np.int64)
+        return [int(np.diff(f.rule.count(bounds))[0]) for f in self.families]
+
+    def reference_instances(self, task: int, size: int | None) -> list[Instance]:
+        """Training instances of task ``task`` (its index in :meth:`eval_sets` order), the same on
+        every call: the first ``size`` the stream places (all sub-skills, in the stream's proportions;
+        a finite pool's train part is stored shuffled, so these are a random sample of it), without
+        repeats (a finite pool that runs out gives fewer); ``size`` None: every instance of a finite
+        pool's train part."""
+        family = self.families[task]
+        finite = all(p.cfg.pool == "finite" for p in family.pools)
+        if size is None:
+            if not finite:
+                raise ConfigError(f"data.tasks.{task}.pool: a fresh pool has no train part to take whole")
+            return [inst for pool in family.pools for inst in pool.train]
+        available = sum(len(p.train) for p in family.pools) if finite else size
+        out: list[Instance] = []
+        seen: set[int] = set()
+        # A finite skill that runs out cycles; its repeats are skipped (bounded: each pass adds one).
+        for k in range(size * len(family.pools) + available):
+            if len(out) == min(size, available):
+                break
+            inst, _ = family.instance(k)
+            if id(inst) not in seen:
+                seen.add(id(inst))
+                out.append(inst)
+        return out
+
     def background_holdout(self, num_sequences: int) -> np.ndarray:
         """Held-out background text as [n, seq_len] rows (fewer if the held-out part is short)."""
         n = min(num_sequences, len(self.corpus.holdout) // self.seq_len)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from smalllm.errors import require
+from smalllm.errors import did_you_mean, require
 from smalllm.validation import COUNT_MAX, TOKENS_MAX, choices, integer, number, one_of, seed
 
 LrSchedule = Literal["cosine", "wsd", "linear", "constant"]
@@ -135,3 +135,90 @@ class LoggingConfig:
             "must not be empty with wandb=true",
         )
         number(self.progress_seconds, f"{prefix}.progress_seconds", ge=0, le=1e7)
+
+
+ModuleSet = Literal["all", "mlp", "top_k"]
+MODULE_SETS = choices(ModuleSet)
+
+
+@dataclass
+class InterferenceConfig:
+    """Gradient interference between a task and the rest of the batch (Huang et al. 2026, Fig. 9);
+    see :mod:`smalllm.train.callbacks.interference` and ``docs/mechanisms.md``."""
+
+    enabled: bool = False
+    """Measure during training (off: no callback, no cost)."""
+    every_steps: int = 100
+    """Measure every this many steps (0: only at injections)."""
+    at_injections: bool = True
+    """Also measure at every step whose batch holds instances of ``task`` (meant for a ``gap``
+    schedule; at a uniform schedule of one instance per batch or more that is every step)."""
+    task: str | None = None
+    """Name of the measured task in ``data.tasks`` (None: the first one)."""
+    reference_size: int | None = 1000
+    """Training instances of the task whose answer-token loss gives the reference gradient g_r: the
+    first this many the stream trains on, fixed for the run (None: a finite pool's whole train part)."""
+    module_sets: list[str] = field(default_factory=lambda: ["all", "mlp", "top_k"])
+    """Parameter sets the cosines are taken over: all (every parameter), mlp (the MLP of ``layer``),
+    top_k (the ``top_k`` neurons of that MLP with the largest reference gradient)."""
+    top_k: int = 16
+    """Neurons in the top_k set."""
+    layer: int = 0
+    """Transformer block whose MLP the mlp and top_k sets read (0: the first, Huang et al.'s choice)."""
+
+    def validate(self, prefix: str = "interference") -> None:
+        """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
+        require(isinstance(self.enabled, bool), f"{prefix}.enabled", "expected true/false")
+        integer(self.every_steps, f"{prefix}.every_steps", ge=0, le=COUNT_MAX)
+        require(isinstance(self.at_injections, bool), f"{prefix}.at_injections", "expected true/false")
+        require(self.task is None or bool(self.task.strip()), f"{prefix}.task", "must name a task or be null")
+        if self.reference_size is not None:
+            integer(self.reference_size, f"{prefix}.reference_size", ge=1, le=10_000_000)
+        require(
+            bool(self.module_sets), f"{prefix}.module_sets", f"must list some of {', '.join(MODULE_SETS)}"
+        )
+        for i, name in enumerate(self.module_sets):
+            one_of(name, MODULE_SETS, f"{prefix}.module_sets.{i}")
+        require(
+            len(set(self.module_sets)) == len(self.module_sets), f"{prefix}.module_sets", "lists a set twice"
+        )
+        integer(self.top_k, f"{prefix}.top_k", ge=1, le=10_000_000)
+        integer(self.layer, f"{prefix}.layer", ge=0, le=100_000)
+        if self.enabled:
+            require(
+                self.every_steps > 0 or self.at_injections,
+                f"{prefix}.every_steps",
+                "0 with at_injections=false: nothing would be measured",
+            )
+
+    def check_run(
+        self, tasks: list[tuple[str, str]], layers: int, intermediate: int, prefix: str = "interference"
+    ) -> None:
+        """The rules that need the rest of the run: ``tasks`` as (name, pool) of ``data.tasks``, and
+        the model's blocks and MLP width. Checked only when enabled."""
+        if not self.enabled:
+            return
+        names = [name for name, _ in tasks]
+        if self.task is None:
+            require(bool(tasks), f"{prefix}.enabled", "needs a task in data.tasks to measure")
+        else:
+            require(
+                self.task in names,
+                f"{prefix}.task",
+                f"'{self.task}' is not in data.tasks ({', '.join(names) or 'none'}){did_you_mean(self.task, names)}",
+            )
+        pool = dict(tasks)[self.task if self.task is not None else names[0]]
+        require(
+            self.reference_size is not None or pool == "finite",
+            f"{prefix}.reference_size",
+            "null (the whole train part) needs a finite pool; this task's pool is fresh",
+        )
+        require(
+            self.layer < layers, f"{prefix}.layer", f"must be < the model's {layers} blocks, got {self.layer}"
+        )
+        if "top_k" in self.module_sets:
+            require(
+                self.top_k <= intermediate,
+                f"{prefix}.top_k",
+                f"must be <= the MLP's {intermediate} neurons, got {self.top_k}",
+            )

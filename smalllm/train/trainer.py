@@ -30,6 +30,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +63,19 @@ from smalllm.run_record import (
     error_line,
     is_empty_dir,
 )
-from smalllm.train.callbacks.base import Callback, Control, FitEnd, Reduction, RunContext, StepRecord
+from smalllm.tasks.base import Instance
+from smalllm.train.callbacks.base import (
+    Callback,
+    Control,
+    FitEnd,
+    GradientSplit,
+    Reduction,
+    RunContext,
+    StepRecord,
+)
 from smalllm.train.config import TrainConfig
 from smalllm.train.environment import collect_environment
+from smalllm.train.gradients import reference_gradient, split_gradients
 from smalllm.train.launch import check_local_rank, check_world_size, target_of
 from smalllm.train.plan import resolve_device, resolve_precision
 from smalllm.train.preflight import check_run, check_trackers
@@ -166,6 +177,11 @@ class Trainer:
         self.corpus_name = corpus.path.name
         self.tokenizer = corpus.tokenizer
         self.sharded = acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+        if cfg.interference.enabled and self.sharded:
+            raise SmalllmError(
+                "interference.enabled: the measurement needs whole gradients on every process "
+                f"(one process or DDP), not {acc.distributed_type.value}'s sharded ones"
+            )
         # The dry run's checks (preflight.check_config runs this same check_run), with the real world
         # size and sharding; `train` sets the trainer up before it touches the run directory.
         families, self.plan = check_run(cfg, self.tokenizer, corpus, target=self.target)
@@ -257,6 +273,8 @@ class Trainer:
             background_holdout=self.stream.background_holdout,
             fit_instances=self.stream.fit_instances,
             decode=self._decode,
+            batch_instances=self.stream.batch_instances,
+            reference_instances=self.stream.reference_instances,
         )
 
     def _device_skip(self, precision: str) -> torch.Tensor | None:
@@ -868,6 +886,63 @@ class _TrainerControl(Control):
         with trainer.accelerator.autocast():
             return greedy_complete(trainer.unwrapped_model, prompts, max_new_tokens)
 
+    def gradient_split(
+        self,
+        labels: Sequence[int],
+        reference: Sequence[Instance],
+        prefix: Sequence[int] = (),
+        select: Callable[[str], bool] | None = None,
+    ) -> GradientSplit:
+        trainer = self._trainer
+        if trainer.sharded:
+            raise SmalllmError("gradient_split: needs whole gradients (one process or DDP), not sharded ones")
+        acc, plan = trainer.accelerator, trainer.plan
+        # The unwrapped model: no DDP hooks fire in its backward, so nothing is all-reduced behind our
+        # back; the one reduction below averages over processes as DDP does.
+        model = trainer.unwrapped_model
+        named = [
+            (n, p) for n, p in model.named_parameters() if p.requires_grad and (select is None or select(n))
+        ]
+        names, params = [n for n, _ in named], [p for _, p in named]
+        if not params:
+            raise ValueError("gradient_split: select accepts none of the model's parameters")
+        batch = trainer.stream.batch(trainer.step, trainer.rank, trainer.world)
+        wanted = np.asarray(sorted(set(labels)), dtype=batch.task_ids.dtype)
+
+        def micro_batches():
+            for i in range(plan.accumulation):
+                rows = slice(i * plan.micro_batch, (i + 1) * plan.micro_batch)
+                ids = _to_device(batch.input_ids[rows], acc.device)
+                targets = _targets(ids, batch.loss_mask[rows])
+                task = np.isin(batch.task_ids[rows, 1:], wanted) & batch.loss_mask[rows, 1:]
+                yield ids, targets, task
+
+        mine = list(reference)[trainer.rank :: trainer.world]  # each process scores a share
+        devices = [acc.device] if acc.device.type == "cuda" else []
+        # Forked RNG: a model with dropout draws here as in a step; the run's stream of draws is untouched.
+        with torch.random.fork_rng(devices=devices), acc.autocast():
+            g_t, g_nt = split_gradients(model, micro_batches(), plan.accumulation, params)
+            g_r, count = reference_gradient(
+                model, mine, params, prefix=prefix, batch_tokens=plan.micro_batch * trainer.cfg.data.seq_len
+            )
+        task_tokens = torch.tensor(
+            float((np.isin(batch.task_ids[:, 1:], wanted) & batch.loss_mask[:, 1:]).sum())
+        )
+        counts = torch.stack([task_tokens, torch.tensor(float(count))]).to(acc.device)
+        sizes = [p.numel() for p in params]
+        flat = torch.cat([torch.cat([g.flatten().float() for g in gs]) for gs in (g_t, g_nt, g_r)])
+        if trainer.world > 1:  # one all-reduce for the three gradients: the mean, as DDP's
+            flat = acc.reduce(flat, reduction="mean")
+            counts = acc.reduce(counts, reduction="sum")
+        task_total, ref_total = (int(round(float(c))) for c in counts)
+        n = sum(sizes)
+        # The reference shares were sums: the mean over processes, times world, over the total count.
+        parts = [flat[:n], flat[n : 2 * n], flat[2 * n :] * (trainer.world / max(ref_total, 1))]
+        split = [
+            dict(zip(names, (t.view_as(p) for t, p in zip(part.split(sizes), params)))) for part in parts
+        ]
+        return GradientSplit(split[0], split[1], split[2], task_total, ref_total)
+
     def write_metrics(self, record: dict) -> None:
         self._trainer._write_metrics(record)
 
@@ -1005,6 +1080,10 @@ def default_callbacks(cfg: RunConfig) -> list[Callback]:
         from smalllm.train.callbacks.samples import SamplesCallback
 
         callbacks.append(SamplesCallback())
+    if cfg.interference.enabled:  # before the checkpointer: a checkpoint holds its last measured step
+        from smalllm.train.callbacks.interference import InterferenceCallback
+
+        callbacks.append(InterferenceCallback(cfg.interference))
     callbacks += [MetricsLogger(), Checkpointer()]
     return callbacks
 

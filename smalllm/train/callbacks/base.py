@@ -9,7 +9,10 @@ A callback never sees the trainer. It gets:
   see :meth:`~smalllm.train.plan.Plan.mfu`);
 - a :class:`FitEnd` when training stops, whatever stopped it;
 - with each hook, the :class:`Control` surface: the only way to act on the run (stop it, checkpoint
-  it, evaluate the model, write a metrics record, contribute to the summary, log a line).
+  it, evaluate the model, write a metrics record, contribute to the summary, log a line), and to
+  measure it: :meth:`Control.gradient_split` returns the gradient the next optimizer step will take,
+  split into the part from a task's tokens and the rest, with a task's reference gradient (see
+  :class:`GradientSplit`); it leaves ``.grad``, the optimizer and the RNG state as they were.
 
 Hooks run on every process, in the order of the trainer's callback list. A record's ``step``,
 ``tokens``, ``grad_norm``, ``lr`` and ``skipped`` are the same on every process (its loss and
@@ -114,6 +117,31 @@ class RunContext:
     decode: Callable[[Sequence[int]], str] | None = None
     """Token ids as text, with the run's tokenizer (special tokens kept, so an EOD shows). None: the
     trainer has no tokenizer to offer, and text-writing callbacks show ids."""
+    batch_instances: Callable[[int], list[int]] | None = None
+    """Per task (in ``eval_sets()`` order), the instances global batch ``k`` holds (the batch of
+    optimizer step ``k + 1``; the same on every process). None: the trainer does not say."""
+    reference_instances: Callable[[int, int | None], list[Instance]] | None = None
+    """``(task, size)``: the first ``size`` distinct training instances of task ``task`` (``eval_sets()``
+    order), the same on every call; ``size`` None: a finite pool's whole train part."""
+
+
+@dataclass(frozen=True, eq=False)
+class GradientSplit:
+    """What :meth:`Control.gradient_split` measured, per parameter name (``named_parameters`` of the
+    unwrapped model), as fp32 tensors on the device, averaged over processes like the trainer's."""
+
+    task: dict[str, torch.Tensor]
+    """g_t: the gradient of the task tokens' part of the batch loss."""
+    other: dict[str, torch.Tensor]
+    """g_nt: the gradient of the rest of the batch loss; g_t + g_nt is the step's gradient (before
+    clipping), since both parts keep the trainer's normalisation: to float rounding in fp32, to the
+    rounding of two separate low-precision backward passes under bf16/fp16 (about 2e-3 relative)."""
+    reference: dict[str, torch.Tensor]
+    """g_r: the gradient of the mean answer-token loss over the reference instances."""
+    task_tokens: int
+    """Targets of the batch, over all processes, that are task tokens."""
+    reference_tokens: int
+    """Answer tokens g_r's mean is taken over."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +195,26 @@ class Control(ABC):
         passes), fewer only where the model's positions run out. Eval mode, no gradients, the KV
         cache on; training mode is restored after. A collective under FSDP/DeepSpeed: every process
         must call it with the same prompts."""
+
+    @abstractmethod
+    def gradient_split(
+        self,
+        labels: Sequence[int],
+        reference: Sequence[Instance],
+        prefix: Sequence[int] = (),
+        select: Callable[[str], bool] | None = None,
+    ) -> GradientSplit:
+        """The gradient the next optimizer step will take (its batch, the current weights, the
+        trainer's loss normalisation), split into g_t from the targets whose stream label is in
+        ``labels`` (a task's tokens: prompt, answer and its EOD) and g_nt from the others; and g_r,
+        the gradient of the mean answer-token loss of ``reference`` (each one scored as
+        ``prefix + prompt + answer``). Only the parameters whose names ``select`` accepts (None: all).
+
+        Cost: one forward and two backward passes per micro-batch, and one forward and backward pass
+        over the reference tokens (shared between processes). ``.grad``, the optimizer and the RNG
+        state are left as they were, so training goes on exactly as without the call. A collective:
+        every process must call it with the same arguments. Refused under FSDP/DeepSpeed (sharded
+        parameters)."""
 
     @abstractmethod
     def write_metrics(self, record: dict[str, Any]) -> None:
