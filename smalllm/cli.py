@@ -284,7 +284,9 @@ def _parser() -> argparse.ArgumentParser:
         "probe",
         help="representation probes of a run's checkpoints: T_CMP value R² and T_ADD Fourier modes per layer",
     )
-    pr.add_argument("run", metavar="RUN_DIR", help="run directory with checkpoints")
+    pr.add_argument(
+        "run", metavar="RUN_DIR", help="run directory with checkpoints, or a sweep: each cell's run in turn"
+    )
     pr.add_argument(
         "--checkpoints",
         default="all",
@@ -650,13 +652,34 @@ def cmd_export(args) -> None:
 
 
 def cmd_probe(args) -> None:
+    from smalllm.run_record import RunDir
+    from smalllm.sweep import records
+
+    path = Path(args.run)
+    if not path.is_dir():
+        raise SmalllmError(f"RUN_DIR: '{path}' is not a directory")
+    if not records.is_sweep_dir(path):
+        _probe_one(RunDir(path), args, args.out)
+        return
+    if args.out:
+        raise SmalllmError("--out: a sweep's cells are probed in place (each into its own run)")
+    probed = 0
+    for name in records.cell_names_on_disk(path):
+        run = records.cell_run(path, name)
+        if not run.has_config() or not run.checkpoints_dir.is_dir():
+            print(f"{name}: no run with checkpoints, skipped")
+            continue
+        print(f"{name}:")
+        _probe_one(run, args, None)
+        probed += 1
+    if not probed:
+        raise SmalllmError(f"RUN_DIR: sweep '{path}' has no cell with a checkpointed run to probe")
+
+
+def _probe_one(run, args, out: str | None) -> None:
     from smalllm.config import load_config
     from smalllm.eval.probe_run import ProbeSettings, probe_run
-    from smalllm.run_record import RunDir
 
-    run = RunDir(args.run)
-    if not run.path.is_dir():
-        raise SmalllmError(f"RUN_DIR: '{run.path}' is not a directory")
     if not run.has_config():
         raise SmalllmError(f"RUN_DIR: '{run.path}' holds no run ({run.config_file.name} missing)")
     cfg = load_config(run.config_file)  # the run's own data config rebuilds its task tables
@@ -666,7 +689,7 @@ def cmd_probe(args) -> None:
         cfg.train.global_batch_size,
         checkpoints=args.checkpoints,
         tasks=[t for item in args.task for t in item.split(",") if t] or None,
-        out=args.out,
+        out=out,
         settings=ProbeSettings(max_instances=args.max_instances, seed=args.seed),
     )
 

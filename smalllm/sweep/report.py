@@ -63,6 +63,7 @@ from smalllm.sweep.frontier import (
     estimate_frontier,
     nominal_coverage,
 )
+from smalllm.sweep.mechanisms import MECHANISMS_FILE, write_mechanisms_page
 
 DPI = 100
 REPORT_DIR = "report"
@@ -949,6 +950,10 @@ def write_sweep_report(sweep_dir: str | Path, log: Callable[[str], None] | None 
     if not texts:
         md.append("No finished cells with task evaluations yet.")
     md += _fits_section(info.sweep_dir)
+    mechanisms = write_mechanisms_page(info, out)
+    if mechanisms:
+        written += mechanisms
+        md += ["", f"Interference, retention and probes: [{MECHANISMS_FILE}]({MECHANISMS_FILE})."]
     summary = out / "summary.md"
     summary.write_text("\n".join(md) + "\n")
     written.append(summary)
