@@ -228,6 +228,10 @@ def _parser() -> argparse.ArgumentParser:
         why="the frequency table counts every instance of every step",
         below="--rows and --steps must be >= 0",
     )
+    di.add_argument(
+        "--run",
+        help="run directory of this config whose logged mixture rounds to show (an online policy's rounds)",
+    )
 
     e = add(
         "eval",
@@ -546,10 +550,18 @@ def cmd_data(args) -> None:
         print(f"saved a {cfg.data.tokenizer.kind} tokenizer of {len(tokenizer)} tokens to {args.out}")
     else:
         from smalllm.data.inspect import inspect_stream
+        from smalllm.run_record import RunDir
 
+        if args.run is not None and not RunDir(args.run).mixture_file.is_file():
+            raise SmalllmError(f"--run: {args.run} holds no mixture log (mixture.jsonl)")
         print(
             inspect_stream(
-                cfg.data, cfg.train.global_batch_size, cfg.train.max_tokens, rows=args.rows, steps=args.steps
+                cfg.data,
+                cfg.train.global_batch_size,
+                cfg.train.max_tokens,
+                rows=args.rows,
+                steps=args.steps,
+                run_dir=args.run,
             )
         )
 
@@ -565,6 +577,7 @@ def cmd_audit(args) -> None:
     from smalllm.run_record import RunDir, atomic_write_text
 
     path, overrides = _split_config_args(args.args)
+    run = None
     if path is not None and Path(path).is_dir():
         run = RunDir(path)
         if not run.has_config():
@@ -574,6 +587,12 @@ def cmd_audit(args) -> None:
     corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1))
     batch = cfg.train.global_batch_size
     stream = TaskStream(cfg.data, corpus, batch)
+    known_rows = None
+    if stream.mixture is not None and stream.mixture.needs_eval:
+        # An online mixture's rounds after the first exist only in the run's log: scan those.
+        if run is not None:
+            stream.mixture.load_rounds(run.read_mixture())
+        known_rows = stream.mixture.known_rounds() * cfg.data.mixture.round_steps * batch
     try:
         check_leaks(stream.families)
         print("preflight: pools disjoint, no held-out instance inside another task's training instances")
@@ -582,6 +601,9 @@ def cmd_audit(args) -> None:
     rows = max(1, math.ceil(cfg.train.max_tokens / (batch * cfg.data.seq_len))) * batch
     if args.max_rows is not None:
         rows = min(rows, args.max_rows)
+    if known_rows is not None and rows > known_rows:
+        print(f"online mixture: scanning the {known_rows:,} rows of the rounds known so far")
+        rows = known_rows
     holdout = stream.background_holdout(cfg.eval.background_sequences)
     report = audit_stream(stream, rows, holdout, ngram=args.ngram)
     print("\n".join(report.lines()))

@@ -13,6 +13,7 @@ checkpointing, sweeps and reports reach those files only through :class:`RunDir`
       emergence.json        per-task emergence summary, written at the end
       eval_results.jsonl    records appended by ``smalllm eval``
       probes.json           representation probes of the checkpoints, by ``smalllm probe``
+      mixture.jsonl         one record per round of a mixture policy: its skill weights (and losses)
       tb/                   TensorBoard event files
       report/               plots and summary.md written by ``smalllm report`` (and ``smalllm probe``'s plots)
       checkpoints/step_00000100/   a ``save_pretrained`` directory, its model card (README.md)
@@ -63,6 +64,7 @@ EMERGENCE_FILE = "emergence.json"
 BASELINES_FILE = "baselines.json"
 EVAL_RESULTS_FILE = "eval_results.jsonl"
 PROBES_FILE = "probes.json"
+MIXTURE_FILE = "mixture.jsonl"
 TRACKER_DIR = "tb"
 REPORT_DIR = "report"
 REPORT_SUMMARY_FILE = "summary.md"
@@ -83,6 +85,7 @@ RUN_NAMES: frozenset[str] = frozenset(
         BASELINES_FILE,
         EVAL_RESULTS_FILE,
         PROBES_FILE,
+        MIXTURE_FILE,
         TRACKER_DIR,
         REPORT_DIR,
         CHECKPOINTS_DIR,
@@ -499,6 +502,10 @@ class RunDir:
         return self.path / METRICS_FILE
 
     @property
+    def mixture_file(self) -> Path:
+        return self.path / MIXTURE_FILE
+
+    @property
     def eval_sets_file(self) -> Path:
         return self.path / EVAL_SETS_FILE
 
@@ -709,6 +716,21 @@ class RunDir:
             return
         kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def append_mixture(self, record: dict) -> None:
+        """One round of a mixture policy (see :mod:`smalllm.data.mixture_policy`)."""
+        append_jsonl(self.mixture_file, record)
+
+    def read_mixture(self) -> list[dict]:
+        """The rounds of ``mixture.jsonl`` in file order (a torn last line is skipped)."""
+        return read_jsonl(self.mixture_file) if self.mixture_file.is_file() else []
+
+    def truncate_mixture(self, step: int) -> None:
+        """Drop rounds logged after ``step`` before a resumed run appends (as :meth:`truncate_metrics`)."""
+        if not self.mixture_file.is_file():
+            return
+        kept = [r for r in self.read_mixture() if r.get("step", 0) <= step]
+        atomic_write_text(self.mixture_file, "".join(json.dumps(r) + "\n" for r in kept))
 
     # checkpoints ------------------------------------------------------------------------------
     def checkpoint_dir(self, step: int) -> Path:

@@ -174,6 +174,8 @@ SLOW_TESTS = {
     "test_emitted_scripts_pick_fsdp_for_large_cells_and_build_first": 0.6,
     "test_overwrite_replaces_an_owned_run": 0.6,
     "test_checkpoint_state_holds_the_open_logging_window": 0.5,
+    # Three tiny online-mixture runs (reference, stopped, resumed) and two `data inspect`s.
+    "test_online_policy_state_survives_kill_and_resume": 5,
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from omegaconf import MISSING
 
-from smalllm.errors import require
+from smalllm.errors import did_you_mean, require
 from smalllm.validation import COUNT_MAX, choices, integer, number, one_of, seed
 
 TokenizerKind = Literal["bpe", "byte", "char", "pretrained"]
@@ -28,6 +28,7 @@ Unit = Literal["per_token", "token_fraction", "example_fraction"]
 Placement = Literal["prefix", "document"]
 Pool = Literal["finite", "fresh"]
 TableSource = Literal["background", "vocabulary"]
+MixturePolicyName = Literal["static", "stratified", "curriculum", "online"]
 
 TOKENIZER_KINDS = choices(TokenizerKind)
 SOURCES = choices(BackgroundSource)
@@ -39,6 +40,7 @@ UNITS = choices(Unit)
 PLACEMENTS = choices(Placement)
 POOLS = choices(Pool)
 TABLE_SOURCES = choices(TableSource)
+MIXTURE_POLICIES = choices(MixturePolicyName)
 
 VOCAB_MAX = 2**21
 """Largest tokenizer vocabulary (the biggest released vocabularies are about 256K)."""
@@ -317,6 +319,78 @@ class TaskConfig:
 
 
 @dataclass
+class MixtureConfig:
+    """How one task family's sub-skill weights change during training (Skill-It, Chen et al. 2023).
+
+    The policy is consulted once per round of ``round_steps`` optimizer steps and sets the weights of
+    the sub-skills of ``task``; the family's total frequency stays as configured. Rules that need the
+    task (skill names, the graph's shape, the number of weights) are checked by
+    :func:`smalllm.data.mixture_policy.build_mixture`. See ``docs/mixtures.md``.
+    """
+
+    policy: MixturePolicyName = "static"
+    """static (the family's ``skill_weights`` throughout: the stream as without this section),
+    stratified (uniform over ``targets`` and their prerequisites in ``graph``), curriculum
+    (``points``) or online (Skill-It's online mixture from held-out losses every round)."""
+    task: str | None = None
+    """Name of the configured task family whose sub-skills the policy weights (e.g. ``lego``)."""
+    round_steps: int = 100
+    """Optimizer steps per round: the weights change only at multiples of it."""
+    eta: float = 0.5
+    """Online: learning rate of the multiplicative update (Skill-It: 0.5 on LEGO, 0.1 on addition)."""
+    window: int = 3
+    """Online: how many of the latest rounds' held-out losses each update sums (Skill-It: 3)."""
+    graph: str | None = None
+    """JSON skills graph ``{"skills": [names], "matrix": [[A_ij]]}``, A_ij = how much training on
+    skill i lowers skill j's loss (None: the identity, no skill helps another)."""
+    targets: list[str] = field(default_factory=list)
+    """Stratified and online: the skills to learn (empty: all sub-skills of ``task``)."""
+    points: list[Any] = field(default_factory=list)
+    """Curriculum: ``[[step, [w_1, ..., w_k]], ...]``; weights hold from that step (a multiple of
+    ``round_steps``) on; before the first point the family's ``skill_weights``."""
+    eval_size: int = 100
+    """Online: held-out instances per sub-skill scored at every round boundary (Skill-It: 100)."""
+
+    def validate(self, prefix: str = "data.mixture") -> None:
+        one_of(self.policy, MIXTURE_POLICIES, f"{prefix}.policy")
+        integer(self.round_steps, f"{prefix}.round_steps", ge=1, le=COUNT_MAX)
+        number(self.eta, f"{prefix}.eta", ge=0, le=1e6)
+        integer(self.window, f"{prefix}.window", ge=1, le=COUNT_MAX)
+        integer(self.eval_size, f"{prefix}.eval_size", ge=1, le=1_000_000)
+        for i, name in enumerate(self.targets):
+            require(isinstance(name, str) and bool(name), f"{prefix}.targets.{i}", "must be a skill name")
+        require(len(set(self.targets)) == len(self.targets), f"{prefix}.targets", "names a skill twice")
+        if self.policy == "static":
+            return
+        require(bool(self.task), f"{prefix}.task", f"required with policy={self.policy}")
+        if self.policy == "curriculum":
+            self._validate_points(f"{prefix}.points")
+
+    def _validate_points(self, where: str) -> None:
+        require(bool(self.points), where, "a curriculum needs [[step, [weights]], ...]")
+        steps = []
+        for i, point in enumerate(self.points):
+            require(
+                isinstance(point, list | tuple) and len(point) == 2 and isinstance(point[1], list | tuple),
+                f"{where}.{i}",
+                "each point is [step, [w_1, ..., w_k]]",
+            )
+            step, weights = point
+            number(step, f"{where}.{i}.0", ge=0, le=COUNT_MAX)
+            require(float(step).is_integer(), f"{where}.{i}.0", f"a step must be whole, got {step}")
+            require(
+                int(step) % self.round_steps == 0,
+                f"{where}.{i}.0",
+                f"step {int(step)} is not a multiple of round_steps={self.round_steps}",
+            )
+            steps.append(int(step))
+            for j, weight in enumerate(weights):
+                number(weight, f"{where}.{i}.1.{j}", ge=0, le=1e9)
+            require(sum(weights) > 0, f"{where}.{i}.1", "weights must be >= 0 with a positive sum")
+        require(steps == sorted(set(steps)), where, "steps must be increasing (no step twice)")
+
+
+@dataclass
 class DataConfig:
     seq_len: int = 64
     """Tokens per training sequence (the context length)."""
@@ -332,6 +406,8 @@ class DataConfig:
     """Which tokens the tasks' random token tables are drawn from."""
     cache_dir: str | None = None
     """Where tokenized shards are cached (None: $SMALLLM_CACHE or ~/.cache/smalllm)."""
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    """How one family's sub-skill weights change per round (default static: as configured)."""
 
     def validate(self, prefix: str = "data") -> None:
         integer(self.seq_len, f"{prefix}.seq_len", ge=8, le=SEQ_LEN_MAX)
@@ -353,3 +429,10 @@ class DataConfig:
         for unit in ("token_fraction", "example_fraction"):
             total = sum(task.peak_frequency() for task in self.tasks if task.unit == unit)
             require(total <= 1, f"{prefix}.tasks", f"{unit} frequencies sum to {total:g} > 1")
+        self.mixture.validate(f"{prefix}.mixture")
+        if self.mixture.policy != "static":
+            require(
+                self.mixture.task in names,
+                f"{prefix}.mixture.task",
+                f"'{self.mixture.task}' is not a configured task{did_you_mean(str(self.mixture.task), names)}",
+            )

@@ -27,6 +27,7 @@ import numpy as np
 from smalllm.data.config import DataConfig, TaskConfig
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
+from smalllm.data.mixture_policy import MixtureSchedule, ScheduledSkillSequence, build_mixture
 from smalllm.data.pool_cache import POOLS_DIR
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards, cache_root
@@ -63,10 +64,12 @@ class Family:
     task: Task
     placement: str
     rule: PlacementRule
-    sequence: SkillSequence
+    sequence: SkillSequence | ScheduledSkillSequence
     pools: list[InstancePool]
     label_base: int
     """Label index of sub-skill 0 in ``TaskStream.labels``."""
+    mixture: MixtureSchedule | None = None
+    """The per-round weights of ``data.mixture`` when it names this family (None: static)."""
 
     def instance(self, k: int) -> tuple[Instance, int]:
         """The k-th training instance of the family and its label index."""
@@ -90,7 +93,20 @@ def build_families(cfg: DataConfig, vocab: TaskVocab, global_batch: int) -> list
         families.append(family)
         label_base += len(family.task.skills)
     _check_capacity(families, cfg.seq_len)
+    _install_mixture(cfg, families, global_batch)
     return families
+
+
+def _install_mixture(cfg: DataConfig, families: list[Family], global_batch: int) -> None:
+    """Give the family named by ``data.mixture.task`` its per-round weights (static: nothing changes)."""
+    if cfg.mixture.policy == "static":
+        return
+    family = next(f for f in families if f.task.name == cfg.mixture.task)  # validated to exist
+    schedule = build_mixture(cfg.mixture, family.task, list(family.sequence.weights))
+    if schedule is None:
+        return
+    family.mixture = schedule
+    family.sequence = ScheduledSkillSequence(schedule, family.rule, cfg.mixture.round_steps * global_batch)
 
 
 def _family(
@@ -185,6 +201,10 @@ class TaskStream:
         self.labels: list[Label] = [BACKGROUND] + [
             label for f in self.families for label in skill_labels(f.task)
         ]
+        self.mixture: MixtureSchedule | None = next(
+            (f.mixture for f in self.families if f.mixture is not None), None
+        )
+        """The run's mixture policy state (None: static); the trainer records its evaluations."""
 
     # ------------------------------------------------------------------ rows
 
@@ -303,9 +323,13 @@ class TaskStream:
             rows = [(f.task.name, requested, realised)]
             if len(f.pools) > 1:
                 per_skill = f.sequence.counts(realised)
+                if isinstance(f.sequence, ScheduledSkillSequence):  # each round at its own weights
+                    wanted = f.sequence.requested(num_rows)
+                else:
+                    wanted = requested * f.sequence.weights
                 rows += [
-                    (str(self.labels[f.label_base + s]), requested * w, int(n))
-                    for s, (w, n) in enumerate(zip(f.sequence.weights, per_skill))
+                    (str(self.labels[f.label_base + s]), float(w), int(n))
+                    for s, (w, n) in enumerate(zip(wanted, per_skill))
                 ]
             for label, req, real in rows:
                 out.append(
@@ -354,6 +378,26 @@ class TaskStream:
                 )
             )
         return sets
+
+    def mixture_eval_set(self, per_skill: int) -> TaskEvalSet:
+        """The mixture family's held-out set cut to its first ``per_skill`` instances of each
+        sub-skill: what the trainer scores at every round boundary of the online policy."""
+        fi = next(i for i, f in enumerate(self.families) if f.mixture is not None)
+        full = self.eval_sets()[fi]
+        taken = np.zeros(len(full.skills), dtype=np.int64)
+        kept = []
+        for inst in full.instances:
+            if taken[inst.skill] < per_skill:
+                kept.append(inst)
+                taken[inst.skill] += 1
+        return TaskEvalSet(
+            task=full.task,
+            skills=full.skills,
+            instances=kept,
+            chance_loss=full.chance_loss,
+            answer_sets=full.answer_sets,
+            prefix=full.prefix,
+        )
 
     def fit_instances(self, sample: int) -> list[list[Instance]]:
         """Per task (in :meth:`eval_sets` order), training instances to fit baselines on; see

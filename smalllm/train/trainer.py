@@ -45,6 +45,7 @@ from transformers.utils import logging as hf_logging
 from smalllm import checkpoints as ckpt
 from smalllm.config import RunConfig, config_to_dict, save_config
 from smalllm.data.eval_sets import TaskEvalSet
+from smalllm.data.mixture_policy import metric_key
 from smalllm.data.passes import passes_line
 from smalllm.data.shards import corpus_dir, ensure_corpus
 from smalllm.data.stream import STREAM_FORMAT, TaskStream
@@ -54,6 +55,7 @@ from smalllm.eval.evaluator import evaluate
 from smalllm.eval.retention import bracket_steps, eval_steps_of
 from smalllm.eval.samples import greedy_complete
 from smalllm.eval.schedule import eval_steps
+from smalllm.labels import Label
 from smalllm.model.build import build_model, count_params
 from smalllm.run_record import (
     CHECKPOINT_SHARDED_STATE,
@@ -123,6 +125,10 @@ class Trainer:
         self._last_eval: dict | None = None
         """The last ``kind: eval`` record written (the model card quotes it); None: not known yet."""
         """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
+        self._mixture_set: TaskEvalSet | None = None
+        """The held-out instances scored at each round of an online mixture (built on first use)."""
+        self.mixture_eval_seconds = 0.0
+        """Seconds this attempt spent scoring the online mixture's rounds (not in ``eval_seconds``)."""
         self._signal: str | None = None
         self._begun = False
         self._summary_fields: dict = {}
@@ -353,6 +359,7 @@ class Trainer:
                 )
                 if self.resumed:
                     run.truncate_metrics(self.step)
+                    run.truncate_mixture(self.step)
                 atomic_write(run.config_file, lambda tmp: save_config(self.cfg, tmp))
             except BaseException as exc:
                 self._record_failure(exc)
@@ -509,6 +516,8 @@ class Trainer:
             state = self._callback_state.get(type(cb).__name__)
             if state is not None:
                 cb.load_state_dict(state, self.context)
+        if self.stream.mixture is not None and self.step == 0:
+            self._log_round(0)
         for cb in self.callbacks:
             cb.on_fit_start(self.context, self.control)
 
@@ -523,6 +532,7 @@ class Trainer:
             self.begin()
         record = self._train_step()
         self._agree_on_stop()
+        self._mixture_round()  # before the callbacks: a checkpoint of this step holds the new round
         for cb in self.callbacks:
             cb.on_step_end(record, self.control)
         return record
@@ -605,6 +615,44 @@ class Trainer:
             label_count=label_count,
         )
 
+    # ---------------------------------------------------------------------------- mixture rounds
+
+    def _mixture_round(self) -> None:
+        """At a round boundary of ``data.mixture``: hand the policy the held-out losses of the round
+        just ended (online policy; the data layer cannot evaluate), then log the next round's weights.
+        Runs on every process: the evaluation is a collective under FSDP/DeepSpeed."""
+        mixture = self.stream.mixture
+        if mixture is None or self.step % mixture.round_steps:
+            return
+        r = self.step // mixture.round_steps
+        if mixture.needs_eval and len(mixture.losses) < r:
+            mixture.record(r - 1, self._round_losses())
+        self._log_round(r)
+
+    def _round_losses(self) -> np.ndarray:
+        """Held-out answer loss per sub-skill of the mixture family, on ``data.mixture.eval_size``
+        instances each; every process takes the main one's, so all place the same instances."""
+        if self._mixture_set is None:
+            self._mixture_set = self.stream.mixture_eval_set(self.cfg.data.mixture.eval_size)
+        held_out = self._mixture_set
+        t0 = time.perf_counter()
+        metrics = self.control.evaluate([held_out], None, self.cfg.eval)
+        self.mixture_eval_seconds += time.perf_counter() - t0
+        losses = [metrics[Label(held_out.task, skill).key("loss")] for skill in held_out.skills]
+        return np.asarray(self._gather(losses)[0], dtype=np.float64)
+
+    def _log_round(self, r: int) -> None:
+        """Round ``r``'s weights (and the losses they came from) to metrics.jsonl and mixture.jsonl."""
+        mixture = self.stream.mixture
+        assert mixture is not None
+        line = mixture.round_record(r, self.step, self.tokens)
+        record = {"kind": "mixture", "step": self.step, "tokens": self.tokens, "round": r}
+        record.update({metric_key(label): w for label, w in line["weights"].items()})
+        record.update({f"{metric_key(label)}/loss": x for label, x in line.get("losses", {}).items()})
+        self._write_metrics(record)
+        if self.is_main:
+            self.run.append_mixture(line)
+
     def _clip(self) -> torch.Tensor:
         """Clip the gradients; returns their norm before clipping (0-dim, on the device)."""
         clip = self.cfg.train.grad_clip
@@ -675,6 +723,8 @@ class Trainer:
             # step that is not a multiple of train.log_every would log a shorter window.
             "callbacks": self._callback_states() if callbacks is None else callbacks,
         }
+        if self.stream.mixture is not None:  # the weights of past rounds place their rows
+            state["mixture"] = self.stream.mixture.state_dict()
         if self.accelerator.scaler is not None:
             state["grad_scaler"] = self.accelerator.scaler.state_dict()
         if torch.cuda.is_available():
@@ -702,6 +752,10 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self._callback_state = dict(state.get("callbacks") or {})
+        if self.stream.mixture is not None:
+            if "mixture" not in state:
+                raise SmalllmError("data.mixture: the checkpoint holds no mixture state to resume from")
+            self.stream.mixture.load_state_dict(state["mixture"])
         if "grad_scaler" in state and self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(state["grad_scaler"])
         if state["data"]["next_row"] != self.step * self.cfg.train.global_batch_size:
@@ -811,6 +865,8 @@ class Trainer:
                 "task": self.cfg.eval.around_injections,
                 "brackets": [list(b) for b in self.injection_brackets],
             }
+        if self.stream.mixture is not None and self.stream.mixture.needs_eval:
+            summary["mixture_eval_seconds"] = self.mixture_eval_seconds
         summary.update(self._summary_fields)  # what the callbacks contributed (eval time, emergence)
         if self.error is not None:  # diverged, failed, or interrupted by an exception
             summary["error"] = error_line(self.error)
@@ -839,6 +895,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "stream_format",
         "background_passes",
         "injections",
+        "mixture_eval_seconds",
         "error",
         "failed_at_step",
         "attempt",
