@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import yaml
 from conftest import TINY_OVERRIDES
 
@@ -62,3 +63,30 @@ def test_gap_sweep_with_interference_and_probes_gets_a_mechanisms_page(tmp_path,
     for stem in ("retention_gap", "interference_gap", "probe_r2"):
         assert (tmp_path / "sweep" / "report" / f"mechanisms_{stem}.png").is_file()
     assert "mechanisms.md" in (tmp_path / "sweep" / "report" / "summary.md").read_text()
+
+
+def test_dry_run_estimate_counts_measurements(tmp_path) -> None:
+    from smalllm.config import load_config
+    from smalllm.sweep.estimates import INSTANCE_TOKENS_GUESS, measurement_flops
+    from smalllm.train.plan import make_plan
+
+    base = [
+        *TINY_OVERRIDES,
+        GAP_TASK.replace("gap_batches: 1", "gap_batches: 4"),
+        "train.max_tokens=8192",  # 32 steps of 8 x 32 tokens
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    plain = load_config(None, base)
+    plan = make_plan(plain)
+    assert measurement_flops(plain, plan) == 0
+    measured = load_config(
+        None,
+        [*base, "interference.enabled=true", "interference.every_steps=0", "interference.reference_size=10"],
+    )
+    step = plan.flops_per_token * plan.tokens_per_step
+    reference = 10 * INSTANCE_TOKENS_GUESS * plan.flops_per_token
+    # At injections of a 4-batch gap: steps 0, 4, ..., 28.
+    assert measurement_flops(measured, plan) == pytest.approx(8 * (step * 10 / 6 + reference))
+    bracketed = load_config(None, [*base, "eval.around_injections=t_cmp", "eval.injection_cycles=3"])
+    tokens = 32 * INSTANCE_TOKENS_GUESS + bracketed.eval.background_sequences * 32
+    assert measurement_flops(bracketed, plan) == pytest.approx(9 * tokens * plan.flops_per_token / 3)

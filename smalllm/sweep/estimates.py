@@ -51,7 +51,8 @@ def cell_threads(workers: int) -> int | None:
 
 
 def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -> Estimate:
-    """Tokens, training FLOPs and estimated time of a cell on the sweep's target.
+    """Tokens, FLOPs (training and :func:`measurement_flops`) and estimated time of a cell on the
+    sweep's target.
 
     Time is ``FLOPs / (peak x MFU)`` plus a start-up overhead; see :data:`CPU_MFU` and
     :data:`GPU_MFU` for the assumed utilisation. For a GPU target (``target.device: gpu``) the peak is
@@ -61,7 +62,7 @@ def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -
     from smalllm.train.plan import _GPU_PEAKS, NOMINAL_CPU_PEAK_PER_THREAD, make_plan
 
     plan = make_plan(cfg)
-    flops = float(plan.flops_per_token) * plan.total_tokens
+    flops = float(plan.flops_per_token) * plan.total_tokens + measurement_flops(cfg, plan)
     t = spec.target
     gpu = t.device == "gpu" or (t.device == "current" and plan.device == "cuda")
     if t.device == "gpu":
@@ -88,6 +89,51 @@ def estimate_cell(spec: SweepSpec, cfg: RunConfig, threads: int | None = None) -
         gpu_hours=seconds * devices / 3600 if gpu else None,
         device=label,
     )
+
+
+INSTANCE_TOKENS_GUESS = 8
+"""Tokens per scored task instance (with its prefix) assumed by :func:`measurement_flops`: the pools are
+not built for an estimate. T_CMP's are 3-5."""
+
+
+def measurement_flops(cfg: RunConfig, plan) -> float:
+    """FLOPs of what a cell does beyond training and its periodic evaluations (which the calibrated
+    :data:`CPU_MFU` already covers): interference measurements and the evaluations bracketing
+    injections. Upper bounds where the schedule is only known to the stream: every gap period (or,
+    without a gap schedule, every step) counts as an injection.
+
+    * One interference measurement: the split (one forward and two backward passes over the batch,
+      10/6 of a training step) and the reference gradient (a forward and backward over
+      ``reference_size`` instances).
+    * One extra evaluation: a forward pass (1/3 of training FLOPs per token) over the held-out
+      instances of every task and ``eval.background_sequences`` rows.
+    """
+    steps = plan.steps
+    step_flops = float(plan.flops_per_token) * plan.tokens_per_step
+    total = 0.0
+
+    def period(task_name: str | None) -> int:
+        tasks = [t for t in cfg.data.tasks if t.name == task_name] or cfg.data.tasks[:1]
+        schedule = tasks[0].schedule if tasks else None
+        return schedule.gap_batches if schedule is not None and schedule.kind == "gap" else 1
+
+    inter = cfg.interference
+    if inter.enabled:
+        due = set(range(0, steps, inter.every_steps)) if inter.every_steps else set()
+        if inter.at_injections:
+            due |= set(range(0, steps, period(inter.task)))
+        reference = (inter.reference_size or 5000) * INSTANCE_TOKENS_GUESS * float(plan.flops_per_token)
+        total += len(due) * (step_flops * 10 / 6 + reference)
+    if cfg.eval.enabled and cfg.eval.around_injections:
+        injections = -(-steps // period(cfg.eval.around_injections))
+        evals = 3 * min(cfg.eval.injection_cycles, injections)
+        held_out = sum(
+            t.eval_size if t.eval_size is not None else round(t.pool_size * t.test_fraction)
+            for t in cfg.data.tasks
+        )
+        tokens = held_out * INSTANCE_TOKENS_GUESS + cfg.eval.background_sequences * cfg.data.seq_len
+        total += evals * tokens * float(plan.flops_per_token) / 3
+    return total
 
 
 def format_duration(seconds: float) -> str:
