@@ -327,6 +327,36 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--retry-failed", action="store_true", help="rerun cells that failed before")
     s.add_argument("--sweep-dir", help="override the sweep directory")
 
+    g = add(
+        "skills-graph",
+        help="estimate a Skill-It skills graph over one task family's sub-skills (docs/mixtures.md)",
+    )
+    _config_args(g)
+    g.add_argument("--task", metavar="NAME", help="the task family (default: the config's only one)")
+    g.add_argument(
+        "--method",
+        choices=["brute", "linear"],
+        default="linear",
+        help="brute: each skill alone and each pair, k + k(k-1)/2 runs; linear: each skill alone, "
+        "k runs (default linear)",
+    )
+    _bounded(g, "--steps", (1, 10**9), None, "H, training steps of every run (default: the config's)")
+    g.add_argument(
+        "--out", metavar="DIR", help="directory for the runs and the graph (default runs/skills-graph-TASK)"
+    )
+    g.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        metavar="NATS",
+        help="a loss difference (brute) or drop (linear) must exceed this to be an edge (default 0)",
+    )
+    g.add_argument(
+        "--normalize",
+        action="store_true",
+        help="linear: divide each column by its diagonal (share of a skill's own improvement)",
+    )
+
     pu = add("push", help="upload a run's checkpoint (model, tokenizer, card) to the Hugging Face Hub")
     pu.add_argument("run", metavar="RUN_DIR", help="run directory (or one checkpoint directory)")
     pu.add_argument("repo_id", metavar="REPO_ID", help="hub repository, OWNER/NAME (created if missing)")
@@ -763,6 +793,24 @@ def cmd_sweep(args) -> None:
     )
 
 
+def cmd_skills_graph(args) -> None:
+    from smalllm.sweep.skills_graph import estimate_skills_graph
+
+    path, overrides = _split_config_args(args.args)
+    if path is None:
+        raise SmalllmError("skills-graph: give a config file (CONFIG.yaml [key=value ...])")
+    estimate_skills_graph(
+        path,
+        overrides,
+        task=args.task,
+        method=args.method,
+        steps=args.steps,
+        out=args.out,
+        margin=args.margin,
+        normalize=args.normalize,
+    )
+
+
 def cmd_push(args) -> None:
     from smalllm.hub import push
 
@@ -796,6 +844,7 @@ COMMANDS = {
     "report": cmd_report,
     "sweep": cmd_sweep,
     "fit": cmd_fit,
+    "skills-graph": cmd_skills_graph,
     "push": cmd_push,
     "demo": cmd_demo,
     "env": cmd_env,

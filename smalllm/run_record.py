@@ -52,7 +52,7 @@ T = TypeVar("T")
 MARKER = ".smalllm"
 """Ownership marker written into every directory smalllm creates (run, sweep, corpus, tokenizer)."""
 
-DirKind = Literal["run", "sweep", "corpus", "tokenizer"]
+DirKind = Literal["run", "sweep", "corpus", "tokenizer", "skills_graph"]
 Status = Literal["running", "completed", "interrupted", "diverged", "failed"]
 
 # Names inside a run directory (relative to it). Nothing outside this module spells them.
@@ -101,6 +101,41 @@ FRONTIER_JSON_FILE = "frontier.json"
 
 FITS_JSON_FILE = "fits.json"
 FITS_MD_FILE = "fits.md"
+
+
+# Names in the output directory of ``smalllm skills-graph`` (beside its marker). Nothing outside this
+# module spells them.
+SKILLS_GRAPH_JSON_FILE = "skills_graph.json"
+SKILLS_GRAPH_PNG_FILE = "skills_graph.png"
+SKILLS_GRAPH_RUNS_DIR = "runs"
+SKILLS_GRAPH_NAMES: frozenset[str] = frozenset(
+    {MARKER, SKILLS_GRAPH_JSON_FILE, SKILLS_GRAPH_PNG_FILE, SKILLS_GRAPH_RUNS_DIR}
+)
+"""Everything ``smalllm skills-graph`` writes at the top of its ``--out`` directory."""
+
+
+def skills_graph_json_file(out_dir: str | Path) -> Path:
+    """The estimated graph: skills, matrix, edges, method, steps, seed and the raw losses."""
+    return Path(out_dir) / SKILLS_GRAPH_JSON_FILE
+
+
+def skills_graph_png_file(out_dir: str | Path) -> Path:
+    """The heatmap of the graph's matrix (rows: trained skill, columns: evaluated skill)."""
+    return Path(out_dir) / SKILLS_GRAPH_PNG_FILE
+
+
+def skills_graph_runs_dir(out_dir: str | Path) -> Path:
+    """The run directories the graph was estimated from, one per trained skill set."""
+    return Path(out_dir) / SKILLS_GRAPH_RUNS_DIR
+
+
+def owns_skills_graph_name(name: str) -> bool:
+    """True for a name ``smalllm skills-graph`` writes at the top of its directory (a temporary one
+    of :func:`atomic_write` included)."""
+    if name in SKILLS_GRAPH_NAMES:
+        return True
+    base, sep, pid = name[1:].rpartition(".tmp-")
+    return name.startswith(".") and bool(sep) and pid.isdigit() and base in SKILLS_GRAPH_NAMES
 
 
 def fits_json_file(out_dir: str | Path) -> Path:
@@ -300,7 +335,7 @@ def owns_run_name(name: str) -> bool:
     return name.startswith(".") and bool(sep) and pid.isdigit() and base in RUN_NAMES
 
 
-_OWNS: dict[str, Callable[[str], bool]] = {"run": owns_run_name}
+_OWNS: dict[str, Callable[[str], bool]] = {"run": owns_run_name, "skills_graph": owns_skills_graph_name}
 
 
 def _run_strays(path: Path) -> list[str]:

@@ -10,6 +10,8 @@
 * :mod:`smalllm.sweep.aggregate` builds the tidy per-cell x task table;
 * :mod:`smalllm.sweep.frontier` estimates the crossing frequency f*(size) with bootstrap CIs over
   data seeds, and the exchange rates between sizes (pure numpy);
+* :mod:`smalllm.sweep.skills_graph` estimates a Skill-It skills graph over a task family's
+  sub-skills (``smalllm skills-graph``);
 * :mod:`smalllm.sweep.report` draws heatmaps, the learned frontier, f*, curves (``smalllm report``).
 
 Nothing is imported eagerly: launch scripts run ``python -m smalllm.sweep.cellcmd``, which must not
@@ -30,6 +32,7 @@ _EXPORTS = {
     "estimate_cell": "smalllm.sweep.estimates",
     "dry_run_table": "smalllm.sweep.estimates",
     "cell_state": "smalllm.sweep.records",
+    "estimate_skills_graph": "smalllm.sweep.skills_graph",
 }
 
 __all__ = list(_EXPORTS)
