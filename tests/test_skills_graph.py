@@ -8,15 +8,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, tiny_config, tree_snapshot
+from conftest import StopAt, assert_one_line_error, quiet, tiny_config, tree_snapshot
 
 from smalllm.cli import main
-from smalllm.config import save_config
+from smalllm.config import load_config, save_config
 from smalllm.data.skills_graph import load_skills_graph
 from smalllm.errors import SmalllmError
-from smalllm.run_record import MARKER, marker_kind, skills_graph_json_file, skills_graph_png_file
-from smalllm.sweep.skills_graph import estimate_skills_graph, graph_record
+from smalllm.run_record import MARKER, RunDir, marker_kind, skills_graph_json_file, skills_graph_png_file
+from smalllm.sweep.skills_graph import (
+    estimate_skills_graph,
+    find_family,
+    graph_record,
+    prepare_out_dir,
+    subset_config,
+)
 from smalllm.tasks import _REGISTRY, Instance, Task, register, registered_tasks
+from smalllm.train.trainer import Trainer
 
 KEYS = 16
 DISTRACTORS = 8
@@ -89,6 +96,15 @@ def planted_config(tmp_path: Path) -> Path:
 def test_a_planted_dependency_is_found_by_both_methods(planted, tmp_path, capsys):
     config, out = planted_config(tmp_path), tmp_path / "graph"
     steps = "100"
+    # One run was stopped (as SIGTERM stops it) at step 40 by an earlier invocation: it is continued.
+    cfg = load_config(config)
+    family = find_family(cfg, None, quiet)
+    prepare_out_dir(out)
+    stopped = subset_config(cfg, family, (0,), 100 * 8 * 32, out, 100)
+    trainer = Trainer(stopped, log=quiet)
+    trainer.callbacks.insert(0, StopAt(40))
+    assert trainer.fit()["status"] == "interrupted"
+
     assert main(["skills-graph", str(config), "--method", "brute", "--steps", steps, "--out", str(out)]) == 0
     brute = json.loads(skills_graph_json_file(out).read_text())
     assert brute["skills"] == ["table", "query"] and brute["method"] == "brute" and brute["steps"] == 100
@@ -100,6 +116,8 @@ def test_a_planted_dependency_is_found_by_both_methods(planted, tmp_path, capsys
     assert brute["matrix"] == [[1.0, 1.0], [0.0, 1.0]]
     assert marker_kind(out) == "skills_graph" and skills_graph_png_file(out).stat().st_size > 1000
     assert sorted(brute["runs"]) == ["query", "table", "table+query"]
+    resumed = RunDir(stopped.run_dir).read_summary()
+    assert resumed["status"] == "completed" and resumed["attempt"] == 2 and resumed["steps"] == 100
 
     # The linear method's runs (each skill alone, same H) are the brute force's: all reused.
     said: list[str] = []

@@ -118,7 +118,7 @@ def estimate_skills_graph(
     for n, chosen in enumerate(sets, 1):
         run_cfg = subset_config(cfg, family, chosen, steps * tokens_per_step, root, steps)
         path = Path(run_cfg.run_dir)
-        reused = _train_or_reuse(run_cfg, say)
+        reused = _train_or_reuse(run_cfg)
         losses[chosen] = read_losses(path, family, steps)
         runs["+".join(family.skills[i] for i in chosen)] = str(path.relative_to(root))
         say(f"[{n}/{len(sets)}] {'reused' if reused else 'trained'} {path.name}")
@@ -242,7 +242,7 @@ def subset_config(
     return run_cfg
 
 
-def _train_or_reuse(run_cfg: RunConfig, say: Callable[[str], None]) -> bool:
+def _train_or_reuse(run_cfg: RunConfig) -> bool:
     """Train the run of ``run_cfg`` unless it completed already (True: reused). A run killed or
     interrupted is continued from its checkpoint, or started over when it has none; a run of another
     config is refused, never replaced."""
@@ -370,18 +370,22 @@ def plot_skills_graph(record: Mapping[str, Any], path: Path) -> Path:
     if brute:  # differences are signed: centre the colour scale on 0
         top = max((abs(v) for row in values for v in row), default=1.0) or 1.0
         image.set_clim(-top, top)
-    fig.colorbar(image, ax=ax, label="loss difference (nats)" if brute else "loss drop (nats)")
+    unit = "loss difference (nats)" if brute else "loss drop (nats)"
+    fig.colorbar(image, ax=ax, label="share of the skill's own drop" if record.get("normalize") else unit)
     ax.set_xticks(range(k), skills, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), skills, fontsize=8)
     ax.set_xlabel("evaluated skill j")
     ax.set_ylabel("trained skill i")
     for i in range(k):
         for j in range(k):
-            mark = "*" if edges[i][j] and i != j else ""
+            # Brute force has no difference on the diagonal (a skill is its own prerequisite).
+            text = (
+                "self" if brute and i == j else f"{values[i][j]:.2f}{'*' if edges[i][j] and i != j else ''}"
+            )
             ax.text(
                 j,
                 i,
-                f"{values[i][j]:.2f}{mark}",
+                text,
                 ha="center",
                 va="center",
                 fontsize=7,
