@@ -124,7 +124,7 @@ SLOW_TESTS = {
     # tests/test_probes.py: probes two checkpoints of a tiny run (T_CMP, T_ADD), then one again.
     "test_smalllm_probe_end_to_end": 5,  # 4.7 s on a quiet machine, 19 s under heavy load
     # A stopped run continued, 3 runs of 100 steps (brute force), the linear graph reusing two of
-    # them, one refused rerun: 11 s at load average ~3.5, 29-36 s at ~6.
+    # them, one refused rerun: 6.3 s at load average ~2, 11 s at ~3.5, 29-36 s at ~6.
     "test_a_planted_dependency_is_found_by_both_methods": 11,
     # Measured with `pytest -m "not slow" --durations=45` (s, on a busy machine); each module keeps
     # faster tests of the same code in the fast tier.

@@ -27,6 +27,7 @@ from smalllm.train.trainer import Trainer
 
 KEYS = 16
 DISTRACTORS = 8
+QUERY_KEYS = 8
 
 
 @dataclass
@@ -38,12 +39,13 @@ class _PlantedParams:
 class Planted(Task):
     """Two sub-skills over one random table f: keys -> values.
 
-    * ``table`` (skill 0): ``d x =`` -> f(x), with d one of 8 distractor tokens, so each key has 8
-      instances and the training half of the pool holds every key: training on it teaches all of f.
-    * ``query`` (skill 1): ``x =`` -> f(x), one instance per key, half of them held out. Its own
-      training instances never show a held-out key's value: only ``table`` teaches it. So ``query``
-      needs ``table`` (edge table -> query), while ``query`` teaches ``table`` half the keys, which
-      ``table``'s own data already covers (no edge back).
+    * ``table`` (skill 0): ``d x =`` -> f(x) for all 16 keys, with d one of 8 distractor tokens, so
+      each key has 8 instances and the training half of the pool holds every key: training on it
+      teaches all of f.
+    * ``query`` (skill 1): ``x =`` -> f(x) for the first 8 keys, one instance per key, half of them
+      held out. Its own training instances never show a held-out key's value: only ``table`` teaches
+      it. So ``query`` needs ``table`` (edge table -> query), while ``query`` teaches ``table`` 4 of
+      its 16 keys, which ``table``'s own data already covers (no edge back).
     """
 
     name = "planted_sg"
@@ -62,7 +64,7 @@ class Planted(Task):
         return ["table", "query"]
 
     def generate(self, rng: np.random.Generator, skill: int = 0) -> Instance:
-        i = int(rng.integers(self.params.keys))
+        i = int(rng.integers(self.params.keys if skill == 0 else QUERY_KEYS))
         answer = (self._values[self._f[i]],)
         if skill == 0:
             d = self._distractors[int(rng.integers(DISTRACTORS))]
@@ -124,7 +126,7 @@ def test_a_planted_dependency_is_found_by_both_methods(planted, tmp_path, capsys
     linear = estimate_skills_graph(config, [], method="linear", steps=100, out=out, log=said.append)
     assert sum("reused" in line for line in said) == 2 and not any(" trained " in s for s in said), said
     drop = linear["raw"]["drop"]
-    assert linear["edges"][0][1] == 1 and drop[0][1] > drop[1][0] + 0.2, drop
+    assert linear["edges"][0][1] == 1 and drop[0][1] > drop[1][0] + 0.5, drop
     assert linear["matrix"][0][1] > linear["matrix"][1][0]
     skills, matrix = load_skills_graph(skills_graph_json_file(out))
     assert (skills, matrix) == (linear["skills"], linear["matrix"])
