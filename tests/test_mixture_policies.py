@@ -354,7 +354,7 @@ def _graph(tmp_path: Path, content: object) -> str:
         ),
         (
             lambda d: f"data.mixture.graph={_graph(d, {'skills': ['depth1'], 'A': []})}",
-            r"^data\.mixture\.graph: '.*' must hold exactly",
+            r"^data\.mixture\.graph: '.*' must hold \{\"skills\": \[names\], \"matrix\": \[\[A_ij\]\]\}$",
         ),
         (
             lambda d: "data.mixture.targets=[depth7]",

@@ -245,3 +245,45 @@ def test_bad_options_are_one_line_errors(planted, tmp_path, capsys, args, expect
     captured = capsys.readouterr()
     assert_one_line_error(rc, captured.out, captured.err, expect)
     assert not (tmp_path / "g").exists()
+
+
+def test_the_mixture_policy_reads_the_written_graph(tmp_path):
+    """``data.mixture.graph`` accepts ``skills_graph.json`` as written, extra keys and all."""
+    from smalllm.data.mixture_policy import load_graph
+    from smalllm.data.tokenizer import byte_tokenizer
+    from smalllm.labels import Label
+    from smalllm.sweep.skills_graph import Family
+    from smalllm.tasks import TaskVocab, build_task
+
+    lego = build_task("lego", {"num_vars": 3}, TaskVocab(byte_tokenizer()))
+    family = Family(
+        0, "lego", ["depth1", "depth2", "depth3"], [Label("lego", f"depth{d}") for d in (1, 2, 3)]
+    )
+    init, after = [3.0, 3.0, 3.0], {0: [1.0, 2.0, 3.5], 1: [3.0, 1.0, 2.5], 2: [3.0, 3.0, 1.0]}
+    record = graph_record(family, "linear", 10, 0, {(i,): (init, after[i]) for i in range(3)}, 0.0, False)
+    path = _write(tmp_path, record)
+    np.testing.assert_allclose(
+        load_graph(str(path), lego), [[2.0, 1.0, 0.0], [0.0, 2.0, 0.5], [0.0, 0.0, 2.0]]
+    )
+    assert load_skills_graph(path, expected=["depth1", "depth2", "depth3"])[1] == record["matrix"]
+
+
+def test_each_run_restricts_the_family_and_switches_a_mixture_policy_off(tmp_path):
+    from smalllm.labels import Label
+    from smalllm.sweep.skills_graph import Family
+
+    cfg = tiny_config(
+        tmp_path / "unused",
+        "data.tasks=[{name: lego, frequency: 0.2, unit: example_fraction, params: {num_vars: 3}}]",
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "train.seed=5",
+    )
+    family = Family(
+        0, "lego", ["depth1", "depth2", "depth3"], [Label("lego", f"depth{d}") for d in (1, 2, 3)]
+    )
+    run = subset_config(cfg, family, (0, 2), 4096, tmp_path / "g", 16)
+    assert run.data.tasks[0].skill_weights == [1.0, 0.0, 1.0] and run.data.tasks[0].frequency == 0.2
+    assert run.data.mixture.policy == "static" and run.train.max_tokens == 4096 and run.train.seed == 5
+    assert run.run_dir == str(tmp_path / "g" / "runs" / "h16-skills-0-2")
+    assert cfg.data.mixture.policy == "online" and cfg.data.tasks[0].skill_weights is None  # a copy

@@ -60,7 +60,8 @@ def skill_index(task: Task) -> dict[str, int]:
 def load_graph(path: str | None, task: Task, where: str = "data.mixture.graph") -> np.ndarray:
     """The skills graph A of ``task`` as a k×k matrix in the task's sub-skill order (identity if no path).
 
-    The file is ``{"skills": [names], "matrix": [[A_ij]]}``; its skills may be listed in any order
+    The file is ``{"skills": [names], "matrix": [[A_ij]], ...}`` (other keys ignored, such as those of
+    ``smalllm skills-graph``'s ``skills_graph.json``); its skills may be listed in any order
     and spelled with or without the ``task/`` prefix, but must be exactly the task's sub-skills.
     """
     k = len(task.skills)
@@ -73,8 +74,9 @@ def load_graph(path: str | None, task: Task, where: str = "data.mixture.graph") 
         raise ConfigError(f"{where}: no such file '{path}'") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"{where}: '{path}' is not readable JSON ({type(exc).__name__})") from None
-    if not isinstance(raw, dict) or set(raw) != {"skills", "matrix"}:
-        raise ConfigError(f'{where}: \'{path}\' must hold exactly {{"skills": [names], "matrix": [[A_ij]]}}')
+    # Other keys are allowed: ``smalllm skills-graph`` writes its method, steps and raw losses beside them.
+    if not isinstance(raw, dict) or not {"skills", "matrix"} <= set(raw):
+        raise ConfigError(f'{where}: \'{path}\' must hold {{"skills": [names], "matrix": [[A_ij]]}}')
     names, matrix = raw["skills"], raw["matrix"]
     index = skill_index(task)
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):

@@ -5,7 +5,7 @@ plug-in's skills). Each run restricts the family to a set of skills through
 ``data.tasks.N.skill_weights`` (1 for a skill in the set, 0 for the others) and keeps everything
 else of the config: the task's total frequency, the background, the model, ``train.seed`` (the model
 initialisation, the same in every run, so differences between runs come from the data alone) and the
-step count H. Two estimators (Chen et al. 2023, App. B.2):
+step count H. A ``data.mixture`` policy is switched off in these runs (static weights). Two estimators (Chen et al. 2023, App. B.2):
 
 * ``brute`` (Alg. 2): train H steps on each skill j alone and on each pair {i, j}.
   ``difference[i][j] = L_j(j alone) - L_j({i, j})``: how much lower skill j's held-out loss is when
@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from smalllm.config import RunConfig, config_to_dict, load_config, validate
+from smalllm.data.config import MixtureConfig
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.labels import Label
 from smalllm.run_record import (
@@ -231,6 +232,9 @@ def subset_config(
     run_cfg.data.tasks[family.index].skill_weights = [
         1.0 if s in chosen else 0.0 for s in range(len(family.skills))
     ]
+    # The runs train fixed weights: a mixture policy would change them round by round, and an online
+    # one by each run's own losses, so the runs would no longer differ by their skill sets alone.
+    run_cfg.data.mixture = MixtureConfig()
     run_cfg.train.max_tokens = max_tokens
     # The graph is read from the held-out losses at step 0 and at the end, which every run evaluates.
     run_cfg.eval.enabled = True
