@@ -49,8 +49,8 @@ def test_gap_sweep_with_interference_and_probes_gets_a_mechanisms_page(tmp_path,
     cells = collect_mechanisms(load_sweep_dir(tmp_path / "sweep"))
     assert sorted((c.gap, c.data_seed) for c in cells) == [(1, 0), (1, 1), (4, 0), (4, 1)]
     for c in cells:
-        # At injections only: every batch at gap 1 (16 steps), every 4th at gap 4.
-        assert len(c.interference["all"]["cos_nt"]) == (16 if c.gap == 1 else 4)
+        # At injections after step 0 (the initialisation): every batch at gap 1, every 4th at gap 4.
+        assert len(c.interference["all"]["cos_nt"]) == (15 if c.gap == 1 else 3)
         assert all(-1 <= v <= 1 for v in c.interference["all"]["cos_nt"])
         assert c.retention["gain_cycles"] == 2 and math.isfinite(c.final_loss)
         assert len(c.probe_r2) == 5 and c.probe_step == 16  # embeddings + 4 blocks

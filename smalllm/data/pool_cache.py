@@ -6,10 +6,11 @@ digit position), it takes ``n · ln n`` draws, about two seconds of pure Python 
 draw is a pure function of the task (its code, parameters and tables), the sub-skill, ``n`` and the
 seed, so its result is kept in ``<cache>/pools/`` and read back by later runs.
 
-A cached pool is trusted only after a check: the first :data:`CHECK_DRAWS` draws are made again and
-must reproduce the cached pool's first distinct instances in order. Any change to the generator or
-its tables (a code edit, another tokenizer, other eligible table tokens) changes those draws, so a
-stale file is redrawn and replaced rather than used. Files are written atomically; a file that
+A file is keyed by the task's name, parameters, sub-skill, size, seed, vocabulary and the source
+file of its generator, and trusted only after a check: the first :data:`CHECK_DRAWS` draws are made
+again and must reproduce the cached pool's first distinct instances in order. Any change to the
+generator or its tables (a code edit, another tokenizer, other eligible table tokens) changes the key
+or those draws, so a stale file is redrawn rather than used. Files are written atomically; a file that
 cannot be read, or a cache directory that cannot be written, only costs the draw.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import zipfile
 from collections.abc import Callable
@@ -76,11 +78,21 @@ def _key(task: Task, skill: int, n: int, seed: list[int]) -> str:
         "skill": skill,
         "n": n,
         "seed": list(seed),
+        # The generator's own source (its module file): an edit that changes only draws after the
+        # first CHECK_DRAWS gets a new key instead of reusing the old pool.
+        "source": _source_digest(type(task)),
         "vocab_size": task.vocab.vocab_size,
         "table_ids": hashlib.sha256(np.asarray(task.vocab.table_ids, dtype=np.int64).tobytes()).hexdigest(),
     }
     text = json.dumps(ident, sort_keys=True, default=str)
     return f"{task.name}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+def _source_digest(cls: type) -> str:
+    try:
+        return hashlib.sha256(Path(inspect.getfile(cls)).read_bytes()).hexdigest()
+    except (OSError, TypeError):  # defined in an interactive session: no file to read
+        return ""
 
 
 def _write(path: Path, instances: list[Instance]) -> None:

@@ -49,8 +49,12 @@ class CellMechanisms:
     gap: int
     data_seed: int
     task: str
+    measured_task: str | None = None
+    """The task interference was measured on (None: not measured)."""
     final_loss: float = math.nan
     final_choice_acc: float = math.nan
+    before_last: float = math.nan
+    """Task loss just before the last bracketed injection (NaN without brackets)."""
     interference: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """Module set -> cosine name -> its values over the cell's measurements."""
     retention: dict = field(default_factory=dict)
@@ -61,15 +65,14 @@ class CellMechanisms:
     probe_step: int | None = None
 
 
-def _task_of(cfg) -> str | None:
-    """The task the cell's mechanisms are about: the bracketed one, else the measured one, else T_CMP."""
+def _tasks_of(cfg) -> tuple[str | None, str | None]:
+    """(the task retention and probes are read for, the task interference was measured on): the
+    bracketed task (else the measured one, else T_CMP), and the measured one (``interference.task``,
+    else the first task, as the callback takes it)."""
     names = [t.name for t in cfg.data.tasks]
-    for name in (cfg.eval.around_injections, cfg.interference.task):
-        if name:
-            return name
-    if cfg.interference.enabled and names:
-        return names[0]
-    return "t_cmp" if "t_cmp" in names else None
+    measured = (cfg.interference.task or (names[0] if names else None)) if cfg.interference.enabled else None
+    main = cfg.eval.around_injections or measured or ("t_cmp" if "t_cmp" in names else None)
+    return main, measured
 
 
 def cell_mechanisms(info: SweepInfo, cell) -> CellMechanisms | None:
@@ -78,7 +81,7 @@ def cell_mechanisms(info: SweepInfo, cell) -> CellMechanisms | None:
     run = records.cell_run(info.sweep_dir, cell.name)
     if cfg is None or not run.metrics_file.is_file():
         return None
-    task = _task_of(cfg)
+    task, measured = _tasks_of(cfg)
     if task is None:
         return None
     index = [t.name for t in cfg.data.tasks].index(task)
@@ -91,6 +94,7 @@ def cell_mechanisms(info: SweepInfo, cell) -> CellMechanisms | None:
         gap=schedule.gap_batches if schedule.kind == "gap" else 1,
         data_seed=cfg.data.seed,
         task=task,
+        measured_task=measured,
     )
     metrics = run.read_metrics()
     evals = [r for r in metrics if r.get("kind") == "eval"]
@@ -100,9 +104,10 @@ def cell_mechanisms(info: SweepInfo, cell) -> CellMechanisms | None:
             out.final_loss = float(rec[label.key("loss")])
             out.final_choice_acc = float(rec.get(label.key("choice_acc"), math.nan))
             break
-    prefix = f"interference/{task}/"
+    prefix = f"interference/{measured}/"
     for rec in metrics:
-        if rec.get("kind") != "interference":
+        # Step 0 measures the initialisation, not training: left out of the means.
+        if rec.get("kind") != "interference" or not rec.get("step"):
             continue
         for key, value in rec.items():
             if not key.startswith(prefix) or value is None:
@@ -113,7 +118,11 @@ def cell_mechanisms(info: SweepInfo, cell) -> CellMechanisms | None:
     injections = summary.get("injections")
     if injections and injections.get("task") == task:
         brackets = [tuple(b) for b in injections["brackets"]]
-        out.retention = summarize_cycles(retention_cycles(evals, task, brackets))
+        cycles = retention_cycles(evals, task, brackets)
+        out.retention = summarize_cycles(cycles)
+        # The final step sits at a different point of the last cycle for each gap; the loss just
+        # before the last bracketed injection is the decayed state at a comparable point.
+        out.before_last = cycles[-1]["before"] if cycles else math.nan
     if run.probes_file.is_file():
         steps = read_json(run.probes_file).get("tasks", {}).get(task, {}).get("steps", [])
         if steps and all("r2" in layer for layer in steps[-1]["layers"]):
@@ -195,8 +204,8 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
             "## Interference",
             "",
             "cos(g_nt, g_r) < 0: the rest of the batch pushes against the task. Mean ± sd over every "
-            "measurement of every seed; 'over seeds' is the mean of the per-seed means with its 95% "
-            "bootstrap interval.",
+            "measurement after step 0 (the initialisation) of every seed; 'over seeds' is the mean of the "
+            "per-seed means with its 95% bootstrap interval.",
             "",
             "| size | gap | module set | seeds | measurements | cos(g_nt, g_r) | over seeds | "
             "cos(g_t, g_r) | cos(g, g_r) |",
@@ -218,12 +227,14 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
             "at an injection, decay = loss regained before the next (means over the bracketed cycles, then "
             "over seeds).",
             "",
-            "| size | gap N | seeds | final task loss | final choice acc | gain per injection | decay per gap |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| size | gap N | seeds | final task loss | loss before the last injection | final choice acc | "
+            "gain per injection | decay per gap |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for (size, gap), group in groups.items():
             lines.append(
                 f"| {size} | {gap} | {len(group)} | {_over_seeds([c.final_loss for c in group])} | "
+                f"{_over_seeds([c.before_last for c in group])} | "
                 f"{_over_seeds([c.final_choice_acc for c in group])} | "
                 f"{_over_seeds([c.retention.get('mean_gain', math.nan) for c in group])} | "
                 f"{_over_seeds([c.retention.get('mean_decay', math.nan) for c in group])} |"

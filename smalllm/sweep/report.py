@@ -55,6 +55,7 @@ from smalllm.run_record import (
     read_json,
 )
 from smalllm.sweep.aggregate import SweepInfo, collect, curves, write_table
+from smalllm.sweep.arms import ARMS_FILE, write_arms_page
 from smalllm.sweep.frontier import (
     LEARNED_THRESHOLD,
     ExchangeRate,
@@ -954,6 +955,10 @@ def write_sweep_report(sweep_dir: str | Path, log: Callable[[str], None] | None 
     if mechanisms:
         written += mechanisms
         md += ["", f"Interference, retention and probes: [{MECHANISMS_FILE}]({MECHANISMS_FILE})."]
+    arms = write_arms_page(info, out)
+    if arms:
+        written += arms
+        md += ["", f"Named grids compared per sub-skill, paired on the seed: [{ARMS_FILE}]({ARMS_FILE})."]
     summary = out / "summary.md"
     summary.write_text("\n".join(md) + "\n")
     written.append(summary)

@@ -48,7 +48,10 @@ def split_gradients(
     """
     g_t: list[torch.Tensor] | None = None
     g_nt: list[torch.Tensor] | None = None
-    zeros = [torch.zeros_like(p) for p in params]
+
+    def zeros() -> list[torch.Tensor]:  # made only for a part that has no tokens
+        return [torch.zeros_like(p) for p in params]
+
     for ids, targets, task in micro_batches:
         logits = model(input_ids=ids).logits
         flat = targets.flatten()
@@ -60,11 +63,11 @@ def split_gradients(
         has_task, has_other = bool(task.any()), not bool(task.all())
         part_t = (token_loss * on_task).sum() * scale
         part_nt = (token_loss * ~on_task).sum() * scale
-        t = _grads(part_t, params, retain=has_other) if has_task else [z.clone() for z in zeros]
-        nt = _grads(part_nt, params, retain=False) if has_other else [z.clone() for z in zeros]
+        t = _grads(part_t, params, retain=has_other) if has_task else zeros()
+        nt = _grads(part_nt, params, retain=False) if has_other else zeros()
         g_t, g_nt = _add(g_t, t), _add(g_nt, nt)
     if g_t is None or g_nt is None:
-        return [z.clone() for z in zeros], zeros
+        return zeros(), zeros()
     return g_t, g_nt
 
 

@@ -191,6 +191,13 @@ class Trainer:
         # The dry run's checks (preflight.check_config runs this same check_run), with the real world
         # size and sharding; `train` sets the trainer up before it touches the run directory.
         families, self.plan = check_run(cfg, self.tokenizer, corpus, target=self.target)
+        if cfg.interference.enabled and self.plan.precision == "fp16":
+            # The split backpropagates each part scaled by 1/targets with no grad scaler: a small
+            # task part underflows in fp16 (bf16 has fp32's range).
+            raise SmalllmError(
+                "interference.enabled: not under fp16 (its gradients are unscaled and underflow); "
+                "use train.precision=bf16 or fp32"
+            )
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
         self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))

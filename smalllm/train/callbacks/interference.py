@@ -27,8 +27,8 @@ measurement (their indices are in ``…/neurons``).
 Cost of one measurement: per micro-batch one forward and two backward passes (one when it holds no
 task token), about 5/3 of a training step's compute, plus one forward and backward pass over the
 reference instances' tokens (1,000 T_CMP instances are at most 3,000 input tokens, 1.5 batches of the
-default config) and, under DDP, one all-reduce of three gradient copies; memory: three fp32 copies
-of the measured parameters' gradients. Measured once (default config: micro-w64, seq_len 64, batch
+default config) and, under DDP, one all-reduce of three gradient copies; memory: at the peak about six
+fp32 copies of the measured parameters' gradients (g_t, g_nt, g_r and their concatenation). Measured once (default config: micro-w64, seq_len 64, batch
 32; CPU, 1 thread, on a shared 2-core machine at load 5, so read the ratios): a training step 272 ms,
 the split 452 ms (1.7 steps), split and reference gradient over 1,000 T_CMP instances 838 ms (3.1
 steps). Nothing runs when ``interference.enabled`` is false: the callback is not built.
