@@ -67,6 +67,7 @@ def test_audit_finds_a_held_out_instance_planted_in_the_background(tmp_path, cap
     assert (t_cmp.occurrences, t_cmp.leaked) == (1, 1)
     (hit,) = t_cmp.examples
     assert (hit["row"], hit["offset"], hit["in"]) == (PLANT_ROW, PLANT_OFFSET, "background")
+    assert hit["where"] == "in_background_text" and t_cmp.where["in_background_text"] == 1
     assert stream.rows(PLANT_ROW, PLANT_ROW + 1).input_ids[0, PLANT_OFFSET:][: len(planted)].tolist() == list(
         planted
     )

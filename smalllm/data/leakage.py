@@ -129,6 +129,10 @@ class TaskLeaks:
     """Places in the training rows where one of them occurs."""
     leaked: int = 0
     """Distinct held-out instances found at least once."""
+    where: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MATCH_KINDS, 0))
+    """Occurrences by where they start (:func:`match_kind`): inside an injected task instance, opening
+    background text (a row's start or right after an EOD, where an instance is presented), or inside
+    running background text (where short instances of frequent tokens also occur by chance)."""
     examples: list[dict] = field(default_factory=list)
     """Up to :data:`EXAMPLES` hits: row, offset, the instance's index in the eval set, and the label
     of the token there (``background`` or the task whose injected instance holds it)."""
@@ -190,8 +194,10 @@ class AuditReport:
                 f"row {e['row']} offset {e['offset']} (instance {e['instance']}, in {e['in']})"
                 for e in t.examples
             )
+            kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in t.where.items() if n)
             out.append(
                 f"  {t.task}: {t.occurrences} occurrence(s) of {t.leaked} of {t.instances} held-out instances"
+                + (f" ({kinds})" if kinds else "")
                 + (f"; e.g. {where}" if where else "")
             )
         b = self.background
@@ -236,6 +242,19 @@ def _lookup(sorted_hashes: np.ndarray, h: np.ndarray) -> np.ndarray:
     pos = np.searchsorted(sorted_hashes, h)
     pos[pos == len(sorted_hashes)] = 0
     return np.where(sorted_hashes[pos] == h, pos, -1)
+
+
+MATCH_KINDS = ("in_task_instance", "at_document_start", "in_background_text")
+
+
+def match_kind(batch, row: int, offset: int, eod: int) -> str:
+    """Where an occurrence starts: inside an injected task instance; opening background text (a row's
+    start, or right after an EOD: the context an instance is scored in); or inside running text."""
+    if batch.task_ids[row, offset] > 0:
+        return MATCH_KINDS[0]
+    if offset == 0 or batch.input_ids[row, offset - 1] == eod:
+        return MATCH_KINDS[1]
+    return MATCH_KINDS[2]
 
 
 def audit_stream(
@@ -286,10 +305,14 @@ def audit_stream(
                         continue  # a hash collision
                     t = tasks[ti]
                     t.occurrences += 1
+                    kind = match_kind(batch, r, o, stream.eod)
+                    t.where[kind] += 1
                     seen[ti].add(ii)
                     if len(t.examples) < EXAMPLES:
                         label = stream.labels[int(batch.task_ids[r, o])]
-                        t.examples.append({"row": start + r, "offset": o, "instance": ii, "in": str(label)})
+                        t.examples.append(
+                            {"row": start + r, "offset": o, "instance": ii, "in": str(label), "where": kind}
+                        )
         if background is not None:
             pos = _lookup(grams, window_hashes(ids, ngram))
             hit = pos >= 0
