@@ -29,7 +29,7 @@ from smalllm.eval.emergence import eval_labels, eval_records
 from smalllm.labels import Label
 from smalllm.sweep import records
 from smalllm.sweep.aggregate import SweepInfo, cell_run_config
-from smalllm.sweep.frontier import bootstrap_mean_ci
+from smalllm.sweep.frontier import seed_mean_text
 
 ARMS_FILE = "arms.md"
 BASELINE_ARM = "random"
@@ -85,14 +85,6 @@ def _final(run: ArmRun, skill: Label) -> float:
     return curve[-1][1] if curve else math.nan
 
 
-def _ci_text(values: list[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "–"
-    mean, lo, hi = bootstrap_mean_ci(finite)
-    return f"{mean:.3f}" if len(finite) == 1 else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def compare_arms(runs: list[ArmRun]) -> dict:
     """Per arm: per-seed mean-over-skills finals and per-skill finals; per arm vs the baseline: the
     per-seed paired differences of the mean over skills."""
@@ -139,7 +131,7 @@ def markdown(result: dict, metric: str, images: list[Path]) -> str:
     for arm, row in result["arms"].items():
         per_skill = [f"{np.nanmean(row['per_skill'][s]):.3f}" for s in skills]
         lines.append(
-            f"| {arm} | {len(row['seeds'])} | {_ci_text(list(row['mean'].values()))} | "
+            f"| {arm} | {len(row['seeds'])} | {seed_mean_text(list(row['mean'].values()))} | "
             + " | ".join(per_skill)
             + f" | {np.nanmean(row['loss']):.3f} |"
         )
@@ -156,7 +148,7 @@ def markdown(result: dict, metric: str, images: list[Path]) -> str:
         diffs = list(row["vs_baseline"].values())
         ahead = sum(d > 0 for d in diffs)
         shown = ", ".join(f"{d:+.3f}" for d in diffs)
-        lines.append(f"| {arm} | {_ci_text(diffs)} | {ahead} of {len(diffs)} | {shown} |")
+        lines.append(f"| {arm} | {seed_mean_text(diffs)} | {ahead} of {len(diffs)} | {shown} |")
     lines += [""] + [f"![{p.stem}]({p.name})" for p in images]
     return "\n".join(lines) + "\n"
 

@@ -143,6 +143,16 @@ def bootstrap_mean_ci(
     return float(vals.mean()), float(lo), float(hi)
 
 
+def seed_mean_text(values: Sequence[float]) -> str:
+    """``mean [lo, hi]`` of per-seed ``values`` (:func:`bootstrap_mean_ci`), the lone value when there
+    is one, ``–`` when none is finite: how the report pages print a mean over seeds."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "–"
+    mean, lo, hi = bootstrap_mean_ci(finite)
+    return f"{mean:.3f}" if len(finite) == 1 else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
 @dataclass
 class SizeFrontier:
     """f* of one size, its bootstrap CI, and the cells that bound it."""

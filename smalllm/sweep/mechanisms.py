@@ -33,7 +33,7 @@ from smalllm.labels import Label
 from smalllm.run_record import read_json
 from smalllm.sweep import records
 from smalllm.sweep.aggregate import SweepInfo, cell_run_config, get_key
-from smalllm.sweep.frontier import bootstrap_mean_ci
+from smalllm.sweep.frontier import bootstrap_mean_ci, seed_mean_text
 
 MECHANISMS_FILE = "mechanisms.md"
 COSINES = ("cos_nt", "cos_t", "cos")
@@ -156,15 +156,6 @@ def _groups(cells: list[CellMechanisms]) -> dict[tuple[str, int], list[CellMecha
     return out
 
 
-def _over_seeds(values: list[float]) -> str:
-    """Mean over data seeds with its bootstrap interval (or the lone value)."""
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return "–"
-    mean, lo, hi = bootstrap_mean_ci(finite)
-    return f"{mean:.3f}" if len(finite) == 1 else f"{mean:.3f} [{lo:.3f}, {hi:.3f}]"
-
-
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "–"
@@ -214,7 +205,7 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
         for r in rows:
             lines.append(
                 f"| {r['size']} | {r['gap']} | {r['set']} | {r['seeds']} | {r['measurements']} | "
-                f"{_mean_sd(r['cos_nt'])} | {_over_seeds(r['cos_nt_seed_means'])} | "
+                f"{_mean_sd(r['cos_nt'])} | {seed_mean_text(r['cos_nt_seed_means'])} | "
                 f"{_mean_sd(r['cos_t'])} | {_mean_sd(r['cos'])} |"
             )
         lines.append("")
@@ -233,11 +224,11 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
         ]
         for (size, gap), group in groups.items():
             lines.append(
-                f"| {size} | {gap} | {len(group)} | {_over_seeds([c.final_loss for c in group])} | "
-                f"{_over_seeds([c.before_last for c in group])} | "
-                f"{_over_seeds([c.final_choice_acc for c in group])} | "
-                f"{_over_seeds([c.retention.get('mean_gain', math.nan) for c in group])} | "
-                f"{_over_seeds([c.retention.get('mean_decay', math.nan) for c in group])} |"
+                f"| {size} | {gap} | {len(group)} | {seed_mean_text([c.final_loss for c in group])} | "
+                f"{seed_mean_text([c.before_last for c in group])} | "
+                f"{seed_mean_text([c.final_choice_acc for c in group])} | "
+                f"{seed_mean_text([c.retention.get('mean_gain', math.nan) for c in group])} | "
+                f"{seed_mean_text([c.retention.get('mean_decay', math.nan) for c in group])} |"
             )
         lines.append("")
     probed = [c for c in cells if c.probe_r2]
@@ -257,8 +248,10 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
             have = [c for c in group if c.probe_r2]
             if not have:
                 continue
-            cols = [_over_seeds([c.probe_r2[i] for c in have if i < len(c.probe_r2)]) for i in range(depth)]
-            control = _over_seeds([float(np.nanmean(c.probe_control)) for c in have])
+            cols = [
+                seed_mean_text([c.probe_r2[i] for c in have if i < len(c.probe_r2)]) for i in range(depth)
+            ]
+            control = seed_mean_text([float(np.nanmean(c.probe_control)) for c in have])
             lines.append(f"| {size} | {gap} | {len(have)} | " + " | ".join(cols) + f" | {control} |")
         lines.append("")
     lines += [f"![{p.stem}]({p.name})" for p in images]
