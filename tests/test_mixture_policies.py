@@ -115,7 +115,174 @@ def test_online_targets_mask_the_graph_and_a_large_eta_does_not_overflow(tmp_pat
         schedule.record(1, np.array([math.nan, 1.0, 1.0]))
 
 
+def test_online_update_without_the_previous_weights_matches_a_hand_computation(tmp_path: Path) -> None:
+    """multiplicative=false (Skill-It's released code): p_{t+1} ∝ exp(η Σ_window A L), no p_t."""
+    graph = tmp_path / "graph.json"
+    graph.write_text(
+        json.dumps(
+            {"skills": ["depth1", "depth2", "depth3"], "matrix": [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]]}
+        )
+    )
+    cfg = lego_config(
+        tmp_path,
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "data.mixture.eta=0.5",
+        "data.mixture.window=2",
+        "data.mixture.multiplicative=false",
+        f"data.mixture.graph={graph}",
+    )
+    (family,) = families_of(cfg)
+    schedule = family.mixture
+
+    def normalised(values: list[float]) -> list[float]:
+        return [v / sum(values) for v in values]
+
+    # Round 0 as with the factor: row sums of A are 1.5, 1.5, 1.
+    p0 = normalised([math.exp(0.75), math.exp(0.75), math.exp(0.5)])
+    np.testing.assert_allclose(schedule.weights_of(0), p0, rtol=1e-12)
+    # L(0) = (1, 2, 3): A @ L = (2, 3.5, 3); p_0 does not enter.
+    schedule.record(0, np.array([1.0, 2.0, 3.0]))
+    p1 = normalised([math.exp(1.0), math.exp(1.75), math.exp(1.5)])
+    np.testing.assert_allclose(schedule.weights_of(1), p1, rtol=1e-12)
+    # L(0) + L(1) = (1.5, 3.5, 5.5): A @ that = (3.25, 6.25, 5.5); p_1 does not enter either.
+    schedule.record(1, np.array([0.5, 1.5, 2.5]))
+    p2 = normalised([math.exp(1.625), math.exp(3.125), math.exp(2.75)])
+    np.testing.assert_allclose(schedule.weights_of(2), p2, rtol=1e-12)
+
+
 # ---------------------------------------------------------------------------------- stream
+
+
+def _online_losses(r: int) -> np.ndarray:
+    """Losses that move the online weights every round (eta 1: far from uniform)."""
+    return np.array([1.0 + r % 3, 2.0, 0.5 * (r % 2)])
+
+
+def test_a_sequence_stopped_by_a_missing_evaluation_deals_as_one_that_never_stopped(tmp_path: Path) -> None:
+    online = [
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "data.mixture.round_steps=1",
+        "data.mixture.eta=1",
+    ]
+    (stopped,) = families_of(lego_config(tmp_path, *online))
+    rows_per_round = 8
+    per_round = [int(stopped.rule.count((r + 1) * rows_per_round)) for r in range(12)]
+    stopped.mixture.record(0, _online_losses(0))
+    # Rounds 0 and 1 are known, round 2 is not: the request is stopped part way through.
+    with pytest.raises(MixtureNotReady, match=r"round 2 "):
+        stopped.sequence[per_round[5]]
+    for r in range(1, 11):
+        stopped.mixture.record(r, _online_losses(r))
+    (straight,) = families_of(lego_config(tmp_path, *online))
+    for r in range(11):
+        straight.mixture.record(r, _online_losses(r))
+    n = per_round[10]
+    assert n > 30
+    assert [stopped.sequence[k] for k in range(n)] == [straight.sequence[k] for k in range(n)]
+    np.testing.assert_array_equal(stopped.sequence.counts(n), straight.sequence.counts(n))
+
+
+class _Alternating:
+    """A schedule whose two-skill weights change every round: (0.61, 0.39), (0.59, 0.41), ..."""
+
+    labels = ["t/a", "t/b"]
+
+    def weights_of(self, r: int) -> np.ndarray:
+        return np.array([0.6, 0.4]) + (0.01 if r % 2 == 0 else -0.01) * np.array([1.0, -1.0])
+
+
+class _OnePerRow:
+    """Placement with one instance in every row."""
+
+    def count(self, rows):
+        return np.asarray(rows, dtype=np.int64)
+
+
+def test_one_instance_per_round_follows_the_weights_not_their_argmax() -> None:
+    sequence = ScheduledSkillSequence(_Alternating(), _OnePerRow(), rows_per_round=1)
+    counts = sequence.counts(100)
+    # The running target is 60 / 40 after 100 rounds; a quota reset per round would give [100, 0].
+    np.testing.assert_array_equal(counts, [60, 40])
+    # Each sub-skill's instances are numbered in order, so its pool is read on without repeats.
+    dealt = [sequence[k] for k in range(100)]
+    for s in (0, 1):
+        assert [j for skill, j in dealt if skill == s] == list(range(counts[s]))
+
+
+def test_online_mixture_and_interference_on_the_same_task_draw_a_fixed_reference_set(
+    corpus, tmp_path: Path
+) -> None:
+    online = lego_config(
+        tmp_path,
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "data.mixture.round_steps=1",
+        "interference.enabled=true",
+        "interference.task=lego",
+    )
+    stream = TaskStream(online.data, corpus, 8)
+    # Needs no round's weights (round 1's are not known: no evaluation recorded), and is the set a
+    # run without the mixture draws: the family's configured weights, straight from its pools.
+    reference = stream.reference_instances(0, 60)
+    plain = TaskStream(lego_config(tmp_path).data, corpus, 8).reference_instances(0, 60)
+    assert [i.key for i in reference] == [i.key for i in plain] and len(reference) == 60
+
+
+def test_the_online_policy_scores_validation_instances_the_run_never_reports(corpus, tmp_path: Path) -> None:
+    cfg = lego_config(
+        tmp_path, "data.mixture.policy=online", "data.mixture.task=lego", "data.mixture.eval_size=20"
+    )
+    stream = TaskStream(cfg.data, corpus, 8)
+    validation = stream.mixture_eval_set(20)
+    (reported,) = stream.eval_sets()
+    assert len(validation.instances) == 3 * 20
+    assert [sum(i.skill == s for i in validation.instances) for s in range(3)] == [20, 20, 20]
+    assert not {i.key for i in validation.instances} & {i.key for i in reported.instances}
+    trained = {i.key for pool in stream.families[0].pools for i in pool.train}
+    assert not {i.key for i in validation.instances} & trained
+    # A fresh pool sets aside a draw of its own and keeps it out of training by key.
+    fresh = tiny_config(
+        tmp_path / "fresh",
+        LEGO.replace("pool_size: 1000", "pool: fresh"),
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "data.mixture.eval_size=20",
+    )
+    (family,) = families_of(fresh)
+    for pool in family.pools:
+        held = {i.key for i in pool.validation}
+        assert len(held) == 20 and not held & {i.key for i in pool.eval_instances()}
+        assert not held & {pool.train_instance(k).key for k in range(500)}
+    # A finite pool whose test part is all reported has none to spare: a one-line error.
+    short = lego_config(
+        tmp_path, "data.mixture.policy=online", "data.mixture.task=lego", "data.mixture.eval_size=490"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^data\.mixture\.eval_size: 490 validation instances wanted"
+    ) as err:
+        families_of(short)
+    assert "\n" not in str(err.value)
+
+
+def test_online_round_evaluations_are_in_the_dry_run_estimate(tmp_path: Path) -> None:
+    from smalllm.sweep.estimates import INSTANCE_TOKENS_GUESS, measurement_flops
+    from smalllm.train.plan import make_plan
+
+    plain = lego_config(tmp_path)
+    plan = make_plan(plain)
+    assert measurement_flops(plain, plan) == 0
+    online = lego_config(
+        tmp_path,
+        "data.mixture.policy=online",
+        "data.mixture.task=lego",
+        "data.mixture.round_steps=4",
+        "data.mixture.eval_size=10",
+    )
+    # 32 steps: boundaries at 4, 8, ..., 28 (7 rounds scored), 3 sub-skills, 10 instances each.
+    tokens = 7 * 3 * 10 * INSTANCE_TOKENS_GUESS
+    assert measurement_flops(online, plan) == pytest.approx(tokens * plan.flops_per_token / 3)
 
 
 def test_static_policy_reproduces_todays_stream(corpus, tmp_path: Path) -> None:
@@ -125,7 +292,6 @@ def test_static_policy_reproduces_todays_stream(corpus, tmp_path: Path) -> None:
         "data.mixture.policy=static",
         "data.mixture.task=lego",
         "data.mixture.round_steps=2",
-        "data.mixture.eta=3",
     )
     a, b = TaskStream(plain.data, corpus, 8), TaskStream(static.data, corpus, 8)
     assert b.mixture is None
@@ -232,13 +398,14 @@ def test_online_policy_state_survives_kill_and_resume(tmp_path: Path, capsys) ->
     run, ref = RunDir(tmp_path / "run"), RunDir(reference)
     assert run.read_mixture() == ref.read_mixture()
     rounds = ref.read_mixture()
-    assert [r["round"] for r in rounds] == list(range(9)) and "losses" in rounds[1]
+    # Rounds 0..7: step 32 ends the run, so no round 8 is scored or logged.
+    assert [r["round"] for r in rounds] == list(range(8)) and "losses" in rounds[1]
     assert rounds[-1]["weights"] != rounds[0]["weights"], "the online weights never moved"
     assert [without_wall_clock(r) for r in run.read_metrics()] == [
         without_wall_clock(r) for r in ref.read_metrics()
     ]
     mixture_records = [r for r in ref.read_metrics() if r["kind"] == "mixture"]
-    assert [r["step"] for r in mixture_records] == list(range(0, 33, 4))
+    assert [r["step"] for r in mixture_records] == list(range(0, 29, 4))
     assert mixture_records[2]["mixture/lego/depth1/loss"] == rounds[2]["losses"]["lego/depth1"]
     weights = "model.safetensors"
     latest = [ckpt.latest_checkpoint(d / "checkpoints") / weights for d in (tmp_path / "run", reference)]
@@ -429,3 +596,48 @@ def test_a_checkpoint_from_another_graph_or_policy_is_refused(tmp_path: Path) ->
     )
     with pytest.raises(SmalllmError, match=r"^data\.mixture: the checkpoint's policy 'online' differs"):
         stratified.mixture.load_state_dict(state)
+    # A policy that does not weight by the graph does not compare it (a checkpoint written before
+    # graph was refused for it may hold another).
+    curriculum = [
+        "data.mixture.policy=curriculum",
+        "data.mixture.task=lego",
+        "data.mixture.points=[[0, [1, 2, 3]]]",
+    ]
+    (saved,) = families_of(lego_config(tmp_path, *curriculum))
+    saved.mixture.weights_of(2)
+    old = saved.mixture.state_dict()
+    old["graph"] = [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+    (resumed,) = families_of(lego_config(tmp_path, *curriculum))
+    resumed.mixture.load_state_dict(old)
+    np.testing.assert_array_equal(resumed.mixture.weights_of(2), saved.mixture.weights_of(2))
+    (strat,) = families_of(lego_config(tmp_path, "data.mixture.policy=stratified", "data.mixture.task=lego"))
+    strat.mixture.weights_of(0)
+    moved = strat.mixture.state_dict()
+    moved["graph"] = old["graph"]
+    with pytest.raises(SmalllmError, match=r"^data\.mixture\.graph: 'None' changed since the run started"):
+        strat.mixture.load_state_dict(moved)
+
+
+@pytest.mark.parametrize(
+    ("policy", "setting", "field", "users"),
+    [
+        ("static", "data.mixture.eta=3", "eta", "online"),
+        ("stratified", "data.mixture.window=2", "window", "online"),
+        ("curriculum", "data.mixture.multiplicative=false", "multiplicative", "online"),
+        ("curriculum", "data.mixture.targets=[depth1]", "targets", "stratified, online"),
+        ("static", "data.mixture.graph=g.json", "graph", "stratified, online"),
+        ("online", "data.mixture.points=[[0, [1, 1, 1]]]", "points", "curriculum"),
+        ("stratified", "data.mixture.eval_size=7", "eval_size", "online"),
+    ],
+)
+def test_a_setting_the_policy_ignores_is_refused(tmp_path: Path, policy, setting, field, users) -> None:
+    extra = ["data.mixture.points=[[0, [1, 1, 1]]]"] if policy == "curriculum" else []
+    with pytest.raises(
+        ConfigError, match=rf"^data\.mixture\.{field}: policy={policy} ignores it \(it is used by {users}\)$"
+    ):
+        lego_config(tmp_path, f"data.mixture.policy={policy}", "data.mixture.task=lego", *extra, setting)
+    # The multiplicative switch is checked as a boolean.
+    with pytest.raises(ConfigError, match=r"^data\.mixture\.multiplicative: .*not a valid bool"):
+        lego_config(
+            tmp_path, "data.mixture.policy=online", "data.mixture.task=lego", "data.mixture.multiplicative=x"
+        )

@@ -349,7 +349,11 @@ class MixtureConfig:
     """Curriculum: ``[[step, [w_1, ..., w_k]], ...]``; weights hold from that step (a multiple of
     ``round_steps``) on; before the first point the family's ``skill_weights``."""
     eval_size: int = 100
-    """Online: held-out instances per sub-skill scored at every round boundary (Skill-It: 100)."""
+    """Online: validation instances per sub-skill scored at every round boundary (Skill-It: 100):
+    held-out instances after those the run's evaluation reports, so the policy never tunes on them."""
+    multiplicative: bool = True
+    """Online: True keeps the factor p_t (``p_{t+1} ∝ p_t·exp(η Σ_window A L)``); False drops it, as
+    Skill-It's released code does (``p_{t+1} ∝ exp(η Σ_window A L)``)."""
 
     def validate(self, prefix: str = "data.mixture") -> None:
         one_of(self.policy, MIXTURE_POLICIES, f"{prefix}.policy")
@@ -360,11 +364,24 @@ class MixtureConfig:
         for i, name in enumerate(self.targets):
             require(isinstance(name, str) and bool(name), f"{prefix}.targets.{i}", "must be a skill name")
         require(len(set(self.targets)) == len(self.targets), f"{prefix}.targets", "names a skill twice")
+        require(isinstance(self.multiplicative, bool), f"{prefix}.multiplicative", "must be true or false")
+        self._validate_unused(prefix)
         if self.policy == "static":
             return
         require(bool(self.task), f"{prefix}.task", f"required with policy={self.policy}")
         if self.policy == "curriculum":
             self._validate_points(f"{prefix}.points")
+
+    def _validate_unused(self, prefix: str) -> None:
+        """Refuse a setting the chosen policy ignores, so a run cannot look configured when it is not."""
+        defaults = MixtureConfig()
+        for name, policies in _MIXTURE_FIELD_USERS.items():
+            if self.policy not in policies and getattr(self, name) != getattr(defaults, name):
+                require(
+                    False,
+                    f"{prefix}.{name}",
+                    f"policy={self.policy} ignores it (it is used by {', '.join(policies)})",
+                )
 
     def _validate_points(self, where: str) -> None:
         require(bool(self.points), where, "a curriculum needs [[step, [weights]], ...]")
@@ -388,6 +405,18 @@ class MixtureConfig:
                 number(weight, f"{where}.{i}.1.{j}", ge=0, le=1e9)
             require(sum(weights) > 0, f"{where}.{i}.1", "weights must be >= 0 with a positive sum")
         require(steps == sorted(set(steps)), where, "steps must be increasing (no step twice)")
+
+
+_MIXTURE_FIELD_USERS: dict[str, tuple[str, ...]] = {
+    "eta": ("online",),
+    "window": ("online",),
+    "multiplicative": ("online",),
+    "eval_size": ("online",),
+    "graph": ("stratified", "online"),
+    "targets": ("stratified", "online"),
+    "points": ("curriculum",),
+}
+"""Which policies read each policy-specific field of :class:`MixtureConfig`."""
 
 
 @dataclass

@@ -14,15 +14,15 @@ Policies (Chen et al. 2023, "Skill-It! A data-driven skills framework"):
   (``S_prereq = {i : A_ij > 0 for some target j}``); no targets: all skills;
 * ``curriculum`` – the weights of the last ``points`` entry at or before the round's first step;
 * ``online``     – online Skill-It: ``p_0^i ∝ exp(η Σ_j A_ij)`` and, for round ``t + 1``,
-  ``p_{t+1}^i ∝ p_t^i · exp(η Σ_{τ=t−w+1..t} Σ_j A_ij L_j(τ))``, with ``L_j(τ)`` the held-out loss
-  of target skill j at the end of round τ and ``j`` over the targets only (Skill-It's target mask).
-  The update is done in log space, so a large η cannot overflow.
+  ``p_{t+1}^i ∝ p_t^i · exp(η Σ_{τ=t−w+1..t} Σ_j A_ij L_j(τ))`` (``multiplicative``, the default) or
+  ``p_{t+1}^i ∝ exp(η Σ_{τ=t−w+1..t} Σ_j A_ij L_j(τ))`` (Skill-It's released code), with ``L_j(τ)``
+  the validation loss of target skill j at the end of round τ and ``j`` over the targets only
+  (Skill-It's target mask). The update is done in log space, so a large η cannot overflow.
 
 The rounds' weights decide which sub-skill each instance of the family exercises: instances keep
-their places (the family's placement rule, hence its total frequency, is the configured one), and
-inside every run of rounds with equal weights they are dealt by :class:`SkillSequence`'s quota rule
-(:class:`ScheduledSkillSequence`). A schedule with one weighting from round 0 on deals exactly as
-the static stream with those weights does.
+their places (the family's placement rule, hence its total frequency, is the configured one) and
+are dealt against a running target of their rounds' weights (:class:`ScheduledSkillSequence`). A
+schedule with one weighting from round 0 on deals exactly as the static stream with those weights does.
 """
 
 from __future__ import annotations
@@ -141,6 +141,8 @@ class MixturePolicy(ABC):
     name: str
     needs_eval: bool = False
     """Whether the weights depend on held-out losses (then the trainer measures them every round)."""
+    uses_graph: bool = False
+    """Whether the weights depend on ``data.mixture.graph`` (then a resumed run checks it is unchanged)."""
 
     def __init__(self, cfg: MixtureConfig, base: np.ndarray, graph: np.ndarray, targets: list[int]) -> None:
         self.cfg = cfg
@@ -165,6 +167,7 @@ class StaticPolicy(MixturePolicy):
 
 class StratifiedPolicy(MixturePolicy):
     name = "stratified"
+    uses_graph = True
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -205,6 +208,7 @@ class CurriculumPolicy(MixturePolicy):
 class OnlinePolicy(MixturePolicy):
     name = "online"
     needs_eval = True
+    uses_graph = True
 
     def round_weights(self, r: int, previous: np.ndarray | None, losses: list[np.ndarray]) -> np.ndarray:
         A = self.graph[:, self.targets]  # Skill-It's target mask: only the target columns count
@@ -215,6 +219,8 @@ class OnlinePolicy(MixturePolicy):
         if len(window) < min(r, self.cfg.window):
             raise MixtureNotReady(f"round {r} needs the held-out losses of rounds up to {r - 1}")
         summed = np.sum([loss[self.targets] for loss in window], axis=0)
+        if not self.cfg.multiplicative:  # Skill-It's released code: the window alone, no p_t
+            return _softmax(eta * (A @ summed))
         with np.errstate(divide="ignore"):  # a weight that underflowed to 0 stays 0
             logits = np.log(previous) + eta * (A @ summed)
         return _softmax(logits)
@@ -316,7 +322,10 @@ class MixtureSchedule:
                 raise SmalllmError(
                     f"data.mixture: the checkpoint's {key} {state.get(key)!r} differs from this run's {mine!r}"
                 )
-        if not np.array_equal(np.array(state["graph"], dtype=np.float64), self.policy.graph):
+        # Only a policy that weights by the graph cares: a curriculum's unused graph file may change.
+        if self.policy.uses_graph and not np.array_equal(
+            np.array(state["graph"], dtype=np.float64), self.policy.graph
+        ):
             raise SmalllmError(
                 f"data.mixture.graph: '{self.policy.cfg.graph}' changed since the run started; a resumed run "
                 "must weight its rounds by the same graph (restore the file, or start over with --overwrite)"
@@ -368,10 +377,13 @@ class ScheduledSkillSequence:
     """Which sub-skill the k-th instance of a family exercises when its weights change per round.
 
     The same interface as :class:`~smalllm.data.mixture.SkillSequence`. Instance k belongs to the
-    round of the row it is placed in (the family's rule decides that, unchanged). A run of rounds
-    with equal weights is one segment dealt by the quota rule (instance k of the segment goes to the
-    sub-skill maximising ``(k + 1)·w_s − n_s``); each sub-skill's instances are numbered across
-    segments, so its pool is read on without repeats. Extended lazily, round by round.
+    round of the row it is placed in (the family's rule decides that, unchanged). Dealing keeps a
+    running target: each instance adds its round's weights to it, and goes to the sub-skill with the
+    largest ``target_s − n_s`` (ties to the lower index), ``n_s`` the instances dealt so far. So the
+    long-run counts follow the weights of the rounds even when a round holds a single instance, and
+    with one weighting throughout this is :class:`SkillSequence`'s quota rule
+    ``(k + 1)·w_s − n_s``. Each sub-skill's instances are numbered across rounds, so its pool is read
+    on without repeats. Extended lazily, round by round.
     """
 
     def __init__(self, schedule: MixtureSchedule, rule: PlacementRule, rows_per_round: int) -> None:
@@ -383,9 +395,12 @@ class ScheduledSkillSequence:
         self._within = np.zeros(0, dtype=np.int64)
         self._dealt = np.zeros(k, dtype=np.int64)
         self._round = 0  # next round to deal
+        # The running target is _base + _seg_k·_segment: kept per run of equal weights rather than
+        # summed instance by instance, so a static weighting gives exactly (k + 1)·w (bit for bit,
+        # hence the same ties) as SkillSequence does.
         self._segment: np.ndarray | None = None
         self._seg_k = 0
-        self._seg_dealt = np.zeros(k, dtype=np.int64)
+        self._base = np.zeros(k, dtype=np.float64)
 
     def __getitem__(self, k: int) -> tuple[int, int]:
         """(sub-skill, index of this instance among that sub-skill's instances)."""
@@ -394,30 +409,41 @@ class ScheduledSkillSequence:
         return int(self._skills[k]), int(self._within[k])
 
     def _extend(self, n: int) -> None:
-        skills, within = [self._skills], [self._within]
+        # Round by round, each committed whole only once its weights are known: a MixtureNotReady
+        # from weights_of leaves the state as it was after the last complete round, so a later call
+        # deals the same instances as one that never stopped.
         have = len(self._skills)
+        skills, within = [self._skills], [self._within]
+        try:
+            self._deal(n, have, skills, within)
+        finally:  # the complete rounds dealt before any MixtureNotReady are kept
+            self._skills = np.concatenate(skills)
+            self._within = np.concatenate(within)
+
+    def _deal(self, n: int, have: int, skills: list[np.ndarray], within: list[np.ndarray]) -> None:
         while have < n:
             r = self._round
             w = self.schedule.weights_of(r)
             end = int(self.rule.count((r + 1) * self.rows_per_round))
-            if self._segment is None or not np.array_equal(w, self._segment):
-                self._segment, self._seg_k = w, 0
-                self._seg_dealt = np.zeros(len(w), dtype=np.int64)
+            segment, seg_k, base = self._segment, self._seg_k, self._base
+            if segment is None or not np.array_equal(w, segment):
+                if segment is not None:
+                    base = base + seg_k * segment
+                segment, seg_k = w, 0
+            dealt = self._dealt.copy()
             m = end - have
             s_arr = np.empty(m, dtype=np.int32)
             j_arr = np.empty(m, dtype=np.int64)
             for i in range(m):
-                s = int(np.argmax((self._seg_k + 1) * w - self._seg_dealt))
-                s_arr[i], j_arr[i] = s, self._dealt[s]
-                self._dealt[s] += 1
-                self._seg_dealt[s] += 1
-                self._seg_k += 1
+                s = int(np.argmax(base + (seg_k + 1) * segment - dealt))
+                s_arr[i], j_arr[i] = s, dealt[s]
+                dealt[s] += 1
+                seg_k += 1
             skills.append(s_arr)
             within.append(j_arr)
+            self._dealt, self._segment, self._seg_k, self._base = dealt, segment, seg_k, base
+            self._round = r + 1
             have = end
-            self._round += 1
-        self._skills = np.concatenate(skills)
-        self._within = np.concatenate(within)
 
     def counts(self, num_instances: int) -> np.ndarray:
         """Instances of each sub-skill among the first ``num_instances`` of the family."""

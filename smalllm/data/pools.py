@@ -10,6 +10,8 @@ Two kinds, both deterministic and random-access in k (so the stream can seek):
   instance is drawn from its own RNG stream and re-drawn while its key is in the test set.
 
 Either way a held-out instance can never be a training instance: by construction, not by chance.
+An online mixture policy (``data.mixture``) also gets validation instances of its own: a finite
+pool's test part after the reported ones, or a fresh pool's separate draw kept out of training by key.
 A split that leaves fewer distinct instances to train on than it holds out for evaluation is refused:
 the held-out accuracy of such a run measures the split, not the model. Tasks that are about
 memorisation (``memorization = True``, e.g. fact lookup) are evaluated on the facts they were
@@ -24,6 +26,7 @@ import numpy as np
 
 from smalllm.data.config import TaskConfig
 from smalllm.data.pool_cache import cached_distinct
+from smalllm.errors import ConfigError
 from smalllm.tasks import Instance, Task, skill_names
 
 FRESH_EVAL_SIZE = 256
@@ -34,10 +37,18 @@ class InstancePool:
     """Training and held-out instances of one sub-skill of one task."""
 
     def __init__(
-        self, task: Task, skill: int, cfg: TaskConfig, task_index: int, cache_dir: Path | None = None
+        self,
+        task: Task,
+        skill: int,
+        cfg: TaskConfig,
+        task_index: int,
+        cache_dir: Path | None = None,
+        validation_size: int = 0,
     ) -> None:
         """``cache_dir``: where a large finite pool is kept between runs (:mod:`~smalllm.data.pool_cache`;
-        None: always drawn)."""
+        None: always drawn). ``validation_size``: held-out instances set aside in :attr:`validation`
+        for an online mixture policy to score (``data.mixture.eval_size``), disjoint from both the
+        training instances and the evaluated ones."""
         self.task, self.skill, self.cfg = task, skill, cfg
         self._seed = [cfg.seed, task_index, skill]
         if cfg.pool == "finite":
@@ -55,16 +66,44 @@ class InstancePool:
                 self.test, self.train = instances[:n_test], instances[n_test:]
                 self._check_split(len(self.train))
             self._test_keys: set = set()
+            # The test part after the instances the evaluator reports: held out, never reported.
+            reported = len(self.eval_instances())
+            self.validation = self.test[reported : reported + validation_size]
         else:
             self.test = _distinct(task, skill, self._fresh_size, np.random.default_rng([*self._seed, 2]))
             self.train = []
-            self._test_keys = set() if task.memorization else {i.key for i in self.test}
+            # A draw of its own (not a longer test draw), so the test set is the one it always was.
+            self.validation = (
+                _distinct(
+                    task,
+                    skill,
+                    validation_size,
+                    np.random.default_rng([*self._seed, 4]),
+                    exclude={i.key for i in self.test},
+                )
+                if validation_size
+                else []
+            )
+            self._test_keys = set() if task.memorization else {i.key for i in self.test + self.validation}
             if not task.memorization:
                 space = _space(task)
                 if len(self.test) < self._fresh_size:  # the task ran out of instances: all are held out
                     self._check_split(0)
                 elif space is not None:
-                    self._check_split(space - len(self.test))
+                    self._check_split(space - len(self.test) - len(self.validation))
+        if len(self.validation) < validation_size:
+            who = f"'{task.name}'" + (
+                f" sub-skill '{skill_names(task)[skill]}'" if len(task.skills) > 1 else ""
+            )
+            raise ConfigError(
+                f"data.mixture.eval_size: {validation_size} validation instances wanted, but {who} has only "
+                f"{len(self.validation)} held out beyond the {len(self.eval_instances())} the run evaluates; "
+                + (
+                    "lower it, or lower the task's eval_size or raise its test_fraction"
+                    if cfg.pool == "finite"
+                    else "lower it: the task has too few distinct instances"
+                )
+            )
 
     def _check_split(self, num_train: int) -> None:
         """Refuse a split that trains on fewer distinct instances than it evaluates on."""
@@ -137,10 +176,16 @@ def _space(task: Task) -> int | None:
 
 
 def _distinct(
-    task: Task, skill: int, n: int, rng: np.random.Generator, max_draws: int | None = None
+    task: Task,
+    skill: int,
+    n: int,
+    rng: np.random.Generator,
+    max_draws: int | None = None,
+    exclude: set | None = None,
 ) -> list[Instance]:
-    """Up to ``n`` distinct instances in first-drawn order (fewer if the task has fewer; gives up
-    after many repeats, or after ``max_draws`` draws)."""
+    """Up to ``n`` distinct instances in first-drawn order, none with a key in ``exclude`` (fewer if
+    the task has fewer; gives up after many repeats, or after ``max_draws`` draws)."""
+    exclude = exclude or set()
     space = _space(task)
     if space is not None:
         n = min(n, space)
@@ -149,7 +194,7 @@ def _distinct(
     while len(seen) < n and misses < 20 * n + 1000 and (max_draws is None or draws < max_draws):
         draws += 1
         inst = task.generate(rng, skill)
-        if inst.key in seen:
+        if inst.key in seen or inst.key in exclude:
             misses += 1
         else:
             seen[inst.key] = inst

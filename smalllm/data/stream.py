@@ -119,10 +119,14 @@ def _family(
         raise ConfigError(
             f"{where}.skill_weights: {len(weights)} weights for {len(task.skills)} sub-skills of '{task.name}'"
         )
+    # An online mixture scores validation instances of its own, held out beside the evaluated ones.
+    # (A single-skill task is refused by build_mixture, with a message about that, not about pools.)
+    online = cfg.mixture.policy == "online" and cfg.mixture.task == tcfg.name and len(task.skills) > 1
+    validation = cfg.mixture.eval_size if online else 0
     pools = []
     for skill in range(len(task.skills)):
         try:
-            pool = InstancePool(task, skill, tcfg, ti, cache_root(cfg) / POOLS_DIR)
+            pool = InstancePool(task, skill, tcfg, ti, cache_root(cfg) / POOLS_DIR, validation)
             _check_pool(pool, vocab, cfg.seq_len, where)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -380,16 +384,12 @@ class TaskStream:
         return sets
 
     def mixture_eval_set(self, per_skill: int) -> TaskEvalSet:
-        """The mixture family's held-out set cut to its first ``per_skill`` instances of each
-        sub-skill: what the trainer scores at every round boundary of the online policy."""
+        """The online mixture family's validation set, ``per_skill`` instances of each sub-skill:
+        what the trainer scores at every round boundary. Held out from training and disjoint from
+        :meth:`eval_sets` (the pools set it aside), so the policy never tunes on what the run reports."""
         fi = next(i for i, f in enumerate(self.families) if f.mixture is not None)
         full = self.eval_sets()[fi]
-        taken = np.zeros(len(full.skills), dtype=np.int64)
-        kept = []
-        for inst in full.instances:
-            if taken[inst.skill] < per_skill:
-                kept.append(inst)
-                taken[inst.skill] += 1
+        kept = [inst for pool in self.families[fi].pools for inst in pool.validation[:per_skill]]
         return TaskEvalSet(
             task=full.task,
             skills=full.skills,
@@ -415,8 +415,13 @@ class TaskStream:
         every call: the first ``size`` the stream places (all sub-skills, in the stream's proportions;
         a finite pool's train part is stored shuffled, so these are a random sample of it), without
         repeats (a finite pool that runs out gives fewer); ``size`` None: every instance of a finite
-        pool's train part."""
+        pool's train part. A family under a mixture policy is dealt here at its configured
+        ``skill_weights``: its scheduled sequence would ask for the weights of rounds not yet trained
+        (an online policy's are unknown until their evaluations), and the set must not change with them."""
         family = self.families[task]
+        sequence = (
+            SkillSequence(family.mixture.policy.base) if family.mixture is not None else family.sequence
+        )
         finite = all(p.cfg.pool == "finite" for p in family.pools)
         if size is None:
             if not finite:
@@ -429,7 +434,8 @@ class TaskStream:
         for k in range(size * len(family.pools) + available):
             if len(out) == min(size, available):
                 break
-            inst, _ = family.instance(k)
+            skill, j = sequence[k]
+            inst = family.pools[skill].train_instance(j)
             if id(inst) not in seen:
                 seen.add(id(inst))
                 out.append(inst)

@@ -107,6 +107,8 @@ def measurement_flops(cfg: RunConfig, plan) -> float:
       ``reference_size`` instances).
     * One extra evaluation: a forward pass (1/3 of training FLOPs per token) over the held-out
       instances of every task and ``eval.background_sequences`` rows.
+    * An online mixture's round boundaries (every ``round_steps`` steps before the last): a forward
+      pass over ``data.mixture.eval_size`` validation instances of each of the family's sub-skills.
     """
     steps = plan.steps
     step_flops = float(plan.flops_per_token) * plan.tokens_per_step
@@ -133,7 +135,29 @@ def measurement_flops(cfg: RunConfig, plan) -> float:
         )
         tokens = held_out * INSTANCE_TOKENS_GUESS + cfg.eval.background_sequences * cfg.data.seq_len
         total += evals * tokens * float(plan.flops_per_token) / 3
+    mix = cfg.data.mixture
+    if mix.policy == "online":
+        rounds = (
+            max(0, steps - 1) // mix.round_steps
+        )  # boundaries at r·round_steps, 0 < r·round_steps < steps
+        tokens = rounds * _sub_skills(cfg, mix.task) * mix.eval_size * INSTANCE_TOKENS_GUESS
+        total += tokens * float(plan.flops_per_token) / 3
     return total
+
+
+def _sub_skills(cfg: RunConfig, task_name: str | None) -> int:
+    """Sub-skills of the configured task ``task_name``: its ``skill_weights``, else the task built
+    against a byte vocabulary (a family's skills do not depend on the vocabulary)."""
+    from smalllm.data.tokenizer import byte_tokenizer
+    from smalllm.tasks import TaskVocab, build_task
+
+    i, tcfg = next((i, t) for i, t in enumerate(cfg.data.tasks) if t.name == task_name)  # validated to exist
+    if tcfg.skill_weights is not None:
+        return len(tcfg.skill_weights)
+    task = build_task(
+        tcfg.name, tcfg.params, TaskVocab(byte_tokenizer()), seed=tcfg.seed, where=f"data.tasks.{i}"
+    )
+    return len(task.skills)
 
 
 def format_duration(seconds: float) -> str:

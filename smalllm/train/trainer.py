@@ -631,14 +631,17 @@ class Trainer:
         mixture = self.stream.mixture
         if mixture is None or self.step % mixture.round_steps:
             return
+        if self.step >= self.total_steps:  # no round follows the last step: nothing to weight or score
+            return
         r = self.step // mixture.round_steps
         if mixture.needs_eval and len(mixture.losses) < r:
             mixture.record(r - 1, self._round_losses())
         self._log_round(r)
 
     def _round_losses(self) -> np.ndarray:
-        """Held-out answer loss per sub-skill of the mixture family, on ``data.mixture.eval_size``
-        instances each; every process takes the main one's, so all place the same instances."""
+        """Validation answer loss per sub-skill of the mixture family, on ``data.mixture.eval_size``
+        instances each (held out, and not those the run's evaluation reports); every process takes
+        the main one's, so all place the same instances."""
         if self._mixture_set is None:
             self._mixture_set = self.stream.mixture_eval_set(self.cfg.data.mixture.eval_size)
         held_out = self._mixture_set
