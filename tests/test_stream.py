@@ -133,6 +133,10 @@ def test_gap_schedule_delivers_each_period_in_its_first_batch():
     per_batch = np.diff(rule.count(np.arange(0, 32 * 100 + 1, 32)))
     assert per_batch.reshape(10, 10)[:, 1:].sum() == 0
     assert abs(per_batch.sum() - 0.002 * 64 * 32 * 100) < 1
+    # A scalar count inside a period (a run whose last step ends mid-period) is the array's count.
+    grid = np.arange(0, 32 * 25 + 1, 16)
+    assert [int(rule.count(int(g))) for g in grid] == rule.count(grid).tolist()
+    assert rule.count(32 * 5).shape == ()
 
 
 def test_stream_batches_realise_the_frequency_table(corpus, tmp_path):

@@ -114,8 +114,9 @@ class PlacementRule:
         return per_row
 
     def count(self, rows: np.ndarray | int) -> np.ndarray:
-        """C(g): instances placed in rows ``0 … g−1``."""
-        rows = np.asarray(rows, dtype=np.int64)
+        """C(g): instances placed in rows ``0 … g−1`` (an array like ``rows``; 0-dim for a scalar)."""
+        given = np.asarray(rows, dtype=np.int64)
+        rows = np.atleast_1d(given)  # a scalar inside a gap period must take the per-row path too
         blocks = rows // self.gap_rows
         into = rows - blocks * self.gap_rows
         out = self._at_boundary(blocks)
@@ -124,7 +125,7 @@ class PlacementRule:
             sel = inside & (blocks == block)
             cumulative = np.concatenate([[0], np.cumsum(self.block_rows(int(block)))])
             out[sel] += cumulative[into[sel]]
-        return out
+        return out.reshape(given.shape)
 
     def max_per_row(self) -> int:
         """Most instances one row can receive (for the capacity check)."""

@@ -571,7 +571,7 @@ class Trainer:
         micro = self.plan.micro_batch
         n_labels = len(self.stream.labels)
         label_loss = torch.zeros(n_labels, device=acc.device)
-        label_count = torch.zeros(n_labels, device=acc.device)
+        counts = np.zeros(n_labels, dtype=np.int64)  # known on the host: no device work for them
         total_loss = torch.zeros((), device=acc.device)
         for i in range(self.plan.accumulation):
             rows = slice(i * micro, (i + 1) * micro)
@@ -579,11 +579,13 @@ class Trainer:
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
                 logits = model(input_ids=ids).logits
-                targets = _targets(ids, batch.loss_mask[rows])
-                loss = _lm_loss(logits, targets)
+                token_loss = _lm_loss(logits, _targets(ids, batch.loss_mask[rows]))
+                summed = token_loss.sum()
+                loss = summed / int(batch.loss_mask[rows, 1:].sum())  # the mean over the targets
                 acc.backward(loss / self.plan.accumulation)
             total_loss += loss.detach() / self.plan.accumulation
-            _per_label(logits.detach(), targets, loss.detach(), batch, rows, label_loss, label_count)
+            _per_label(token_loss.detach(), summed.detach(), batch, rows, label_loss, counts)
+        label_count = torch.from_numpy(counts.astype(np.float32)).to(acc.device, non_blocking=True)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         if self.plan.precision == "fp16":
@@ -1071,8 +1073,12 @@ def _status_of(error: BaseException | None, stop_requested: str | None) -> str:
 
 
 def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss (fp32) over the targets that are not -100, fused in one kernel."""
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    """Next-token loss (fp32) of every target position, flattened to [b * (L-1)]; 0 where the target
+    is ignored (-100). The step's loss is their sum over the number of targets, which the host knows
+    from the loss mask; the per-label sums reuse them (:func:`_per_label`)."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+    )
 
 
 def _targets(ids: torch.Tensor, loss_mask: np.ndarray) -> torch.Tensor:
@@ -1089,30 +1095,27 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _per_label(
-    logits: torch.Tensor, targets: torch.Tensor, mean_loss: torch.Tensor, batch, rows, sums, counts
+    token_loss: torch.Tensor, total: torch.Tensor, batch, rows, sums: torch.Tensor, counts: np.ndarray
 ) -> None:
     """Accumulate loss per stream label: the *answer* tokens of each task, and background tokens.
 
-    The fused mean loss already holds the sum over all targets, so per-token losses are computed
-    only at task positions (a small share of the row); background = total - task tokens. The task
-    positions are found on the host (labels come from the batch's arrays), so no masked selection
-    waits for the device; an ignored target (-100) there adds 0 to the sums and counts.
+    ``token_loss`` holds every target position's loss (0 where ignored) and ``total`` their sum, so
+    background = total − the task positions' losses: only the few task positions are read on the
+    device, through one transfer of host-computed indices (no masked selection waits for the device).
+    ``counts`` (host) gets the number of targets behind each sum: the batch's arrays say it.
     """
-    device = targets.device
-    labels = batch.task_ids[rows, 1:].astype(np.int64)
-    task = np.flatnonzero(labels > 0)  # flat positions in [b * (L-1)]
-    answer = batch.answer_mask[rows, 1:].reshape(-1)[task]
-    at = _to_device(task, device)
-    task_targets = targets.flatten()[at]
-    ce = F.cross_entropy(logits[:, :-1].flatten(0, 1)[at].float(), task_targets, reduction="none")
-    counted = (task_targets != -100).float()
-    ans = _to_device(np.flatnonzero(answer), device)
-    lab = _to_device(labels.reshape(-1)[task][answer], device)
-    sums.index_add_(0, lab, ce[ans])
-    counts.index_add_(0, lab, counted[ans])
-    n_valid = (targets != -100).sum()
-    sums[0] += mean_loss * n_valid - ce.sum()
-    counts[0] += n_valid - counted.sum()
+    labels = batch.task_ids[rows, 1:].reshape(-1).astype(np.int64)
+    valid = batch.loss_mask[rows, 1:].reshape(-1)
+    task = np.flatnonzero((labels > 0) & valid)  # flat positions in [b * (L-1)]
+    answer = np.flatnonzero(batch.answer_mask[rows, 1:].reshape(-1)[task])  # indices into task
+    answer_labels = labels[task[answer]]
+    moved = _to_device(np.concatenate([task, answer, answer_labels]), token_loss.device)
+    at, pick, lab = moved.split([len(task), len(answer), len(answer_labels)])
+    task_loss = token_loss[at]
+    sums.index_add_(0, lab, task_loss[pick])
+    sums[0] += total - task_loss.sum()
+    counts += np.bincount(answer_labels, minlength=len(counts))
+    counts[0] += int(valid.sum()) - len(task)
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:
