@@ -260,7 +260,7 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
 
 def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
     """Final task loss against the gap per size (Fig. 6b), cos(g_nt, g_r) per size and gap, and probe
-    R² by layer per size."""
+    R² by layer per size and gap (mean over seeds)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -309,12 +309,21 @@ def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
         written.append(path)
     probed = [c for c in cells if c.probe_r2]
     if probed:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        for size in dict.fromkeys(c.size for c in sorted(probed, key=lambda c: c.params or 0)):
-            mine = [c for c in probed if c.size == size]
-            depth = max(len(c.probe_r2) for c in mine)
-            mean = [np.nanmean([c.probe_r2[i] for c in mine if i < len(c.probe_r2)]) for i in range(depth)]
-            ax.plot(range(depth), mean, "o-", label=f"{size} ({len(mine)} runs)")
+        fig, ax = plt.subplots(figsize=(5.4, 3.8))
+        sizes = list(dict.fromkeys(c.size for c in sorted(probed, key=lambda c: c.params or 0)))
+        gaps = sorted({c.gap for c in probed})
+        styles = ["-", "--", ":", "-."]
+        for (size, gap), group in _groups(probed).items():
+            depth = max(len(c.probe_r2) for c in group)
+            mean = [np.nanmean([c.probe_r2[i] for c in group if i < len(c.probe_r2)]) for i in range(depth)]
+            ax.plot(
+                range(depth),
+                mean,
+                marker="o",
+                linestyle=styles[gaps.index(gap) % len(styles)],
+                color=f"C{sizes.index(size)}",
+                label=f"{size}, gap {gap} ({len(group)} runs)",
+            )
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("layer (0 = embeddings)"), ax.set_ylabel("probe R² of val(TOK)")
         ax.legend(fontsize=8), ax.grid(alpha=0.3)
