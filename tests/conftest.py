@@ -74,6 +74,8 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    # A 4-cell sweep of two named grids (tiny LEGO runs) and its report: 52 s beside a 2-worker sweep.
+    "test_sweep_of_two_arms_gets_an_arms_page": 52,
     # A 4-cell gap sweep with interference at every injection, probes and the report: 48 s under load.
     "test_gap_sweep_with_interference_and_probes_gets_a_mechanisms_page": 48,
     # Writes 9 cells' configs (omegaconf) and reads them back, fits with 20 resamples, draws 4 plots:
