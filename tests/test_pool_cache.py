@@ -24,9 +24,12 @@ def small_threshold(monkeypatch) -> None:
     monkeypatch.setattr(pool_cache, "MIN_CACHED", 1000)
 
 
-def _pool(cache: Path | None, params: dict | None = None) -> InstancePool:
+def _pool(cache: Path | None, params: dict | None = None, keep: bool = True) -> InstancePool:
     task = build_task(CFG.name, params or CFG.params, TaskVocab(byte_tokenizer()))
-    return InstancePool(task, 0, CFG, 0, cache)
+    pool = InstancePool(task, 0, CFG, 0, cache)
+    if keep:  # as the trainer does once a run's checks pass
+        pool.keep_in_cache()
+    return pool
 
 
 @pytest.fixture
@@ -40,6 +43,7 @@ def test_default_addition_pool_round_trips(tmp_path: Path, monkeypatch) -> None:
     cfg = TaskConfig(name="addition", frequency=0.01, params={"num_digits": 2}, eval_size=100)
     task = build_task("addition", cfg.params, TaskVocab(byte_tokenizer()))
     first = InstancePool(task, 0, cfg, 0, tmp_path)
+    first.keep_in_cache()
     second = InstancePool(task, 0, cfg, 0, tmp_path)
     assert len(_files(tmp_path)) == 1 and len(first.train) + len(first.test) == 10_000
     assert second.train == first.train and second.test == first.test
@@ -106,3 +110,11 @@ def test_small_pools_are_not_cached(tmp_path: Path) -> None:
     # 20 values have 380 ordered pairs: the pool is capped at them, under the threshold.
     _pool(tmp_path, {"num_values": 20})
     assert _files(tmp_path) == []
+
+
+def test_a_pool_is_kept_only_when_asked(tmp_path: Path, drawn: InstancePool) -> None:
+    # A dry run or a refused config draws its pools but leaves the cache as it was.
+    pool = _pool(tmp_path, keep=False)
+    assert pool.train == drawn.train and _files(tmp_path) == []
+    pool.keep_in_cache()
+    assert len(_files(tmp_path)) == 1

@@ -46,26 +46,31 @@ def cached_distinct(
     seed: list[int],
     draw: Callable[..., list[Instance]],
     cache_dir: Path | None,
-) -> list[Instance]:
-    """``draw(np.random.default_rng(seed), n)``, read from ``cache_dir`` when a checked copy is there.
+) -> tuple[list[Instance], Callable[[], None] | None]:
+    """``draw(np.random.default_rng(seed), n)``, read from ``cache_dir`` when a checked copy is there;
+    with it, the function that keeps a freshly drawn pool in the cache (None: nothing to keep).
 
-    ``draw(rng, n, max_draws=None)`` must return up to ``n`` distinct instances in first-drawn order,
-    stopping after ``max_draws`` draws when given, so that its first :data:`CHECK_DRAWS` draws alone
-    give a prefix of the full result.
+    Keeping is left to the caller, so that a config refused by its checks (or a dry run) writes
+    nothing. ``draw(rng, n, max_draws=None)`` must return up to ``n`` distinct instances in
+    first-drawn order, stopping after ``max_draws`` draws when given, so that its first
+    :data:`CHECK_DRAWS` draws alone give a prefix of the full result.
     """
     if cache_dir is None or n < MIN_CACHED:
-        return draw(np.random.default_rng(seed), n)
+        return draw(np.random.default_rng(seed), n), None
     path = cache_dir / f"{_key(task, skill, n, seed)}.npz"
     cached = _read(path, skill)
     if cached is not None:
         head = draw(np.random.default_rng(seed), min(n, CHECK_DRAWS), max_draws=CHECK_DRAWS)
         if cached[: len(head)] == head:
-            return cached
+            return cached, None
     instances = draw(np.random.default_rng(seed), n)
-    with contextlib.suppress(OSError):  # a read-only or full cache only costs the next start the draw
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _write(path, instances)
-    return instances
+
+    def keep() -> None:
+        with contextlib.suppress(OSError):  # a read-only or full cache only costs the next start the draw
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            _write(path, instances)
+
+    return instances, keep
 
 
 def _key(task: Task, skill: int, n: int, seed: list[int]) -> str:

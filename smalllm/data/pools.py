@@ -20,6 +20,7 @@ trained on, since there is nothing else to test.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,7 @@ class InstancePool:
         training instances and the evaluated ones."""
         self.task, self.skill, self.cfg = task, skill, cfg
         self._seed = [cfg.seed, task_index, skill]
+        self._keep: Callable[[], None] | None = None
         if cfg.pool == "finite":
 
             def draw(rng: np.random.Generator, n: int, max_draws: int | None = None) -> list[Instance]:
@@ -58,7 +60,7 @@ class InstancePool:
 
             space = _space(task)
             n = cfg.pool_size if space is None else min(cfg.pool_size, space)
-            instances = cached_distinct(task, skill, n, [*self._seed, 1], draw, cache_dir)
+            instances, self._keep = cached_distinct(task, skill, n, [*self._seed, 1], draw, cache_dir)
             n_test = max(1, round(len(instances) * cfg.test_fraction))
             if task.memorization:
                 self.train, self.test = instances, instances
@@ -104,6 +106,13 @@ class InstancePool:
                     else "lower it: the task has too few distinct instances"
                 )
             )
+
+    def keep_in_cache(self) -> None:
+        """Write a freshly drawn finite pool to the cache (once; nothing for a pool read from it, a
+        small one, or one built without a cache). Called once the run's checks have passed."""
+        if self._keep is not None:
+            self._keep()
+            self._keep = None
 
     def _check_split(self, num_train: int) -> None:
         """Refuse a split that trains on fewer distinct instances than it evaluates on."""

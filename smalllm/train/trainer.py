@@ -198,6 +198,9 @@ class Trainer:
                 "interference.enabled: not under fp16 (its gradients are unscaled and underflow); "
                 "use train.precision=bf16 or fp32"
             )
+        for family in families:  # the checks passed: later runs may read these pools from the cache
+            for pool in family.pools:
+                pool.keep_in_cache()
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
         self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
