@@ -27,7 +27,7 @@ def test_per_task_loss_matches_a_token_by_token_computation(tmp_path):
     token_loss = _lm_loss(logits, targets)
     loss = token_loss.sum() / int(mask[:, 1:].sum())
     sums, counts = torch.zeros(len(stream.labels)), np.zeros(len(stream.labels), dtype=np.int64)
-    _per_label(token_loss, token_loss.sum(), batch, slice(0, 8), sums, counts)
+    _per_label(token_loss, token_loss.sum(), int(mask[:, 1:].sum()), batch, slice(0, 8), sums, counts)
 
     per_token = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten(), reduction="none").view(
         8, -1

@@ -355,8 +355,7 @@ class TaskStream:
         if family is None:
             names = ", ".join(f.task.name for f in self.families) or "none"
             raise ConfigError(f"task '{task}' is not in this run's data.tasks (it has: {names})")
-        boundaries = np.arange(num_steps + 1, dtype=np.int64) * self.global_batch
-        return np.flatnonzero(np.diff(family.rule.count(boundaries)) > 0).tolist()
+        return np.flatnonzero(_per_batch(family, 0, num_steps, self.global_batch) > 0).tolist()
 
     def eval_sets(self) -> list[TaskEvalSet]:
         """Held-out instances per task, grouped by sub-skill (fixed per run)."""
@@ -407,8 +406,7 @@ class TaskStream:
     def batch_instances(self, step: int) -> list[int]:
         """Per task (in :meth:`eval_sets` order), the instances placed in global batch ``step`` (all
         processes' rows together; from the placement rules alone, no row is built)."""
-        bounds = np.array([step * self.global_batch, (step + 1) * self.global_batch], dtype=np.int64)
-        return [int(np.diff(f.rule.count(bounds))[0]) for f in self.families]
+        return [int(_per_batch(f, step, step + 1, self.global_batch)[0]) for f in self.families]
 
     def reference_instances(self, task: int, size: int | None) -> list[Instance]:
         """Training instances of task ``task`` (its index in :meth:`eval_sets` order), the same on
@@ -445,6 +443,12 @@ class TaskStream:
         """Held-out background text as [n, seq_len] rows (fewer if the held-out part is short)."""
         n = min(num_sequences, len(self.corpus.holdout) // self.seq_len)
         return np.asarray(self.corpus.holdout[: n * self.seq_len], dtype=np.int64).reshape(n, self.seq_len)
+
+
+def _per_batch(family: Family, first: int, stop: int, global_batch: int) -> np.ndarray:
+    """Instances of ``family`` in each global batch ``first … stop − 1`` (from its rule alone)."""
+    boundaries = np.arange(first, stop + 1, dtype=np.int64) * global_batch
+    return np.diff(family.rule.count(boundaries))
 
 
 def _sorted_or_none(answers: tuple[int, ...] | None) -> tuple[int, ...] | None:

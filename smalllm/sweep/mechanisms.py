@@ -70,7 +70,7 @@ def _tasks_of(cfg) -> tuple[str | None, str | None]:
     bracketed task (else the measured one, else T_CMP), and the measured one (``interference.task``,
     else the first task, as the callback takes it)."""
     names = [t.name for t in cfg.data.tasks]
-    measured = (cfg.interference.task or (names[0] if names else None)) if cfg.interference.enabled else None
+    measured = cfg.interference.task_of(names) if cfg.interference.enabled else None
     main = cfg.eval.around_injections or measured or ("t_cmp" if "t_cmp" in names else None)
     return main, measured
 

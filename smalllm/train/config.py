@@ -166,6 +166,10 @@ class InterferenceConfig:
     layer: int = 0
     """Transformer block whose MLP the mlp and top_k sets read (0: the first, Huang et al.'s choice)."""
 
+    def task_of(self, names: list[str]) -> str | None:
+        """The measured task among the run's task ``names``: ``task``, else the first one."""
+        return self.task if self.task is not None else (names[0] if names else None)
+
     def validate(self, prefix: str = "interference") -> None:
         """Raise a one-line :class:`~smalllm.errors.ConfigError` naming the first bad field."""
         require(isinstance(self.enabled, bool), f"{prefix}.enabled", "expected true/false")

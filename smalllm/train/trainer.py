@@ -584,10 +584,11 @@ class Trainer:
                 logits = model(input_ids=ids).logits
                 token_loss = _lm_loss(logits, _targets(ids, batch.loss_mask[rows]))
                 summed = token_loss.sum()
-                loss = summed / int(batch.loss_mask[rows, 1:].sum())  # the mean over the targets
+                n_targets = int(batch.loss_mask[rows, 1:].sum())
+                loss = summed / n_targets  # the mean over the targets
                 acc.backward(loss / self.plan.accumulation)
             total_loss += loss.detach() / self.plan.accumulation
-            _per_label(token_loss.detach(), summed.detach(), batch, rows, label_loss, counts)
+            _per_label(token_loss.detach(), summed.detach(), n_targets, batch, rows, label_loss, counts)
         label_count = torch.from_numpy(counts.astype(np.float32)).to(acc.device, non_blocking=True)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
@@ -1098,11 +1099,18 @@ def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def _per_label(
-    token_loss: torch.Tensor, total: torch.Tensor, batch, rows, sums: torch.Tensor, counts: np.ndarray
+    token_loss: torch.Tensor,
+    total: torch.Tensor,
+    n_targets: int,
+    batch,
+    rows,
+    sums: torch.Tensor,
+    counts: np.ndarray,
 ) -> None:
     """Accumulate loss per stream label: the *answer* tokens of each task, and background tokens.
 
-    ``token_loss`` holds every target position's loss (0 where ignored) and ``total`` their sum, so
+    ``token_loss`` holds every target position's loss (0 where ignored), ``total`` their sum and
+    ``n_targets`` how many targets there are (the loss mask's count, taken once by the step), so
     background = total − the task positions' losses: only the few task positions are read on the
     device, through one transfer of host-computed indices (no masked selection waits for the device).
     ``counts`` (host) gets the number of targets behind each sum: the batch's arrays say it.
@@ -1118,7 +1126,7 @@ def _per_label(
     sums.index_add_(0, lab, task_loss[pick])
     sums[0] += total - task_loss.sum()
     counts += np.bincount(answer_labels, minlength=len(counts))
-    counts[0] += int(valid.sum()) - len(task)
+    counts[0] += n_targets - len(task)
 
 
 def _flat_hparams(d: dict, prefix: str = "") -> dict:

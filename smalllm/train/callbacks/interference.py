@@ -126,7 +126,7 @@ class InterferenceCallback(Callback):
         self.run = run
         eval_sets = run.eval_sets()
         tasks = [es.task for es in eval_sets]
-        self.task = self.cfg.task if self.cfg.task is not None else tasks[0]
+        self.task = self.cfg.task_of(tasks)
         self.task_index = tasks.index(self.task)
         self.labels = [i for i, label in enumerate(run.labels) if i > 0 and label.task == self.task]
         self.reference = run.reference_instances(self.task_index, self.cfg.reference_size)
