@@ -9,10 +9,12 @@ import numpy as np
 from conftest import TINY_OVERRIDES, TINY_TASKS, assert_one_line_error, quiet, tiny_config
 
 from smalllm.cli import main
-from smalllm.data.leakage import audit_stream, check_leaks, window_hashes
+from smalllm.data import token_search
+from smalllm.data.leakage import audit_stream, check_leaks
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream, build_families
 from smalllm.data.task_tokens import task_vocab
+from smalllm.data.token_search import PatternIndex, window_hashes
 from smalllm.data.tokenizer import byte_tokenizer
 
 SEQ = 32
@@ -25,6 +27,21 @@ def test_window_hashes_agree_with_a_pattern_hashed_alone():
     assert h.shape == (2, 16)
     assert h[1, 3] == window_hashes(ids[1, 3:8], 5)[0, 0]
     assert (h[0, 0] == h[0, 7]) == (ids[0, 0:5].tolist() == ids[0, 7:12].tolist())
+
+
+def test_pattern_search_across_chunks_arrays_and_limit(monkeypatch):
+    monkeypatch.setattr(token_search, "CHUNK_TOKENS", 8)
+    a = np.arange(100, 120)  # 20 tokens: chunks [0, 8), [8, 16), [16, 20) with overlap
+    b = np.arange(200, 210)
+    index = PatternIndex(
+        [(106, 107, 108, 109), (119, 200), (201, 202), (205,), (), (300, 301), (106, 107, 108, 109)]
+    )
+    # Across a chunk boundary: found (both copies); across two arrays: never; empty: never.
+    assert index.found_in([a, b]) == {0, 2, 3, 6}
+    # The limit counts tokens over the arrays in order: 25 tokens end inside b, before 205.
+    assert index.found_in([a, b], limit=25) == {0, 2, 6}
+    assert index.found_in([a, b], limit=9) == set()
+    assert sorted(index.matches(np.stack([a[:10], a[5:15]]))) == [(0, 6, 0), (0, 6, 6), (1, 1, 0), (1, 1, 6)]
 
 
 def _planted_source(tmp_path) -> tuple[list[str], tuple[int, ...]]:
@@ -60,6 +77,8 @@ def _planted_source(tmp_path) -> tuple[list[str], tuple[int, ...]]:
 
 def test_audit_finds_a_held_out_instance_planted_in_the_background(tmp_path, capsys):
     overrides, planted = _planted_source(tmp_path)
+    # Without decontamination the planted instance stays in the held-out set, and the scan finds it.
+    overrides.append("data.decontaminate=false")
     cfg = tiny_config(tmp_path / "run", *overrides)
     stream = TaskStream(cfg.data, ensure_corpus(cfg.data, log=quiet), 8)
     report = audit_stream(stream, 40, stream.background_holdout(2), ngram=8)
@@ -82,6 +101,23 @@ def test_audit_finds_a_held_out_instance_planted_in_the_background(tmp_path, cap
     assert f"row {PLANT_ROW} offset {PLANT_OFFSET}" in printed and "tokens/s" in printed
     saved = json.loads(out.read_text())
     assert saved["tasks"][0]["examples"][0]["row"] == PLANT_ROW and saved["tokens"] == 40 * SEQ
+
+
+def test_decontamination_drops_the_planted_instance_from_the_held_out_set(tmp_path):
+    overrides, planted = _planted_source(tmp_path)
+    cfg = tiny_config(tmp_path / "run", *overrides)
+    stream = TaskStream(cfg.data, ensure_corpus(cfg.data, log=quiet), 8)
+    assert stream.held_out_dropped == {"t_cmp": 1}
+    (held_out,) = stream.eval_sets()
+    # The finite pool evaluates the next test instance in its place: the size stays 32.
+    assert len(held_out.instances) == 32
+    assert planted not in {i.prompt + i.answer for i in held_out.instances}
+    report = audit_stream(stream, 40, None)
+    assert report.task_occurrences == 0
+    # The training rows are the same either way: the instance is still there, now never evaluated.
+    assert stream.rows(PLANT_ROW, PLANT_ROW + 1).input_ids[0, PLANT_OFFSET:][: len(planted)].tolist() == list(
+        planted
+    )
 
 
 def test_clean_tiny_run_has_no_leak(tmp_path):

@@ -16,17 +16,16 @@ pairs). Two checks, at two costs:
   as an exact token subsequence within a row (the model never sees across rows), and the held-out
   background rows' n-grams searched for in the training rows.
 
-Search: a polynomial hash (random odd 64-bit multipliers, arithmetic mod 2^64) of every window of
-each pattern length in the chunk, in numpy, looked up in the sorted pattern hashes with
-``searchsorted``; a task hit is then verified token by token, so task counts are exact. Background
-n-gram hits are hash matches (a false match needs a 64-bit collision). The cost is one multiply-add
-per token per pattern token length, whatever the number of patterns (4,950 ``t_cmp`` pairs cost the
-same as one), plus log2(patterns) per lookup.
+Task instances are searched as exact token matches (:mod:`smalllm.data.token_search`); background
+n-grams by their hashes alone (a false match needs a 64-bit collision).
+
+A run's held-out sets are decontaminated before any of this: an instance that occurs verbatim in the
+training background is dropped from them (``data.decontaminate``,
+:meth:`~smalllm.data.stream.TaskStream.held_out_dropped`), so the scan of a default run finds none.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -34,35 +33,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from smalllm.data.stream import Family, TaskStream
+from smalllm.data.token_search import CHUNK_TOKENS, PatternIndex, lookup, window_hashes
 from smalllm.errors import ConfigError
 
 FRESH_SAMPLE = 2000
 """Training instances of a fresh pool that the cheap check reads (a fresh pool has no end)."""
 EXAMPLES = 5
 """Locations kept per task and for the background."""
-CHUNK_TOKENS = 1 << 20
-"""Tokens per chunk of the full scan: bounds its memory (a few arrays of this many 8-byte values)."""
-
-
-@functools.cache
-def _multipliers(length: int) -> np.ndarray:
-    # Odd, so no multiplier loses the low bits of a token; fixed, so the same text hashes the same.
-    rng = np.random.default_rng([0x1EA4, length])
-    return rng.integers(0, 2**63, size=length, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-
-
-def window_hashes(ids: np.ndarray, length: int) -> np.ndarray:
-    """Hash of every ``length``-token window of each row of ``ids`` [rows, L] -> [rows, L-length+1]."""
-    ids = np.atleast_2d(ids)
-    width = ids.shape[1] - length + 1
-    if width <= 0:
-        return np.zeros((ids.shape[0], 0), dtype=np.uint64)
-    u = ids.astype(np.uint64)
-    mult = _multipliers(length)
-    h = u[:, :width] * mult[0]
-    for j in range(1, length):
-        h += u[:, j : j + width] * mult[j]
-    return h
 
 
 def _train_sample(family: Family) -> list:
@@ -136,6 +113,9 @@ class TaskLeaks:
     examples: list[dict] = field(default_factory=list)
     """Up to :data:`EXAMPLES` hits: row, offset, the instance's index in the eval set, and the label
     of the token there (``background`` or the task whose injected instance holds it)."""
+    decontaminated: int = 0
+    """Evaluated instances already dropped from the set because the training background holds them
+    (``data.decontaminate``); not among :attr:`instances`."""
     skipped: str = ""
     """Why the task was not searched (a memorisation task is scored on its training instances)."""
 
@@ -198,6 +178,11 @@ class AuditReport:
             out.append(
                 f"  {t.task}: {t.occurrences} occurrence(s) of {t.leaked} of {t.instances} held-out instances"
                 + (f" ({kinds})" if kinds else "")
+                + (
+                    f"; {t.decontaminated} more were dropped from the set before the scan (in the training background: data.decontaminate)"
+                    if t.decontaminated
+                    else ""
+                )
                 + (f"; e.g. {where}" if where else "")
             )
         b = self.background
@@ -210,38 +195,6 @@ class AuditReport:
             )
         out.append(f"scan speed: {self.tokens_per_second:,.0f} tokens/s ({self.seconds:.2f} s)")
         return out
-
-
-@dataclass
-class _Patterns:
-    """Held-out instances of one token length: sorted hashes and, per hash, (task, instance) pairs."""
-
-    hashes: np.ndarray
-    owners: dict[int, list[tuple[int, int]]]
-
-
-def _index(tokens: list[list[tuple[int, ...]]]) -> dict[int, _Patterns]:
-    by_length: dict[int, list[tuple[int, int]]] = {}
-    for ti, seqs in enumerate(tokens):
-        for ii, seq in enumerate(seqs):
-            if seq:
-                by_length.setdefault(len(seq), []).append((ti, ii))
-    out = {}
-    for n, items in by_length.items():
-        rows = np.array([tokens[ti][ii] for ti, ii in items], dtype=np.int64)
-        h = window_hashes(rows, n)[:, 0]
-        owners: dict[int, list[tuple[int, int]]] = {}
-        for (ti, ii), value in zip(items, h.tolist()):
-            owners.setdefault(value, []).append((ti, ii))
-        out[n] = _Patterns(np.unique(h), owners)
-    return out
-
-
-def _lookup(sorted_hashes: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """Index into ``sorted_hashes`` of each of ``h``, or -1 where absent."""
-    pos = np.searchsorted(sorted_hashes, h)
-    pos[pos == len(sorted_hashes)] = 0
-    return np.where(sorted_hashes[pos] == h, pos, -1)
 
 
 MATCH_KINDS = ("in_task_instance", "at_document_start", "in_background_text")
@@ -278,12 +231,14 @@ def audit_stream(
             TaskLeaks(
                 s.task,
                 len(s.instances),
+                decontaminated=stream.held_out_dropped[s.task],
                 skipped="memorisation task, scored on its training set" if memo else "",
             )
         )
         tokens.append([] if memo else [i.prompt + i.answer for i in s.instances])
     seen = [set() for _ in tasks]
-    index = _index(tokens)
+    owners = [(ti, ii) for ti, seqs in enumerate(tokens) for ii in range(len(seqs))]
+    index = PatternIndex([tokens[ti][ii] for ti, ii in owners])
     background = None
     if holdout is not None and holdout.size:
         grams = np.unique(window_hashes(holdout, ngram))
@@ -295,26 +250,20 @@ def audit_stream(
         stop = min(num_rows, start + per_chunk)
         batch = stream.rows(start, stop)
         ids = batch.input_ids
-        for n, pat in index.items():
-            h = window_hashes(ids, n)
-            rows, offs = np.nonzero(_lookup(pat.hashes, h) >= 0)
-            for r, o in zip(rows.tolist(), offs.tolist()):
-                window = tuple(ids[r, o : o + n].tolist())
-                for ti, ii in pat.owners[int(h[r, o])]:
-                    if window != tokens[ti][ii]:
-                        continue  # a hash collision
-                    t = tasks[ti]
-                    t.occurrences += 1
-                    kind = match_kind(batch, r, o, stream.eod)
-                    t.where[kind] += 1
-                    seen[ti].add(ii)
-                    if len(t.examples) < EXAMPLES:
-                        label = stream.labels[int(batch.task_ids[r, o])]
-                        t.examples.append(
-                            {"row": start + r, "offset": o, "instance": ii, "in": str(label), "where": kind}
-                        )
+        for r, o, p in index.matches(ids):
+            ti, ii = owners[p]
+            t = tasks[ti]
+            t.occurrences += 1
+            kind = match_kind(batch, r, o, stream.eod)
+            t.where[kind] += 1
+            seen[ti].add(ii)
+            if len(t.examples) < EXAMPLES:
+                label = stream.labels[int(batch.task_ids[r, o])]
+                t.examples.append(
+                    {"row": start + r, "offset": o, "instance": ii, "in": str(label), "where": kind}
+                )
         if background is not None:
-            pos = _lookup(grams, window_hashes(ids, ngram))
+            pos = lookup(grams, window_hashes(ids, ngram))
             hit = pos >= 0
             found[pos[hit]] = True
             background.occurrences += int(hit.sum())

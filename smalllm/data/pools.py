@@ -93,19 +93,48 @@ class InstancePool:
                     self._check_split(0)
                 elif space is not None:
                     self._check_split(space - len(self.test) - len(self.validation))
-        if len(self.validation) < validation_size:
-            who = f"'{task.name}'" + (
-                f" sub-skill '{skill_names(task)[skill]}'" if len(task.skills) > 1 else ""
+        self._validation_size = validation_size
+        self._check_validation()
+
+    def _check_validation(self) -> None:
+        if len(self.validation) >= self._validation_size:
+            return
+        task = self.task
+        who = f"'{task.name}'" + (
+            f" sub-skill '{skill_names(task)[self.skill]}'" if len(task.skills) > 1 else ""
+        )
+        raise ConfigError(
+            f"data.mixture.eval_size: {self._validation_size} validation instances wanted, but {who} has only "
+            f"{len(self.validation)} held out beyond the {len(self.eval_instances())} the run evaluates; "
+            + (
+                "lower it, or lower the task's eval_size or raise its test_fraction"
+                if self.cfg.pool == "finite"
+                else "lower it: the task has too few distinct instances"
             )
-            raise ConfigError(
-                f"data.mixture.eval_size: {validation_size} validation instances wanted, but {who} has only "
-                f"{len(self.validation)} held out beyond the {len(self.eval_instances())} the run evaluates; "
-                + (
-                    "lower it, or lower the task's eval_size or raise its test_fraction"
-                    if cfg.pool == "finite"
-                    else "lower it: the task has too few distinct instances"
-                )
-            )
+        )
+
+    def held_out(self) -> list[Instance]:
+        """Every held-out instance: the evaluated ones, those set aside for validation, and (finite
+        pool) the rest of the test part. Empty for a memorisation task (scored on its training set)."""
+        if self.task.memorization:
+            return []
+        return self.test if self.cfg.pool == "finite" else self.test + self.validation
+
+    def drop_held_out(self, keys: set) -> int:
+        """Remove the held-out instances whose keys are in ``keys`` (they stay out of training) and
+        return how many of the evaluated ones went. A finite pool evaluates the next ones of its test
+        part in their place when it has them (``eval_size``); a fresh pool evaluates fewer."""
+        if not keys or self.task.memorization:
+            return 0
+        dropped = sum(i.key in keys for i in self.eval_instances())
+        self.test = [i for i in self.test if i.key not in keys]
+        if self.cfg.pool == "finite":
+            reported = len(self.eval_instances())
+            self.validation = self.test[reported : reported + self._validation_size]
+        else:
+            self.validation = [i for i in self.validation if i.key not in keys]
+        self._check_validation()
+        return dropped
 
     def keep_in_cache(self) -> None:
         """Write a freshly drawn finite pool to the cache (once; nothing for a pool read from it, a

@@ -31,7 +31,8 @@ from smalllm.data.mixture_policy import MixtureSchedule, ScheduledSkillSequence,
 from smalllm.data.pool_cache import POOLS_DIR
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards, cache_root
-from smalllm.data.task_tokens import task_vocab
+from smalllm.data.task_tokens import COUNTED_TOKENS, task_vocab
+from smalllm.data.token_search import PatternIndex
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
@@ -209,6 +210,7 @@ class TaskStream:
             (f.mixture for f in self.families if f.mixture is not None), None
         )
         """The run's mixture policy state (None: static); the trainer records its evaluations."""
+        self._dropped: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ rows
 
@@ -357,8 +359,33 @@ class TaskStream:
             raise ConfigError(f"task '{task}' is not in this run's data.tasks (it has: {names})")
         return np.flatnonzero(_per_batch(family, 0, num_steps, self.global_batch) > 0).tolist()
 
+    @property
+    def held_out_dropped(self) -> dict[str, int]:
+        """Per task, the evaluated held-out instances dropped because they occur verbatim in the
+        training background (``data.decontaminate``; all 0 when it is off).
+
+        Searched once, on first use, in the first :data:`~smalllm.data.task_tokens.COUNTED_TOKENS`
+        tokens of the training background shards (a superset of the text the rows hold: a row is
+        one window of one shard); held-out sets are read only after it."""
+        return self._decontaminate()
+
+    def _decontaminate(self) -> dict[str, int]:
+        if self._dropped is None:
+            keys: set = set()
+            if self.cfg.decontaminate:
+                held = [inst for f in self.families for pool in f.pools for inst in pool.held_out()]
+                index = PatternIndex([inst.prompt + inst.answer for inst in held])
+                found = index.found_in(self.corpus.train.parts, limit=COUNTED_TOKENS)
+                keys = {held[i].key for i in found}
+            self._dropped = {
+                f.task.name: sum(pool.drop_held_out(keys) for pool in f.pools) for f in self.families
+            }
+        return self._dropped
+
     def eval_sets(self) -> list[TaskEvalSet]:
-        """Held-out instances per task, grouped by sub-skill (fixed per run)."""
+        """Held-out instances per task, grouped by sub-skill (fixed per run; decontaminated, see
+        :attr:`held_out_dropped`)."""
+        self._decontaminate()
         sets = []
         # Above one prefix instance per row on average (paper scale), most of a prefix task's
         # instances follow another one's <eod>, so it is scored there rather than at position 0.

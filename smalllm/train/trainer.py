@@ -204,6 +204,13 @@ class Trainer:
         self.stream = TaskStream(cfg.data, corpus, t.global_batch_size, families=families)
         self.total_steps = self.plan.steps
         self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
+        dropped = {task: n for task, n in self.stream.held_out_dropped.items() if n}
+        if dropped:
+            self.info(
+                "held-out sets: dropped "
+                + ", ".join(f"{n} {task}" for task, n in dropped.items())
+                + " instance(s) found verbatim in the training background (data.decontaminate)"
+            )
 
         set_seed(t.seed)
         model = build_model(
@@ -875,6 +882,8 @@ class Trainer:
             "stream_format": STREAM_FORMAT,
             # Epochs over the background corpus so far (above 1: documents were seen again).
             "background_passes": self.stream.background_passes(total_rows),
+            # Evaluated instances left out because the training background holds them verbatim.
+            "held_out_dropped": self.stream.held_out_dropped,
         }
         if self.injection_brackets:  # what smalllm.eval.retention reads the cycles back with
             summary["injections"] = {
@@ -910,6 +919,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "environment",
         "stream_format",
         "background_passes",
+        "held_out_dropped",
         "injections",
         "mixture_eval_seconds",
         "error",
