@@ -16,6 +16,7 @@ from smalllm.data.stream import TaskStream, build_families
 from smalllm.data.task_tokens import task_vocab
 from smalllm.data.token_search import PatternIndex, window_hashes
 from smalllm.data.tokenizer import byte_tokenizer
+from smalllm.train.trainer import train
 
 SEQ = 32
 PLANT_ROW, PLANT_OFFSET = 3, 10  # past any prefix instance the stream writes at the row's start
@@ -118,6 +119,11 @@ def test_decontamination_drops_the_planted_instance_from_the_held_out_set(tmp_pa
     assert stream.rows(PLANT_ROW, PLANT_ROW + 1).input_ids[0, PLANT_OFFSET:][: len(planted)].tolist() == list(
         planted
     )
+    # A run logs and records what it dropped.
+    lines: list[str] = []
+    summary = train(cfg, log=lines.append)
+    assert summary["status"] == "completed" and summary["held_out_dropped"] == {"t_cmp": 1}
+    assert any(line.startswith("held-out sets: dropped 1 t_cmp instance(s)") for line in lines)
 
 
 def test_clean_tiny_run_has_no_leak(tmp_path):
