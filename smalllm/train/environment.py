@@ -32,6 +32,18 @@ CUDA_INDEX_EXAMPLE = "https://download.pytorch.org/whl/cu128"
 releases. Which fits a machine depends on its driver (https://download.pytorch.org/whl/ lists them)."""
 
 
+def process_age_seconds() -> float | None:
+    """Seconds since this process started (Linux: from ``/proc``, 10 ms resolution; None elsewhere).
+
+    Counts what a timer started in Python cannot: the interpreter's start and every import."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def torch_build() -> str:
     """The installed torch build: ``"torch 2.6.0+cu124 (CUDA 12.4)"``, ``(ROCm …)`` or ``(CPU-only)``."""
     if torch.version.cuda:

@@ -76,7 +76,7 @@ from smalllm.train.callbacks.base import (
     StepRecord,
 )
 from smalllm.train.config import TrainConfig
-from smalllm.train.environment import collect_environment
+from smalllm.train.environment import collect_environment, process_age_seconds
 from smalllm.train.gradients import reference_gradient, split_gradients
 from smalllm.train.launch import check_local_rank, check_world_size, target_of
 from smalllm.train.plan import resolve_device, resolve_precision
@@ -131,6 +131,7 @@ class Trainer:
         """Seconds this attempt spent scoring the online mixture's rounds (not in ``eval_seconds``)."""
         self._signal: str | None = None
         self._begun = False
+        self.startup_seconds: float | None = None
         self._summary_fields: dict = {}
         self.control: Control = _TrainerControl(self)
         self.setup()
@@ -537,6 +538,8 @@ class Trainer:
             self._log_round(0)
         for cb in self.callbacks:
             cb.on_fit_start(self.context, self.control)
+        # Process start (imports included) to the first step: the start-up a user waits through.
+        self.startup_seconds = process_age_seconds()
 
     def run_step(self) -> StepRecord:
         """One step of the loop: an optimizer step over global batch ``self.step``, the stop agreed
@@ -884,6 +887,8 @@ class Trainer:
             "background_passes": self.stream.background_passes(total_rows),
             # Evaluated instances left out because the training background holds them verbatim.
             "held_out_dropped": self.stream.held_out_dropped,
+            # This process's start (interpreter and imports included) to its first step; None off Linux.
+            "startup_seconds": self.startup_seconds,
         }
         if self.injection_brackets:  # what smalllm.eval.retention reads the cycles back with
             summary["injections"] = {
@@ -920,6 +925,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "stream_format",
         "background_passes",
         "held_out_dropped",
+        "startup_seconds",
         "injections",
         "mixture_eval_seconds",
         "error",
