@@ -2,7 +2,7 @@
 
 Layers, bottom to top; a module may import its own layer and the layers below it::
 
-    shared  errors, labels, safe_yaml, validation, run_record: types and rules every layer uses
+    shared  errors, labels, safe_yaml, validation, run_record, figures: types and rules every layer uses
     tasks   instance generators
     data    tokenizer, corpus, stream, held-out eval sets
     model   the model ladder
@@ -34,6 +34,7 @@ TOP_LEVEL = {
     "smalllm.validation": "shared",
     "smalllm.run_record": "shared",
     "smalllm.checkpoints": "shared",
+    "smalllm.figures": "shared",
     # The RunConfig that composes every section sits above the layers whose sections it imports;
     # the sections themselves live in their layers (smalllm.data.config, smalllm.train.config, …).
     "smalllm.config": "train",

@@ -78,6 +78,8 @@ class PlacementRule:
     def expected(self, rows: np.ndarray | int) -> np.ndarray:
         """E(g): expected instances in rows ``0 … g−1`` (uniform or piecewise schedule)."""
         g = np.asarray(rows, dtype=np.float64)
+        if len(self.rates) == 1:  # one rate from row 0 (rows are >= 0): the same sum, without the clip
+            return g * self.rates[0]
         starts = self.breakpoints.astype(np.float64)
         ends = np.append(starts[1:], np.inf)
         covered = np.clip(g[..., None] - starts, 0.0, ends - starts)

@@ -365,8 +365,8 @@ def plot_probes(result: dict, plot_dir: Path) -> list[Path]:
     """Per task: the probe score against the layer (a line per checkpoint) and against the step (a
     line per layer). Agg canvas, no pyplot, as in :mod:`smalllm.eval.report`."""
     from matplotlib import colormaps
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+    from smalllm.figures import new_figure, save_figure
 
     written = []
     for name, task in result["tasks"].items():
@@ -377,8 +377,7 @@ def plot_probes(result: dict, plot_dir: Path) -> list[Path]:
         key, label = ("r2", "R² of val(TOK)") if linear else ("modes", "Fourier modes")
         n_layers = len(records[0]["layers"])
         for by in ("layer", "step"):
-            fig = Figure(figsize=(6, 4), dpi=100, layout="constrained")
-            FigureCanvasAgg(fig)
+            fig = new_figure(6, 4)
             ax = fig.add_subplot(1, 1, 1)
             if by == "layer":
                 colours = colormaps["viridis"](np.linspace(0, 1, max(len(records), 2)))
@@ -411,6 +410,5 @@ def plot_probes(result: dict, plot_dir: Path) -> list[Path]:
             ax.legend(fontsize=7, loc="best")
             path = probe_plot_file(plot_dir, name, f"{key}_by_{by}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, dpi=100)
-            written.append(path)
+            written.append(save_figure(fig, path))
     return written

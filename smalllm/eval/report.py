@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from smalllm.errors import SmalllmError
@@ -29,6 +28,7 @@ from smalllm.eval.emergence import (
     load_eval_config,
     table_cells,
 )
+from smalllm.figures import new_figure, save_figure
 from smalllm.labels import BACKGROUND, TRAIN, Label
 from smalllm.run_record import REPORT_SUMMARY_FILE, RunDir, read_jsonl
 
@@ -82,8 +82,7 @@ def _chance(records: list[dict], label: Label) -> float | None:
 
 
 def _new_figure(ncols: int) -> tuple[Figure, list[Any]]:
-    fig = Figure(figsize=(5 * ncols, 3.6), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(5 * ncols, 3.6, DPI)
     axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
     return fig, axes
 
@@ -159,8 +158,7 @@ def plot_task(
     ax_loss.set_title(f"{task}: loss (dotted: chance)", fontsize=10)
     crit = f"{metric} {'>=' if cfg.criterion.higher_is_better else '<='} {threshold:g}"
     ax_acc.set_title(f"{task}: accuracy (star: emergence, {crit}; dash-dot: baseline)", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_background(evals: list[dict], trains: list[dict], path: Path) -> Path | None:
@@ -176,8 +174,7 @@ def plot_background(evals: list[dict], trains: list[dict], path: Path) -> Path |
         ax.plot(xe, ye, color="C0", lw=1.5, marker=".", ms=3, label="held-out background")
     _finish_axis(ax, "tokens", "loss (nats/token)")
     ax.set_title("background loss", fontsize=10)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path)
 
 
 def summary_markdown(

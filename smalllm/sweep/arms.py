@@ -155,14 +155,12 @@ def markdown(result: dict, metric: str, images: list[Path]) -> str:
 
 def plot_arms(runs: list[ArmRun], metric: str, out_dir: Path) -> list[Path]:
     """Per-skill curves (mean over seeds, one line per arm) and the logged mixture per round."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from smalllm.figures import new_figure, save_figure
 
     skills = list(dict.fromkeys(s for r in runs for s in r.skills))
     arms = list(dict.fromkeys(r.arm for r in runs))
-    fig, axes = plt.subplots(1, len(skills), figsize=(3.2 * len(skills), 3), sharey=True, squeeze=False)
+    fig = new_figure(3.2 * len(skills), 3, dpi=110)
+    axes = fig.subplots(1, len(skills), sharey=True, squeeze=False)
     for ax, skill in zip(axes[0], skills):
         for arm in arms:
             curves = [r.curves[skill] for r in runs if r.arm == arm and r.curves.get(skill)]
@@ -176,14 +174,11 @@ def plot_arms(runs: list[ArmRun], metric: str, out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"held-out {metric}")
     axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
-    curves_png = out_dir / "arms_curves.png"
-    fig.savefig(curves_png, dpi=110)
-    plt.close(fig)
-    written = [curves_png]
+    written = [save_figure(fig, out_dir / "arms_curves.png")]
     logged = [a for a in arms if any(r.mixture for r in runs if r.arm == a)]
     if logged:
-        fig, axes = plt.subplots(1, len(logged), figsize=(3.4 * len(logged), 3), sharey=True, squeeze=False)
+        fig = new_figure(3.4 * len(logged), 3, dpi=110)
+        axes = fig.subplots(1, len(logged), sharey=True, squeeze=False)
         for ax, arm in zip(axes[0], logged):
             run = next(r for r in runs if r.arm == arm and r.mixture)
             keys = [k for k in run.mixture[0] if k.startswith("mixture/") and not k.endswith("/loss")]
@@ -196,11 +191,7 @@ def plot_arms(runs: list[ArmRun], metric: str, out_dir: Path) -> list[Path]:
             ax.set_xlabel("step")
         axes[0][0].set_ylabel("sub-skill weight")
         axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        mixture_png = out_dir / "arms_mixture.png"
-        fig.savefig(mixture_png, dpi=110)
-        plt.close(fig)
-        written.append(mixture_png)
+        written.append(save_figure(fig, out_dir / "arms_mixture.png"))
     return written
 
 

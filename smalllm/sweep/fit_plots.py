@@ -9,15 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from smalllm.figures import new_figure, save_figure
 from smalllm.sweep.fits import FLOPS_PER_PARAM_TOKEN
+
+DPI = 110
 
 
 def _figure() -> tuple[Figure, Any]:
-    fig = Figure(figsize=(6.0, 4.2))
-    FigureCanvasAgg(fig)
+    fig = new_figure(6.0, 4.2, DPI)
     ax = fig.add_subplot(1, 1, 1)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -31,9 +32,7 @@ def _save(fig: Figure, ax: Any, path: Path, xlabel: str, ylabel: str, title: str
     ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)
 
 
 def _law(p: dict[str, float], x: np.ndarray, exponent: str) -> np.ndarray:
@@ -105,8 +104,7 @@ def plot_fits(fits: dict[str, Any], out_dir: Path) -> list[Path]:
     )
 
     for task in sorted({t["task"] for t in fits.get("tasks", [])}):
-        fig = Figure(figsize=(10.0, 4.2))
-        FigureCanvasAgg(fig)
+        fig = new_figure(10.0, 4.2, DPI)
         axes = [fig.add_subplot(1, 2, i + 1) for i in range(2)]
         for ax, vs, xlabel in zip(
             axes, ("size", "frequency"), ("non-embedding parameters N", "task frequency")
@@ -134,8 +132,5 @@ def plot_fits(fits: dict[str, Any], out_dir: Path) -> list[Path]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.suptitle(f"{task}: loss vs size at fixed frequency, and vs frequency at fixed size", fontsize=10)
-        fig.tight_layout()
-        path = out_dir / f"fit_task_{task}.png"
-        fig.savefig(path, dpi=110)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"fit_task_{task}.png"))
     return written

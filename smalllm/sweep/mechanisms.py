@@ -261,10 +261,7 @@ def markdown(cells: list[CellMechanisms], images: list[Path]) -> str:
 def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
     """Final task loss against the gap per size (Fig. 6b), cos(g_nt, g_r) per size and gap, and probe
     R² by layer per size and gap (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from smalllm.figures import new_figure, save_figure
 
     written = []
     by_size: dict[str, dict[int, list[CellMechanisms]]] = defaultdict(dict)
@@ -284,7 +281,8 @@ def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
         ),
     ]
     for stem, xlabel, ylabel, value in panels:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
+        fig = new_figure(5, 3.6, dpi=120)
+        ax = fig.add_subplot(1, 1, 1)
         drawn = False
         for size, gaps in by_size.items():
             xs, means, los, his = [], [], [], []
@@ -297,19 +295,15 @@ def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
                 ax.errorbar(xs, means, yerr=[los, his], marker="o", capsize=3, label=size)
                 drawn = True
         if not drawn:
-            plt.close(fig)
             continue
         if len({g for gaps in by_size.values() for g in gaps}) > 2:
             ax.set_xscale("log")
         ax.set_xlabel(xlabel), ax.set_ylabel(ylabel), ax.legend(fontsize=8), ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / f"mechanisms_{stem}.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / f"mechanisms_{stem}.png"))
     probed = [c for c in cells if c.probe_r2]
     if probed:
-        fig, ax = plt.subplots(figsize=(5.4, 3.8))
+        fig = new_figure(5.4, 3.8, dpi=120)
+        ax = fig.add_subplot(1, 1, 1)
         sizes = list(dict.fromkeys(c.size for c in sorted(probed, key=lambda c: c.params or 0)))
         gaps = sorted({c.gap for c in probed})
         styles = ["-", "--", ":", "-."]
@@ -327,11 +321,7 @@ def plot_mechanisms(cells: list[CellMechanisms], out_dir: Path) -> list[Path]:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("layer (0 = embeddings)"), ax.set_ylabel("probe R² of val(TOK)")
         ax.legend(fontsize=8), ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path = out_dir / "mechanisms_probe_r2.png"
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_figure(fig, out_dir / "mechanisms_probe_r2.png"))
     return written
 
 

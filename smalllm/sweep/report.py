@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter
 
 from smalllm.eval.config import ACCURACY_METRICS, higher_is_better
+from smalllm.figures import new_figure, save_figure
 from smalllm.run_record import (
     FRONTIER_CSV_FILE,
     FRONTIER_JSON_FILE,
@@ -332,8 +332,7 @@ def frontier_text(panel: Panel, markdown: bool = False) -> str:
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = new_figure(width, height, DPI)
     return fig
 
 
@@ -395,8 +394,7 @@ def plot_heatmap(panel: Panel, kind: str, path: Path) -> Path:
                 marks.append(f"{text} {panel.baselines[name]:.2f} ({style})")
         if marks:
             ax.set_title(f"{ax.get_title()}; on the colour bar: {', '.join(marks)}", fontsize=7)
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path)
 
 
 BASELINE_STYLES = {"chance_acc": (":", "chance"), "rule_acc": ("-.", "1-pos rule")}
@@ -433,8 +431,7 @@ def _save_size_frequency_plot(ax: Any, path: Path, ylabel: str, title: str) -> P
     ax.set_title(title, fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.figure.savefig(path, dpi=DPI)
-    return path
+    return save_figure(ax.figure, path)
 
 
 def plot_frontier(panel: Panel, path: Path) -> Path:
@@ -542,8 +539,7 @@ def plot_curves(info: SweepInfo, panel: Panel, path: Path, threshold: float | No
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(-0.03, 1.03)
         sub.finish(panel, "tokens", " / ".join(sorted(used, reverse=True)) or "accuracy", "upper left")
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path)
 
 
 def _paired_curve(info: SweepInfo, cell: Any, task: str, metric: str) -> list[tuple[float, float]]:
@@ -573,8 +569,7 @@ def plot_task_vs_background(info: SweepInfo, panel: Panel, path: Path) -> Path:
                 sub.ax.plot(*zip(*pts), color=color, lw=1.2, marker=".", ms=3, alpha=0.9, label=label)
         sub.ax.invert_xaxis()  # training runs left to right
         sub.finish(panel, "background eval loss", f"task {metric}", "upper right")
-    fig.savefig(path, dpi=DPI)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------- f* estimate

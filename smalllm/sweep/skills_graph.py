@@ -358,8 +358,7 @@ def plot_skills_graph(record: Mapping[str, Any], path: Path) -> Path:
     """Heatmap of the graph: rows the trained skill, columns the evaluated one, each cell's number
     written in it and an edge marked with ``*``. Brute force shows the loss differences (its matrix
     is binary), linear its matrix."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from smalllm.figures import new_figure, save_figure
 
     skills = list(record["skills"])
     brute = record["method"] == "brute"
@@ -367,8 +366,7 @@ def plot_skills_graph(record: Mapping[str, Any], path: Path) -> Path:
     edges = record["edges"]
     k = len(skills)
     side = max(3.5, 0.9 * k + 2.0)
-    fig = Figure(figsize=(side + 1.0, side))
-    FigureCanvasAgg(fig)
+    fig = new_figure(side + 1.0, side, dpi=110)
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(values, cmap="RdBu_r" if brute else "viridis")
     if brute:  # differences are signed: centre the colour scale on 0
@@ -398,6 +396,4 @@ def plot_skills_graph(record: Mapping[str, Any], path: Path) -> Path:
             )
     what = "brute force: L_j(j) - L_j(i+j)" if brute else "linear: L_j(init) - L_j(after i)"
     ax.set_title(f"{record['task']} skills graph, {what}, H={record['steps']} (* edge)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return save_figure(fig, path)

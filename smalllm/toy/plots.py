@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from smalllm.figures import new_figure, save_figure
 
-def _save(fig: Figure, path: Path) -> None:
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=80)
+
+def _figure(width: float, height: float) -> Figure:
+    return new_figure(width, height, dpi=80)
 
 
 def plot_heatmaps(results: list[dict], path: Path) -> None:
@@ -44,7 +44,7 @@ def plot_heatmaps(results: list[dict], path: Path) -> None:
         ax.set_title(f"beta = {res['beta']:g}: loss / baseline")
         ax.legend(fontsize=6, loc="upper left")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_signal(results: list[dict], grids: list[dict], path: Path) -> None:
@@ -80,12 +80,12 @@ def plot_signal(results: list[dict], grids: list[dict], path: Path) -> None:
         ax_g.set_yscale("log")
         ax_g.set_xlabel("delta_F")
         ax_g.set_ylabel("||G_F|| (solid), Thm. 4 bound (dashed)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_retention(res: dict, path: Path) -> None:
     """(c) s~_r before/after each injection, gain and decay per cycle, and cos(G_r, G_F), per width."""
-    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    fig = _figure(12, 3.6)
     ax_t, ax_d, ax_c = fig.subplots(1, 3)
     gaps = [g["gap"] for g in res["per_gap"]]
     for i, width in enumerate(res["widths"]):
@@ -113,12 +113,12 @@ def plot_retention(res: dict, path: Path) -> None:
         f"{res['prop6_critical_width_all_competitors']} (all competitors)",
         fontsize=9,
     )
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_rank1(res: dict, path: Path) -> None:
     """(d) captured signal per (width, task) and N_emp(k) against N_crit(k) = k."""
-    fig = Figure(figsize=(9, 3.8), layout="constrained")
+    fig = _figure(9, 3.8)
     ax_h, ax_n = fig.subplots(1, 2)
     s = np.array(res["signal"]).T
     widths = res["widths"]
@@ -147,4 +147,4 @@ def plot_rank1(res: dict, path: Path) -> None:
     ax_n.set_ylabel("critical width")
     ax_n.set_title(f"match {res['match_fraction']:.0%} (beta = {res['beta']:g})")
     ax_n.legend(fontsize=7)
-    _save(fig, path)
+    save_figure(fig, path)
