@@ -74,6 +74,8 @@ class StopAt(Callback):
 # machine (seconds below, measured under load, all parametrizations together). Each name must be a
 # test function (checked by tests/test_layers.py), so a renamed test cannot silently turn fast.
 SLOW_TESTS = {
+    # Builds a sweep's results and draws its report pages (frontier, heatmaps, curves): 6.8 s.
+    "test_sweep_report_writes_the_frontier_estimate": 6.8,
     # A 4-cell sweep of two named grids (tiny LEGO runs) and its report: 52 s beside a 2-worker sweep.
     "test_sweep_of_two_arms_gets_an_arms_page": 52,
     # A 4-cell gap sweep with interference at every injection, probes and the report: 48 s under load.
