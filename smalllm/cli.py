@@ -468,7 +468,7 @@ def cmd_models(args) -> None:
 
 
 def cmd_train(args) -> None:
-    from smalllm.config import load_config
+    from smalllm.config import load_config, load_run_config
     from smalllm.run_record import RunDir
 
     path, overrides = _split_config_args(args.args)
@@ -476,7 +476,7 @@ def cmd_train(args) -> None:
     run = RunDir(cfg.run_dir)
     if args.resume and run.has_config():
         # A resumed run keeps its own config; overrides (e.g. a larger train.max_tokens) still apply.
-        cfg = load_config(run.config_file, overrides)
+        cfg = load_run_config(run.config_file, overrides)
     planning = [flag for flag, value in _dry_run_flags(args) if value is not None]
     if planning and not args.dry_run:
         raise SmalllmError(f"{planning[0]}: only with --dry-run (a run takes them from accelerate launch)")
@@ -599,7 +599,7 @@ def cmd_data(args) -> None:
 def cmd_audit(args) -> None:
     import math
 
-    from smalllm.config import load_config
+    from smalllm.config import load_config, load_run_config
     from smalllm.data.leakage import audit_stream, check_leaks
     from smalllm.data.shards import ensure_corpus
     from smalllm.data.stream import TaskStream
@@ -612,8 +612,7 @@ def cmd_audit(args) -> None:
         run = RunDir(path)
         if not run.has_config():
             raise SmalllmError(f"RUN_DIR: '{path}' holds no run ({run.config_file.name} missing)")
-        path = str(run.config_file)
-    cfg = load_config(path, overrides)
+    cfg = load_run_config(run.config_file, overrides) if run is not None else load_config(path, overrides)
     corpus = ensure_corpus(cfg.data, num_proc=min(4, os.cpu_count() or 1))
     batch = cfg.train.global_batch_size
     stream = TaskStream(cfg.data, corpus, batch)
@@ -729,12 +728,12 @@ def cmd_probe(args) -> None:
 
 
 def _probe_one(run, args, out: str | None) -> None:
-    from smalllm.config import load_config
+    from smalllm.config import load_run_config
     from smalllm.eval.probe_run import ProbeSettings, probe_run
 
     if not run.has_config():
         raise SmalllmError(f"RUN_DIR: '{run.path}' holds no run ({run.config_file.name} missing)")
-    cfg = load_config(run.config_file)  # the run's own data config rebuilds its task tables
+    cfg = load_run_config(run.config_file)  # the run's own data config rebuilds its task tables
     probe_run(
         run.path,
         cfg.data,

@@ -149,6 +149,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return cfg
 
 
+def load_run_config(config_file: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """The config a run trained with, from the ``config.yaml`` it saved, plus ``overrides``.
+
+    A saved config lists every field, so one without ``data.decontaminate`` was written before
+    held-out sets were decontaminated: it is read with ``data.decontaminate=false``, and resuming,
+    probing or auditing that run rebuilds the held-out sets it was scored on.
+    """
+    data = _read_yaml(Path(config_file)).get("data")
+    legacy = isinstance(data, dict) and "decontaminate" not in data
+    return load_config(config_file, (["data.decontaminate=false"] if legacy else []) + list(overrides or []))
+
+
 def _read_yaml(path: Path) -> dict:
     data = load_yaml_file(path)
     if data is None:

@@ -7,6 +7,7 @@ import itertools
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import quiet, tiny_config
 
 from smalllm import checkpoints as ckpt
 from smalllm.run_record import RunDir
+from smalllm.train import environment
 from smalllm.train.callbacks.base import Callback, Control, FitEnd, RunContext, StepRecord
 from smalllm.train.callbacks.checkpointer import Checkpointer
 from smalllm.train.callbacks.evaluator import EvaluatorCallback
@@ -143,9 +145,17 @@ def test_the_trainers_own_summary_fields_are_refused(tmp_path: Path) -> None:
     summary = trainer.fit()
     assert summary["status"] == "completed" and "note" not in summary
     assert {"status", "steps", "tokens", "wall_seconds", "frequencies"} <= TRAINER_SUMMARY_FIELDS
-    # Start-up counts from the process's start: this test process has been running longer than the fit.
+
+
+def test_startup_is_the_first_runs_of_a_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(environment, "_started_a_run", False)  # as if this were a fresh process
+    first = Trainer(tiny_config(tmp_path / "a", *SHORT), callbacks=[], log=quiet).fit()
+    second = Trainer(tiny_config(tmp_path / "b", *SHORT), callbacks=[], log=quiet).fit()
     if sys.platform == "linux":
-        assert summary["startup_seconds"] > summary["wall_seconds"] > 0
+        # From the process's start: this test process has been running longer than the fit.
+        assert first["startup_seconds"] > first["wall_seconds"] > 0
+    # A later run in the same process did not wait for it to start.
+    assert second["startup_seconds"] is None
 
 
 def test_run_step_is_the_loop_step_and_fit_continues_after_it(tmp_path: Path) -> None:
@@ -165,6 +175,7 @@ def test_run_step_is_the_loop_step_and_fit_continues_after_it(tmp_path: Path) ->
 
 MATPLOTLIB_PROBE = """
 import sys
+import time
 from conftest import quiet, tiny_config
 from smalllm.cli import main
 from smalllm.train.trainer import train
@@ -221,3 +232,13 @@ def test_tensorboard_holds_every_record_of_metrics_jsonl(tmp_path):
         expected = {r["step"]: r[key] for r in records if key in r}
         assert expected and logged.keys() == expected.keys()
         assert all(logged[s] == pytest.approx(v, rel=1e-6) for s, v in expected.items())
+
+
+def test_process_age_is_read_from_proc_and_grows() -> None:
+    if sys.platform != "linux":
+        assert environment.process_age_seconds() is None or environment.process_age_seconds() >= 0
+        return
+    first = environment.process_age_seconds()
+    time.sleep(0.05)
+    second = environment.process_age_seconds()
+    assert first is not None and second is not None and 0 < first <= second

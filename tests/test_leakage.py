@@ -3,19 +3,27 @@ tiny run has none, and a mixture whose tasks share a table is refused before tra
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
+import yaml
 from conftest import TINY_OVERRIDES, TINY_TASKS, assert_one_line_error, quiet, tiny_config
 
 from smalllm.cli import main
+from smalllm.config import load_config, load_run_config, save_config
 from smalllm.data import token_search
+from smalllm.data.config import TaskConfig
 from smalllm.data.leakage import audit_stream, check_leaks
+from smalllm.data.pools import InstancePool
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream, build_families
 from smalllm.data.task_tokens import task_vocab
 from smalllm.data.token_search import PatternIndex, window_hashes
 from smalllm.data.tokenizer import byte_tokenizer
+from smalllm.tasks import TaskVocab, build_task
 from smalllm.train.trainer import train
 
 SEQ = 32
@@ -107,18 +115,32 @@ def test_audit_finds_a_held_out_instance_planted_in_the_background(tmp_path, cap
 def test_decontamination_drops_the_planted_instance_from_the_held_out_set(tmp_path):
     overrides, planted = _planted_source(tmp_path)
     cfg = tiny_config(tmp_path / "run", *overrides)
-    stream = TaskStream(cfg.data, ensure_corpus(cfg.data, log=quiet), 8)
+    corpus = ensure_corpus(cfg.data, log=quiet)
+    stream = TaskStream(cfg.data, corpus, 8)
     assert stream.held_out_dropped == {"t_cmp": 1}
     (held_out,) = stream.eval_sets()
-    # The finite pool evaluates the next test instance in its place: the size stays 32.
-    assert len(held_out.instances) == 32
-    assert planted not in {i.prompt + i.answer for i in held_out.instances}
+    # Left out, not replaced: 31 of the 32 are evaluated, in their order.
+    (full,) = TaskStream(replace(cfg.data, decontaminate=False), corpus, 8).eval_sets()
+    assert held_out.instances == [i for i in full.instances if i.prompt + i.answer != planted]
+    assert len(held_out.instances) == 31
     report = audit_stream(stream, 40, None)
-    assert report.task_occurrences == 0
+    assert report.task_occurrences == 0 and report.tasks[0].decontaminated == 1
     # The training rows are the same either way: the instance is still there, now never evaluated.
+    off = TaskStream(replace(cfg.data, decontaminate=False), corpus, 8)
+    assert off.held_out_dropped == {"t_cmp": 0}
+    for a, b in zip(dataclasses.astuple(stream.rows(0, 40)), dataclasses.astuple(off.rows(0, 40))):
+        np.testing.assert_array_equal(a, b)
     assert stream.rows(PLANT_ROW, PLANT_ROW + 1).input_ids[0, PLANT_OFFSET:][: len(planted)].tolist() == list(
         planted
     )
+
+    # Kept in the data cache: the next stream on this corpus reads the answer instead of searching.
+    def no_search(*_args, **_kwargs):
+        raise AssertionError("searched again")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PatternIndex, "found_in", no_search)
+        assert TaskStream(cfg.data, corpus, 8).held_out_dropped == {"t_cmp": 1}
     # A run logs and records what it dropped.
     lines: list[str] = []
     summary = train(cfg, log=lines.append)
@@ -164,3 +186,23 @@ def test_audit_bad_input_is_one_line(tmp_path, capsys):
     rc = main(["audit", "--ngram", "0"])
     captured = capsys.readouterr()
     assert_one_line_error(rc, captured.out, captured.err, "--ngram: must be between 1")
+
+
+def test_memorisation_tasks_keep_their_evaluated_instances():
+    vocab = TaskVocab(byte_tokenizer())
+    task = build_task("fact_lookup", {}, vocab)
+    pool = InstancePool(task, 0, TaskConfig(name="fact_lookup", frequency=0.01), 0)
+    every = {i.key for i in pool.eval_instances()}
+    assert pool.drop_from_evaluation(every) == 0 and {i.key for i in pool.eval_instances()} == every
+
+
+def test_a_run_saved_before_decontamination_is_read_without_it(tmp_path):
+    cfg = tiny_config(tmp_path / "run")
+    saved = tmp_path / "config.yaml"
+    save_config(cfg, saved)
+    assert load_run_config(saved).data.decontaminate is True
+    legacy = yaml.safe_load(saved.read_text())
+    del legacy["data"]["decontaminate"]
+    saved.write_text(yaml.safe_dump(legacy))
+    assert load_run_config(saved).data.decontaminate is False
+    assert load_config(saved).data.decontaminate is True  # a config file of one's own: the default

@@ -581,3 +581,14 @@ def test_an_answer_set_that_misses_or_repeats_answers_is_refused(corpus, tmp_pat
             )
     finally:
         _REGISTRY.pop(cls.name, None)
+
+
+def test_a_one_rate_rule_expects_exactly_what_the_general_integral_gives():
+    # The uniform schedule skips the clip-and-sum over breakpoints; the counts must not move a bit.
+    rule = make_rule(
+        TaskConfig(name="t_cmp", frequency=3.7e-3), 0, seq_len=128, batch_rows=16, mean_length=4.0, seed=2
+    )
+    assert len(rule.rates) == 1
+    rows = np.concatenate([np.arange(0, 5000), np.random.default_rng(0).integers(0, 2**40, size=5000)])
+    covered = np.clip(rows.astype(np.float64)[..., None] - 0.0, 0.0, np.inf)
+    np.testing.assert_array_equal(rule.expected(rows), (covered * rule.rates).sum(axis=-1))

@@ -52,6 +52,7 @@ class InstancePool:
         training instances and the evaluated ones."""
         self.task, self.skill, self.cfg = task, skill, cfg
         self._seed = [cfg.seed, task_index, skill]
+        self._dropped: set = set()  # keys left out of evaluation (drop_from_evaluation)
         self._keep: Callable[[], None] | None = None
         if cfg.pool == "finite":
 
@@ -113,28 +114,18 @@ class InstancePool:
             )
         )
 
-    def held_out(self) -> list[Instance]:
-        """Every held-out instance: the evaluated ones, those set aside for validation, and (finite
-        pool) the rest of the test part. Empty for a memorisation task (scored on its training set)."""
+    def drop_from_evaluation(self, keys: set) -> int:
+        """Leave the evaluated instances whose keys are in ``keys`` out of :meth:`eval_instances` and
+        return how many went (decontamination, :attr:`~smalllm.data.stream.TaskStream.held_out_dropped`).
+        Nothing else moves: they stay out of training, the validation set keeps its instances, and no
+        other test instance takes their place, so the training stream and an online mixture's
+        choices are the same with or without it. A memorisation task keeps all (scored on its
+        training set by design)."""
         if self.task.memorization:
-            return []
-        return self.test if self.cfg.pool == "finite" else self.test + self.validation
-
-    def drop_held_out(self, keys: set) -> int:
-        """Remove the held-out instances whose keys are in ``keys`` (they stay out of training) and
-        return how many of the evaluated ones went. A finite pool evaluates the next ones of its test
-        part in their place when it has them (``eval_size``); a fresh pool evaluates fewer."""
-        if not keys or self.task.memorization:
             return 0
-        dropped = sum(i.key in keys for i in self.eval_instances())
-        self.test = [i for i in self.test if i.key not in keys]
-        if self.cfg.pool == "finite":
-            reported = len(self.eval_instances())
-            self.validation = self.test[reported : reported + self._validation_size]
-        else:
-            self.validation = [i for i in self.validation if i.key not in keys]
-        self._check_validation()
-        return dropped
+        before = len(self.eval_instances())
+        self._dropped = {i.key for i in self.eval_instances() if i.key in keys}
+        return before - len(self.eval_instances())
 
     def keep_in_cache(self) -> None:
         """Write a freshly drawn finite pool to the cache (once; nothing for a pool read from it, a
@@ -179,8 +170,10 @@ class InstancePool:
         return FRESH_EVAL_SIZE if self.cfg.eval_size is None else self.cfg.eval_size
 
     def eval_instances(self) -> list[Instance]:
-        """Held-out instances for evaluation: the whole test part, or its first ``eval_size``."""
-        return self.test if self.cfg.eval_size is None else self.test[: self.cfg.eval_size]
+        """Held-out instances for evaluation: the whole test part, or its first ``eval_size``, less
+        those :meth:`drop_from_evaluation` left out."""
+        chosen = self.test if self.cfg.eval_size is None else self.test[: self.cfg.eval_size]
+        return [i for i in chosen if i.key not in self._dropped] if self._dropped else chosen
 
     def fit_instances(self, sample: int) -> list[Instance]:
         """Training instances a baseline may be fitted on: a finite pool's whole train part, or the

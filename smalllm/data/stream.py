@@ -32,7 +32,7 @@ from smalllm.data.pool_cache import POOLS_DIR
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards, cache_root
 from smalllm.data.task_tokens import COUNTED_TOKENS, task_vocab
-from smalllm.data.token_search import PatternIndex
+from smalllm.data.token_search import found_in_background
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names
@@ -361,24 +361,39 @@ class TaskStream:
 
     @property
     def held_out_dropped(self) -> dict[str, int]:
-        """Per task, the evaluated held-out instances dropped because they occur verbatim in the
+        """Per task, the evaluated held-out instances left out because they occur verbatim in the
         training background (``data.decontaminate``; all 0 when it is off).
 
         Searched once, on first use, in the first :data:`~smalllm.data.task_tokens.COUNTED_TOKENS`
-        tokens of the training background shards (a superset of the text the rows hold: a row is
-        one window of one shard); held-out sets are read only after it."""
+        tokens of the training background shards (every row is one window of one shard, so up to
+        that size this covers all the text rows can hold; :attr:`decontaminated_tokens` says how
+        many were read). Only evaluation changes (:meth:`~smalllm.data.pools.InstancePool.drop_from_evaluation`).
+        The result is kept in the data cache (``pools/``), keyed by the corpus and the instances."""
         return self._decontaminate()
+
+    @property
+    def decontaminated_tokens(self) -> int:
+        """Training background tokens the decontamination searched (0 when it is off)."""
+        return min(len(self.corpus.train), COUNTED_TOKENS) if self.cfg.decontaminate else 0
 
     def _decontaminate(self) -> dict[str, int]:
         if self._dropped is None:
             keys: set = set()
             if self.cfg.decontaminate:
-                held = [inst for f in self.families for pool in f.pools for inst in pool.held_out()]
-                index = PatternIndex([inst.prompt + inst.answer for inst in held])
-                found = index.found_in(self.corpus.train.parts, limit=COUNTED_TOKENS)
+                held = [
+                    i
+                    for f in self.families
+                    if not f.task.memorization  # scored on its training set by design
+                    for pool in f.pools
+                    for i in pool.eval_instances()
+                ]
+                sequences = [i.prompt + i.answer for i in held]
+                found = found_in_background(
+                    sequences, self.corpus, COUNTED_TOKENS, cache_root(self.cfg) / POOLS_DIR
+                )
                 keys = {held[i].key for i in found}
             self._dropped = {
-                f.task.name: sum(pool.drop_held_out(keys) for pool in f.pools) for f in self.families
+                f.task.name: sum(pool.drop_from_evaluation(keys) for pool in f.pools) for f in self.families
             }
         return self._dropped
 

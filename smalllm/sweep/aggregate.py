@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smalllm.config import RunConfig, load_config
+from smalllm.config import RunConfig, load_run_config
 from smalllm.errors import ConfigError, SmalllmError
 from smalllm.eval.emergence import emergence_table, eval_records
 from smalllm.labels import Label
@@ -141,7 +141,7 @@ def cell_run_config(info: SweepInfo, cell: Cell) -> RunConfig | None:
     if not run.has_config():
         return None
     try:
-        return load_config(run.config_file)
+        return load_run_config(run.config_file)
     except ConfigError:
         return None
 

@@ -20,7 +20,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def plot_heatmaps(results: list[dict], path: Path) -> None:
     """(a) one panel per beta: normalised loss (task x width) and the staircase N*_k(m), m = 1, 2, 3."""
-    fig = Figure(figsize=(4.2 * len(results), 3.8), layout="constrained")
+    fig = _figure(4.2 * len(results), 3.8)
     for ax, res in zip(fig.subplots(1, len(results), squeeze=False)[0], results, strict=True):
         widths = res["widths"]
         loss = np.array(res["loss_norm"]).T  # (K, n_widths)
@@ -49,7 +49,7 @@ def plot_heatmaps(results: list[dict], path: Path) -> None:
 
 def plot_signal(results: list[dict], grids: list[dict], path: Path) -> None:
     """(b) rare-task signal against delta_F (trajectories per width, kink line), and ||G_F|| vs bound."""
-    fig = Figure(figsize=(8.5, 3.6 * len(results)), layout="constrained")
+    fig = _figure(8.5, 3.6 * len(results))
     axes = fig.subplots(len(results), 2, squeeze=False)
     for (ax, ax_g), res, grid in zip(axes, results, grids, strict=True):
         traj = grid["trajectory"]

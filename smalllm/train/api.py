@@ -16,7 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from smalllm.config import RunConfig, load_config, save_config
+from smalllm.config import RunConfig, load_config, load_run_config, save_config
 from smalllm.errors import SmalllmError
 from smalllm.run_record import RunDir
 
@@ -111,7 +111,7 @@ class Run:
     @cached_property
     def config(self) -> RunConfig:
         """The resolved config the run trained with."""
-        return load_config(self.dir.config_file)
+        return load_run_config(self.dir.config_file)
 
     @property
     def status(self) -> str | None:

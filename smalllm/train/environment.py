@@ -39,9 +39,24 @@ def process_age_seconds() -> float | None:
     try:
         start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError):
         return None
+    return age if age >= 0 else None  # a virtualised uptime that disagrees: no answer, not a wrong one
+
+
+_started_a_run = False
+
+
+def startup_seconds() -> float | None:
+    """:func:`process_age_seconds` at the first call in a process (a run's first step), None at later
+    calls: a notebook or ``smalllm skills-graph`` trains several runs in one process, and only the
+    first one waited for the process to start."""
+    global _started_a_run
+    if _started_a_run:
+        return None
+    _started_a_run = True
+    return process_age_seconds()
 
 
 def torch_build() -> str:

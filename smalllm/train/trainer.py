@@ -76,7 +76,7 @@ from smalllm.train.callbacks.base import (
     StepRecord,
 )
 from smalllm.train.config import TrainConfig
-from smalllm.train.environment import collect_environment, process_age_seconds
+from smalllm.train.environment import collect_environment, startup_seconds
 from smalllm.train.gradients import reference_gradient, split_gradients
 from smalllm.train.launch import check_local_rank, check_world_size, target_of
 from smalllm.train.plan import resolve_device, resolve_precision
@@ -206,11 +206,17 @@ class Trainer:
         self.total_steps = self.plan.steps
         self.info(passes_line(self.total_steps * t.global_batch_size, self.stream.n_windows, exact=True))
         dropped = {task: n for task, n in self.stream.held_out_dropped.items() if n}
+        searched, background = self.stream.decontaminated_tokens, len(corpus.train)
         if dropped:
             self.info(
                 "held-out sets: dropped "
                 + ", ".join(f"{n} {task}" for task, n in dropped.items())
                 + " instance(s) found verbatim in the training background (data.decontaminate)"
+            )
+        if 0 < searched < background:
+            self.info(
+                f"note: data.decontaminate searched the first {searched:,} of the {background:,} training "
+                "background tokens; `smalllm audit` scans the rows the run reads"
             )
 
         set_seed(t.seed)
@@ -373,6 +379,7 @@ class Trainer:
                         "environment": self.environment,
                         "stream_format": STREAM_FORMAT,
                         "corpus": self.corpus_name,
+                        "held_out_dropped": self.stream.held_out_dropped,
                     },
                 )
                 if self.resumed:
@@ -407,7 +414,7 @@ class Trainer:
 
     def _check_resumable(self, checkpoint: Path) -> None:
         """Refuse overrides that would make the resumed stream differ from the one trained on."""
-        from smalllm.config import load_config
+        from smalllm.config import load_run_config
 
         saved_file = self.run.config_file
         if not saved_file.is_file():
@@ -421,7 +428,7 @@ class Trainer:
                 f"format {STREAM_FORMAT} (see smalllm/data/stream.py); finish it with the smalllm version "
                 "that started it, or start it again with --overwrite"
             )
-        saved = load_config(saved_file)
+        saved = load_run_config(saved_file)
         if config_to_dict(saved)["data"] != config_to_dict(self.cfg)["data"]:
             raise SmalllmError(
                 f"data: differs from the run in {self.run_dir}; a resumed run must read the same stream"
@@ -539,7 +546,7 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_fit_start(self.context, self.control)
         # Process start (imports included) to the first step: the start-up a user waits through.
-        self.startup_seconds = process_age_seconds()
+        self.startup_seconds = startup_seconds()
 
     def run_step(self) -> StepRecord:
         """One step of the loop: an optimizer step over global batch ``self.step``, the stop agreed
@@ -887,7 +894,8 @@ class Trainer:
             "background_passes": self.stream.background_passes(total_rows),
             # Evaluated instances left out because the training background holds them verbatim.
             "held_out_dropped": self.stream.held_out_dropped,
-            # This process's start (interpreter and imports included) to its first step; None off Linux.
+            # This process's start (interpreter and imports included) to its first step; None off
+            # Linux and for a later run of the same process.
             "startup_seconds": self.startup_seconds,
         }
         if self.injection_brackets:  # what smalllm.eval.retention reads the cycles back with
