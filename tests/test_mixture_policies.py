@@ -50,30 +50,36 @@ def skills_of_rows(stream: TaskStream, start: int, stop: int) -> list[int]:
 # ---------------------------------------------------------------------------------- online update
 
 
-def test_online_update_matches_a_hand_computation(tmp_path: Path) -> None:
-    """3 skills, 2 rounds: p_1 ∝ exp(η Σ_j A_ij), p_{t+1} ∝ p_t · exp(η Σ_window A L)."""
-    graph = tmp_path / "graph.json"
-    # Listed out of order and with the task prefix on one name: the loader puts them in skill order.
-    # In skill order A = [[1, .5, 0], [0, 1, .5], [0, 0, 1]].
-    graph.write_text(
-        json.dumps(
-            {"skills": ["depth3", "lego/depth1", "depth2"], "matrix": [[1, 0, 0], [0, 1, 0.5], [0.5, 0, 1]]}
-        )
-    )
+def online_schedule(tmp_path: Path, graph: dict, *overrides: str):
+    """The LEGO family's online schedule at η = 0.5 and a window of 2 rounds, on ``graph``."""
+    path = tmp_path / "graph.json"
+    path.write_text(json.dumps(graph))
     cfg = lego_config(
         tmp_path,
         "data.mixture.policy=online",
         "data.mixture.task=lego",
         "data.mixture.eta=0.5",
         "data.mixture.window=2",
-        f"data.mixture.graph={graph}",
+        f"data.mixture.graph={path}",
+        *overrides,
     )
     (family,) = families_of(cfg)
-    schedule = family.mixture
-    np.testing.assert_array_equal(schedule.policy.graph, [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]])
+    return family.mixture
 
-    def normalised(values: list[float]) -> list[float]:
-        return [v / sum(values) for v in values]
+
+def normalised(values: list[float]) -> list[float]:
+    return [v / sum(values) for v in values]
+
+
+def test_online_update_matches_a_hand_computation(tmp_path: Path) -> None:
+    """3 skills, 2 rounds: p_1 ∝ exp(η Σ_j A_ij), p_{t+1} ∝ p_t · exp(η Σ_window A L)."""
+    # Listed out of order and with the task prefix on one name: the loader puts them in skill order.
+    # In skill order A = [[1, .5, 0], [0, 1, .5], [0, 0, 1]].
+    schedule = online_schedule(
+        tmp_path,
+        {"skills": ["depth3", "lego/depth1", "depth2"], "matrix": [[1, 0, 0], [0, 1, 0.5], [0.5, 0, 1]]},
+    )
+    np.testing.assert_array_equal(schedule.policy.graph, [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]])
 
     # Round 0: row sums of A are 1.5, 1.5, 1.
     p0 = normalised([math.exp(0.5 * 1.5), math.exp(0.5 * 1.5), math.exp(0.5 * 1.0)])
@@ -117,26 +123,11 @@ def test_online_targets_mask_the_graph_and_a_large_eta_does_not_overflow(tmp_pat
 
 def test_online_update_without_the_previous_weights_matches_a_hand_computation(tmp_path: Path) -> None:
     """multiplicative=false (Skill-It's released code): p_{t+1} ∝ exp(η Σ_window A L), no p_t."""
-    graph = tmp_path / "graph.json"
-    graph.write_text(
-        json.dumps(
-            {"skills": ["depth1", "depth2", "depth3"], "matrix": [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]]}
-        )
-    )
-    cfg = lego_config(
+    schedule = online_schedule(
         tmp_path,
-        "data.mixture.policy=online",
-        "data.mixture.task=lego",
-        "data.mixture.eta=0.5",
-        "data.mixture.window=2",
+        {"skills": ["depth1", "depth2", "depth3"], "matrix": [[1, 0.5, 0], [0, 1, 0.5], [0, 0, 1]]},
         "data.mixture.multiplicative=false",
-        f"data.mixture.graph={graph}",
     )
-    (family,) = families_of(cfg)
-    schedule = family.mixture
-
-    def normalised(values: list[float]) -> list[float]:
-        return [v / sum(values) for v in values]
 
     # Round 0 as with the factor: row sums of A are 1.5, 1.5, 1.
     p0 = normalised([math.exp(0.75), math.exp(0.75), math.exp(0.5)])
