@@ -135,8 +135,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     Overrides are ``dotted.key=value`` strings, e.g. ``model.preset=20m train.lr=3e-4``.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
+    return _build(path, _read_yaml(path), overrides)
+
+
+def _build(path: Path, raw: dict, overrides: list[str] | None) -> RunConfig:
     schema = OmegaConf.structured(RunConfig)
-    raw = _read_yaml(path)
     merged = _merge(schema, raw, str(path))
     for item in overrides or []:
         merged = _apply_override(merged, item)
@@ -156,9 +159,11 @@ def load_run_config(config_file: str | Path, overrides: list[str] | None = None)
     held-out sets were decontaminated: it is read with ``data.decontaminate=false``, and resuming,
     probing or auditing that run rebuilds the held-out sets it was scored on.
     """
-    data = _read_yaml(Path(config_file)).get("data")
+    path = Path(config_file)
+    raw = _read_yaml(path)
+    data = raw.get("data")
     legacy = isinstance(data, dict) and "decontaminate" not in data
-    return load_config(config_file, (["data.decontaminate=false"] if legacy else []) + list(overrides or []))
+    return _build(path, raw, (["data.decontaminate=false"] if legacy else []) + list(overrides or []))
 
 
 def _read_yaml(path: Path) -> dict:

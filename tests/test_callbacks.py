@@ -175,7 +175,6 @@ def test_run_step_is_the_loop_step_and_fit_continues_after_it(tmp_path: Path) ->
 
 MATPLOTLIB_PROBE = """
 import sys
-import time
 from conftest import quiet, tiny_config
 from smalllm.cli import main
 from smalllm.train.trainer import train

@@ -12,6 +12,9 @@ again and must reproduce the cached pool's first distinct instances in order. An
 generator or its tables (a code edit, another tokenizer, other eligible table tokens) changes the key
 or those draws, so a stale file is redrawn rather than used. Files are written atomically; a file that
 cannot be read, or a cache directory that cannot be written, only costs the draw.
+
+The same directory keeps which held-out instances occur in a corpus's training background
+(:func:`found_in_background`, for decontamination), so a run does not search the corpus again.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import hashlib
 import inspect
 import json
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import numpy as np
 
-from smalllm.run_record import atomic_write
+from smalllm.data.shards import TokenShards
+from smalllm.data.token_search import PatternIndex
+from smalllm.run_record import atomic_write, atomic_write_text
 from smalllm.tasks import Instance, Task
 
 POOLS_DIR = "pools"
@@ -140,3 +145,28 @@ def _read(path: Path, skill: int) -> list[Instance] | None:
         out.append(Instance(tuple(prompt[p0:p1]), tuple(answer[a0:a1]), skill))
         p0, a0 = p1, a1
     return out
+
+
+def found_in_background(
+    sequences: Sequence[Sequence[int]], corpus: TokenShards, limit: int, cache_dir: Path | None
+) -> set[int]:
+    """Indices of the ``sequences`` that occur in the first ``limit`` training background tokens of
+    ``corpus``. The answer is kept in ``cache_dir`` (None: not kept) under a key of the corpus (its
+    cache entry, named by content), ``limit`` and the sequences, so a later run on the same corpus
+    and held-out sets reads it instead of searching again (a search of 2^30 tokens takes minutes).
+    A file that cannot be read or written only costs the search."""
+    digest = hashlib.sha256(json.dumps({"format": 1, "corpus": corpus.path.name, "limit": limit}).encode())
+    for seq in sequences:
+        digest.update(len(seq).to_bytes(4, "little") + np.asarray(seq, dtype=np.int64).tobytes())
+    path = cache_dir / f"background-matches-{digest.hexdigest()[:24]}.json" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            found = {int(i) for i in json.loads(path.read_text())["found"]}
+            if all(0 <= i < len(sequences) for i in found):
+                return found
+    found = PatternIndex(sequences).found_in(corpus.train.parts, limit)
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps({"found": sorted(found)}))
+    return found

@@ -94,25 +94,19 @@ class InstancePool:
                     self._check_split(0)
                 elif space is not None:
                     self._check_split(space - len(self.test) - len(self.validation))
-        self._validation_size = validation_size
-        self._check_validation()
-
-    def _check_validation(self) -> None:
-        if len(self.validation) >= self._validation_size:
-            return
-        task = self.task
-        who = f"'{task.name}'" + (
-            f" sub-skill '{skill_names(task)[self.skill]}'" if len(task.skills) > 1 else ""
-        )
-        raise ConfigError(
-            f"data.mixture.eval_size: {self._validation_size} validation instances wanted, but {who} has only "
-            f"{len(self.validation)} held out beyond the {len(self.eval_instances())} the run evaluates; "
-            + (
-                "lower it, or lower the task's eval_size or raise its test_fraction"
-                if self.cfg.pool == "finite"
-                else "lower it: the task has too few distinct instances"
+        if len(self.validation) < validation_size:
+            who = f"'{task.name}'" + (
+                f" sub-skill '{skill_names(task)[skill]}'" if len(task.skills) > 1 else ""
             )
-        )
+            raise ConfigError(
+                f"data.mixture.eval_size: {validation_size} validation instances wanted, but {who} has only "
+                f"{len(self.validation)} held out beyond the {len(self.eval_instances())} the run evaluates; "
+                + (
+                    "lower it, or lower the task's eval_size or raise its test_fraction"
+                    if cfg.pool == "finite"
+                    else "lower it: the task has too few distinct instances"
+                )
+            )
 
     def drop_from_evaluation(self, keys: set) -> int:
         """Leave the evaluated instances whose keys are in ``keys`` out of :meth:`eval_instances` and

@@ -28,11 +28,10 @@ from smalllm.data.config import DataConfig, TaskConfig
 from smalllm.data.eval_sets import TaskEvalSet
 from smalllm.data.mixture import PlacementRule, SkillSequence, make_rule
 from smalllm.data.mixture_policy import MixtureSchedule, ScheduledSkillSequence, build_mixture
-from smalllm.data.pool_cache import POOLS_DIR
+from smalllm.data.pool_cache import POOLS_DIR, found_in_background
 from smalllm.data.pools import InstancePool
 from smalllm.data.shards import TokenShards, cache_root
 from smalllm.data.task_tokens import COUNTED_TOKENS, task_vocab
-from smalllm.data.token_search import found_in_background
 from smalllm.errors import ConfigError
 from smalllm.labels import BACKGROUND, Label
 from smalllm.tasks import Instance, Task, TaskVocab, build_task, skill_labels, skill_names

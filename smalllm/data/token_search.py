@@ -7,24 +7,16 @@ multiply-add per token per token of pattern length, whatever the number of patte
 pairs cost the same as one), plus log2(patterns) per lookup.
 
 Used by the leakage audit (:mod:`smalllm.data.leakage`) and by the decontamination of held-out sets
-against the training background (:func:`found_in_background`, for
-:attr:`smalllm.data.stream.TaskStream.held_out_dropped`).
+against the training background (:func:`smalllm.data.pool_cache.found_in_background`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-
-from smalllm.data.shards import TokenShards
-from smalllm.run_record import atomic_write_text
 
 CHUNK_TOKENS = 1 << 20
 """Tokens hashed at a time when scanning a long array: bounds memory (a few arrays of this many
@@ -130,28 +122,3 @@ class PatternIndex:
                 if left <= 0:
                     break
         return found
-
-
-def found_in_background(
-    sequences: Sequence[Sequence[int]], corpus: TokenShards, limit: int, cache_dir: Path | None
-) -> set[int]:
-    """Indices of the ``sequences`` that occur in the first ``limit`` training background tokens of
-    ``corpus``. The answer is kept in ``cache_dir`` (None: not kept) under a key of the corpus (its
-    cache entry, named by content), ``limit`` and the sequences, so a later run on the same corpus
-    and held-out sets reads it instead of searching again (a search of 2^30 tokens takes minutes).
-    A file that cannot be read or written only costs the search."""
-    digest = hashlib.sha256(json.dumps({"format": 1, "corpus": corpus.path.name, "limit": limit}).encode())
-    for seq in sequences:
-        digest.update(len(seq).to_bytes(4, "little") + np.asarray(seq, dtype=np.int64).tobytes())
-    path = cache_dir / f"background-matches-{digest.hexdigest()[:24]}.json" if cache_dir is not None else None
-    if path is not None and path.is_file():
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            found = {int(i) for i in json.loads(path.read_text())["found"]}
-            if all(0 <= i < len(sequences) for i in found):
-                return found
-    found = PatternIndex(sequences).found_in(corpus.train.parts, limit)
-    if path is not None:
-        with contextlib.suppress(OSError):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(path, json.dumps({"found": sorted(found)}))
-    return found

@@ -332,8 +332,7 @@ def frontier_text(panel: Panel, markdown: bool = False) -> str:
 
 
 def _figure(width: float, height: float) -> Figure:
-    fig = new_figure(width, height, DPI)
-    return fig
+    return new_figure(width, height, DPI)
 
 
 def plot_heatmap(panel: Panel, kind: str, path: Path) -> Path:
