@@ -58,8 +58,7 @@ def instrument(trainer: Trainer, timers: Timers) -> None:
     """Wrap the parts of ``trainer``'s step (instance attributes, so nothing else is affected)."""
     stream = trainer.stream
     stream.batch = timers.wrap("stream: batch assembly", stream.batch)
-    model = trainer.model
-    model.forward = timers.wrap("model forward", model.forward)
+    trainer._forward = timers.wrap("model forward", trainer._forward)
     trainer.accelerator.backward = timers.wrap("backward", trainer.accelerator.backward)
     trainer._clip = timers.wrap("gradient clipping", trainer._clip)
     stepped = trainer._stepped
@@ -70,7 +69,7 @@ def instrument(trainer: Trainer, timers: Timers) -> None:
     for cb in trainer.callbacks:
         cb.on_step_end = timers.wrap(f"callback {type(cb).__name__}", cb.on_step_end)
     # Module-level helpers of the step: patched in the trainer module for the profile's duration.
-    for name, part in (("_lm_loss", "LM loss"), ("_per_label", "per-task loss bookkeeping")):
+    for name, part in (("token_losses", "LM loss"), ("_per_label", "per-task loss bookkeeping")):
         setattr(trainer_module, name, timers.wrap(part, getattr(trainer_module, name)))
 
 
@@ -94,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             what = f"{args.preset}, {args.batch} x {args.seq_len}, 3 tasks"
         trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=lambda _m: None)
         trainer.open_run()
-        saved = {name: getattr(trainer_module, name) for name in ("_lm_loss", "_per_label")}
+        saved = {name: getattr(trainer_module, name) for name in ("token_losses", "_per_label")}
         try:
             trainer.begin()
             timers = Timers()

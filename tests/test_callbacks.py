@@ -144,6 +144,7 @@ def test_the_trainers_own_summary_fields_are_refused(tmp_path: Path) -> None:
         trainer.control.add_summary(steps=1, status="completed", note="kept out too")
     summary = trainer.fit()
     assert summary["status"] == "completed" and "note" not in summary
+    assert summary["training_forward"] == "lean"  # one process, not compiled (tests/test_model_forward.py)
     assert {"status", "steps", "tokens", "wall_seconds", "frequencies"} <= TRAINER_SUMMARY_FIELDS
 
 

@@ -264,7 +264,7 @@ def test_sigterm_and_sigint_stop_cleanly_and_resume(tmp_path: Path, reference_ru
 
 def poison_loss_at(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
     """Make the training loss NaN at the given (0-based) optimizer steps (one micro-batch per step)."""
-    real = trainer_mod._lm_loss
+    real = trainer_mod.token_losses
     calls = {"n": 0}
 
     def lm_loss(logits, targets):
@@ -272,7 +272,7 @@ def poison_loss_at(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
         step, calls["n"] = calls["n"], calls["n"] + 1
         return loss * float("nan") if step in steps else loss
 
-    monkeypatch.setattr(trainer_mod, "_lm_loss", lm_loss)
+    monkeypatch.setattr(trainer_mod, "token_losses", lm_loss)
 
 
 def test_nan_stop_exits_with_one_line_and_keeps_last_good_checkpoint(

@@ -1,6 +1,8 @@
 """The training hot path does not wait for the device: outside log, eval and checkpoint steps a
 step reads no tensor back to the host (issue 17). On a GPU every such read is a host-device sync;
-here they are counted on the CPU by wrapping the tensor methods that make them."""
+here they are counted on the CPU by wrapping the tensor methods that make them. The model's forward
+pass is counted too: the step runs smalllm's lean forward (smalllm.model.forward), not transformers'
+own, which reads the position ids back on every call."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import transformers.masking_utils
 from conftest import quiet, tiny_config
 
 from smalllm.train import trainer as trainer_mod
@@ -19,16 +20,6 @@ from smalllm.train.trainer import Trainer
 
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 """Tensor methods that read a value back to the host (each one waits for the device)."""
-
-
-@pytest.fixture
-def no_packed_check(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Leave out the one read that is the model's, not the trainer's: transformers' causal-mask
-    preparation asks ``(mask[:, -1] == 0).all()`` of the position ids on every forward pass without
-    an attention mask (to detect packed sequences; skipped under torch.compile). smalllm never passes
-    position ids, so the answer is always "not packed". See
-    :func:`test_the_models_forward_pass_still_reads_back` for the read itself."""
-    monkeypatch.setattr(transformers.masking_utils, "find_packed_sequence_indices", lambda _ids: None)
 
 
 @pytest.fixture
@@ -59,7 +50,6 @@ def per_step_reads(trainer: Trainer, host_reads: Counter, steps: int) -> dict[in
     return reads
 
 
-@pytest.mark.usefixtures("no_packed_check")
 @pytest.mark.parametrize("nan_policy", ["stop", "skip"])
 def test_only_log_steps_read_tensors_back(tmp_path: Path, host_reads: Counter, nan_policy: str) -> None:
     cfg = tiny_config(
@@ -71,6 +61,9 @@ def test_only_log_steps_read_tensors_back(tmp_path: Path, host_reads: Counter, n
     )
     trainer = Trainer(cfg, callbacks=[MetricsLogger(), Checkpointer()], log=quiet)
     trainer.open_run()
+    # The model's own forward reads the device (transformers' padding and packed-sequence checks);
+    # the lean one the step runs on one process does not.
+    assert trainer.forward_kind == "lean"
     reads = per_step_reads(trainer, host_reads, 10)
     quiet_steps = [s for s in reads if s % 4]
     assert quiet_steps == [1, 2, 3, 5, 6, 7, 9, 10]
@@ -79,24 +72,10 @@ def test_only_log_steps_read_tensors_back(tmp_path: Path, host_reads: Counter, n
     assert all(sum(reads[s].values()) > 0 for s in (4, 8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="transformers' find_packed_sequence_indices reads the position ids back on every forward "
-    "pass (smalllm/model's to avoid); when this passes, drop the no_packed_check fixture",
-)
-def test_the_models_forward_pass_still_reads_back(tmp_path: Path, host_reads: Counter) -> None:
-    cfg = tiny_config(tmp_path / "run", "train.log_every=4", "eval.enabled=false")
-    trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=quiet)
-    trainer.open_run()
-    reads = per_step_reads(trainer, host_reads, 3)
-    assert sum(reads[2].values()) == 0
-
-
-@pytest.mark.usefixtures("no_packed_check")
 def test_a_non_finite_step_is_skipped_without_a_read_and_counted_at_the_log_step(
     tmp_path: Path, host_reads: Counter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = trainer_mod._lm_loss
+    real = trainer_mod.token_losses
     calls = {"n": 0}
 
     def lm_loss(logits, targets):
@@ -104,7 +83,7 @@ def test_a_non_finite_step_is_skipped_without_a_read_and_counted_at_the_log_step
         calls["n"] += 1
         return loss * float("nan") if calls["n"] == 2 else loss  # the second step (index 1)
 
-    monkeypatch.setattr(trainer_mod, "_lm_loss", lm_loss)
+    monkeypatch.setattr(trainer_mod, "token_losses", lm_loss)
     cfg = tiny_config(tmp_path / "run", "train.log_every=4", "eval.enabled=false", "train.nan_policy=skip")
     logged: list[str] = []
     trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=logged.append)
@@ -123,7 +102,7 @@ def test_a_non_finite_step_is_skipped_without_a_read_and_counted_at_the_log_step
 def test_stop_policy_raises_at_the_log_step_after_the_non_finite_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = trainer_mod._lm_loss
+    real = trainer_mod.token_losses
     calls = {"n": 0}
 
     def lm_loss(logits, targets):
@@ -131,7 +110,7 @@ def test_stop_policy_raises_at_the_log_step_after_the_non_finite_one(
         loss = real(logits, targets)
         return loss * float("nan") if calls["n"] == 2 else loss
 
-    monkeypatch.setattr(trainer_mod, "_lm_loss", lm_loss)
+    monkeypatch.setattr(trainer_mod, "token_losses", lm_loss)
     cfg = tiny_config(tmp_path / "run", "train.log_every=4", "eval.enabled=false")
     trainer = Trainer(cfg, callbacks=[MetricsLogger()], log=quiet)
     trainer.open_run()

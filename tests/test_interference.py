@@ -22,7 +22,8 @@ from smalllm.model.build import build_model
 from smalllm.model.mlp import in_mlp, neuron_axis
 from smalllm.train.callbacks.interference import set_statistics, top_neurons
 from smalllm.train.config import InterferenceConfig
-from smalllm.train.trainer import Trainer, _lm_loss, _targets, _to_device, train
+from smalllm.train.loss import next_token_targets, to_device, token_losses
+from smalllm.train.trainer import Trainer, train
 
 ON = ("interference.enabled=true", "interference.every_steps=4", "interference.top_k=4")
 
@@ -74,8 +75,8 @@ def test_split_matches_a_direct_computation_of_the_trainers_loss(tmp_path: Path)
     model = trainer.unwrapped_model
     split = trainer.control.gradient_split(task_labels(trainer, "copy"), [])
     batch = trainer.stream.batch(0)
-    ids = _to_device(batch.input_ids, torch.device("cpu"))
-    token_loss = _lm_loss(model(input_ids=ids).logits, _targets(ids, batch.loss_mask))
+    ids = to_device(batch.input_ids, torch.device("cpu"))
+    token_loss = token_losses(model(input_ids=ids).logits, next_token_targets(ids, batch.loss_mask))
     (token_loss.sum() / int(batch.loss_mask[:, 1:].sum())).backward()
     for name, p in model.named_parameters():
         assert float((split.task[name] + split.other[name] - p.grad).abs().max()) <= 1e-6, name

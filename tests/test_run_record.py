@@ -503,8 +503,10 @@ def test_a_file_size_limit_fails_the_run_with_one_line(tmp_path: Path) -> None:
 def test_every_step_skipped_is_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real = trainer_mod._lm_loss
-    monkeypatch.setattr(trainer_mod, "_lm_loss", lambda logits, targets: real(logits, targets) * float("nan"))
+    real = trainer_mod.token_losses
+    monkeypatch.setattr(
+        trainer_mod, "token_losses", lambda logits, targets: real(logits, targets) * float("nan")
+    )
     run = tmp_path / "run"
     one_line_error(
         capsys,

@@ -9,7 +9,8 @@ from conftest import tiny_config
 
 from smalllm.data.shards import ensure_corpus
 from smalllm.data.stream import TaskStream
-from smalllm.train.trainer import _lm_loss, _per_label, _targets
+from smalllm.train.loss import next_token_targets, token_losses
+from smalllm.train.trainer import _per_label
 
 
 def test_per_task_loss_matches_a_token_by_token_computation(tmp_path):
@@ -23,8 +24,8 @@ def test_per_task_loss_matches_a_token_by_token_computation(tmp_path):
     mask = batch.loss_mask.copy()
     mask[0, 10:] = False  # some ignored targets, as padding would give
     batch.loss_mask[:] = mask
-    targets = _targets(ids, mask)
-    token_loss = _lm_loss(logits, targets)
+    targets = next_token_targets(ids, mask)
+    token_loss = token_losses(logits, targets)
     loss = token_loss.sum() / int(mask[:, 1:].sum())
     sums, counts = torch.zeros(len(stream.labels)), np.zeros(len(stream.labels), dtype=np.int64)
     _per_label(token_loss, token_loss.sum(), int(mask[:, 1:].sum()), batch, slice(0, 8), sums, counts)

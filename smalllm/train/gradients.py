@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from smalllm.tasks.base import Instance
+from smalllm.train.loss import IGNORE, target_mask, to_device, token_losses
 
 
 def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], retain: bool) -> list[torch.Tensor]:
@@ -40,8 +41,8 @@ def split_gradients(
     """(g_t, g_nt) per parameter of ``params``: the gradients of the task-token part and of the rest of
     the trainer's batch loss, so that g_t + g_nt is the gradient the trainer's step computes.
 
-    ``micro_batches`` yields ``(input_ids [b, L], targets [b, L-1], task [b, L-1])``, targets as the
-    trainer builds them (-100: not a target) and ``task`` a host mask of the targets that count as
+    ``micro_batches`` yields ``(input_ids [b, L], targets [b, L], task [b, L-1])``, targets as the
+    trainer builds them (:mod:`smalllm.train.loss`) and ``task`` a host mask of the targets that count as
     task tokens. The normalisation is the trainer's: each micro-batch's loss is the mean over its
     targets, divided by ``accumulation``. One forward pass per micro-batch, then a backward pass for
     each part (the graph is kept for the second); a part without tokens costs no pass.
@@ -55,11 +56,9 @@ def split_gradients(
     for ids, targets, task in micro_batches:
         logits = model(input_ids=ids).logits
         flat = targets.flatten()
-        token_loss = F.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), flat, reduction="none", ignore_index=-100
-        )
-        scale = 1.0 / (accumulation * (flat != -100).sum())
-        on_task = torch.from_numpy(np.ascontiguousarray(task.reshape(-1))).to(ids.device)
+        token_loss = token_losses(logits, targets)
+        scale = 1.0 / (accumulation * (flat != IGNORE).sum())
+        on_task = to_device(target_mask(task).reshape(-1), ids.device)
         has_task, has_other = bool(task.any()), not bool(task.all())
         part_t = (token_loss * on_task).sum() * scale
         part_nt = (token_loss * ~on_task).sum() * scale

@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, set_seed
 from tensorboard.compat.proto.summary_pb2 import Summary
@@ -57,6 +56,7 @@ from smalllm.eval.samples import greedy_complete
 from smalllm.eval.schedule import eval_steps
 from smalllm.labels import Label
 from smalllm.model.build import build_model, count_params
+from smalllm.model.forward import Forward, agrees, training_forward
 from smalllm.run_record import (
     CHECKPOINT_SHARDED_STATE,
     TRACKER_DIR,
@@ -79,6 +79,7 @@ from smalllm.train.config import TrainConfig
 from smalllm.train.environment import collect_environment, startup_seconds
 from smalllm.train.gradients import reference_gradient, split_gradients
 from smalllm.train.launch import check_local_rank, check_world_size, target_of
+from smalllm.train.loss import next_token_targets, to_device, token_losses
 from smalllm.train.plan import resolve_device, resolve_precision
 from smalllm.train.preflight import check_run, check_trackers
 from smalllm.train.schedule import lr_factor
@@ -246,6 +247,7 @@ class Trainer:
         # micro model's), so the loop calls torch directly. FSDP, DeepSpeed, XLA and fp16 keep them.
         self._direct = precision != "fp16" and acc.distributed_type in _WHOLE_GRADIENTS
         self._params = list(self.model.parameters())
+        self._forward, self.forward_kind = self._training_forward()
         # (Looked up per step, not bound here: the LR scheduler wraps the inner optimizer's step later.)
         self._stepped = (
             getattr(self.optimizer, "optimizer", self.optimizer) if self._direct else self.optimizer
@@ -306,6 +308,36 @@ class Trainer:
             batch_instances=self.stream.batch_instances,
             reference_instances=self.stream.reference_instances,
         )
+
+    def _training_forward(self) -> tuple[Forward, str]:
+        """The step's forward pass and its kind: ``lean`` (:func:`smalllm.model.forward.training_forward`,
+        under the accelerator's autocast as the prepared model's forward runs) where the model is not
+        wrapped (one process, not compiled) and the lean pass gives exactly the model's logits on a
+        probe row; else ``model``, the model's own forward (DDP and FSDP must see the call)."""
+        model, acc = self.model, self.accelerator
+
+        def own(ids: torch.Tensor) -> torch.Tensor:
+            return model(input_ids=ids).logits
+
+        lean = training_forward(model)
+        if acc.distributed_type != DistributedType.NO or self.cfg.train.compile or lean is None:
+            return own, "model"
+        forward = lean
+        if acc.mixed_precision != "no":
+
+            def forward(ids: torch.Tensor) -> torch.Tensor:
+                with acc.autocast():
+                    return lean(ids)
+
+        # A probe row of the run's vocabulary without its pad and end-of-document tokens (the model's
+        # forward warns about padding at a row's ends): two forward passes of a few tokens, no random draws.
+        specials = {self.tokenizer.pad_token_id, self.tokenizer.eos_token_id}
+        tokens = [i for i in range(min(len(self.tokenizer), 18)) if i not in specials]
+        probe = torch.tensor([tokens[: min(16, self.cfg.data.seq_len)]], device=acc.device)
+        if not agrees(model, forward, probe):
+            self.info("note: the lean training forward differs from the model's own; using the model's")
+            return own, "model"
+        return forward, "lean"
 
     def _device_skip(self, precision: str) -> torch.Tensor | None:
         """The ``found_inf`` flag fused AdamW skips its update by (on the device, no sync), or None
@@ -595,11 +627,11 @@ class Trainer:
         total_loss = torch.zeros((), device=acc.device)
         for i in range(self.plan.accumulation):
             rows = slice(i * micro, (i + 1) * micro)
-            ids = _to_device(batch.input_ids[rows], acc.device)
+            ids = to_device(batch.input_ids[rows], acc.device)
             sync = i == self.plan.accumulation - 1
             with contextlib.nullcontext() if sync else acc.no_sync(model):
-                logits = model(input_ids=ids).logits
-                token_loss = _lm_loss(logits, _targets(ids, batch.loss_mask[rows]))
+                logits = self._forward(ids)
+                token_loss = token_losses(logits, next_token_targets(ids, batch.loss_mask[rows]))
                 summed = token_loss.sum()
                 n_targets = int(batch.loss_mask[rows, 1:].sum())
                 loss = summed / n_targets  # the mean over the targets
@@ -897,6 +929,9 @@ class Trainer:
             # This process's start (interpreter and imports included) to its first step; None off
             # Linux and for a later run of the same process.
             "startup_seconds": self.startup_seconds,
+            # "lean": the step's forward pass skipped transformers' input preparation; "model": it
+            # called the model (Trainer._training_forward says when).
+            "training_forward": self.forward_kind,
         }
         if self.injection_brackets:  # what smalllm.eval.retention reads the cycles back with
             summary["injections"] = {
@@ -934,6 +969,7 @@ TRAINER_SUMMARY_FIELDS = frozenset(
         "background_passes",
         "held_out_dropped",
         "startup_seconds",
+        "training_forward",
         "injections",
         "mixture_eval_seconds",
         "error",
@@ -1009,8 +1045,8 @@ class _TrainerControl(Control):
         def micro_batches():
             for i in range(plan.accumulation):
                 rows = slice(i * plan.micro_batch, (i + 1) * plan.micro_batch)
-                ids = _to_device(batch.input_ids[rows], acc.device)
-                targets = _targets(ids, batch.loss_mask[rows])
+                ids = to_device(batch.input_ids[rows], acc.device)
+                targets = next_token_targets(ids, batch.loss_mask[rows])
                 task = np.isin(batch.task_ids[rows, 1:], wanted) & batch.loss_mask[rows, 1:]
                 yield ids, targets, task
 
@@ -1100,28 +1136,6 @@ def _status_of(error: BaseException | None, stop_requested: str | None) -> str:
     return "failed"
 
 
-def _lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Next-token loss (fp32) of every target position, flattened to [b * (L-1)]; 0 where the target
-    is ignored (-100). The step's loss is their sum over the number of targets, which the host knows
-    from the loss mask; the per-label sums reuse them (:func:`_per_label`)."""
-    return F.cross_entropy(
-        logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-    )
-
-
-def _targets(ids: torch.Tensor, loss_mask: np.ndarray) -> torch.Tensor:
-    """Next-token targets [b, L-1]; positions outside the loss mask are -100 (ignored)."""
-    targets = ids[:, 1:]
-    if loss_mask.all():  # packed rows have no padding: nothing to mask
-        return targets
-    return targets.masked_fill(~_to_device(loss_mask[:, 1:], ids.device), -100)
-
-
-def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device`` without waiting for the device (a blocking copy syncs the stream)."""
-    return torch.from_numpy(np.ascontiguousarray(array)).to(device, non_blocking=True)
-
-
 def _per_label(
     token_loss: torch.Tensor,
     total: torch.Tensor,
@@ -1139,12 +1153,17 @@ def _per_label(
     device, through one transfer of host-computed indices (no masked selection waits for the device).
     ``counts`` (host) gets the number of targets behind each sum: the batch's arrays say it.
     """
-    labels = batch.task_ids[rows, 1:].reshape(-1).astype(np.int64)
-    valid = batch.loss_mask[rows, 1:].reshape(-1)
-    task = np.flatnonzero((labels > 0) & valid)  # flat positions in [b * (L-1)]
-    answer = np.flatnonzero(batch.answer_mask[rows, 1:].reshape(-1)[task])  # indices into task
-    answer_labels = labels[task[answer]]
-    moved = _to_device(np.concatenate([task, answer, answer_labels]), token_loss.device)
+    labels = batch.task_ids[rows, 1:]
+    task_at = (labels > 0) & batch.loss_mask[rows, 1:]
+    if not task_at.any():  # background only: nothing to read on the device
+        sums[0] += total
+        counts[0] += n_targets
+        return
+    flat = np.flatnonzero(task_at)  # in [b * (L-1)], the targets' positions
+    answer = np.flatnonzero(batch.answer_mask[rows, 1:].reshape(-1)[flat])  # indices into task
+    answer_labels = labels.reshape(-1)[flat[answer]].astype(np.int64)
+    task = flat + flat // labels.shape[1]  # in [b * L], token_loss's layout (smalllm.train.loss)
+    moved = to_device(np.concatenate([task, answer, answer_labels]), token_loss.device)
     at, pick, lab = moved.split([len(task), len(answer), len(answer_labels)])
     task_loss = token_loss[at]
     sums.index_add_(0, lab, task_loss[pick])
