@@ -59,11 +59,11 @@ def instrument(trainer: Trainer, timers: Timers) -> None:
     stream = trainer.stream
     stream.batch = timers.wrap("stream: batch assembly", stream.batch)
     trainer._forward = timers.wrap("model forward", trainer._forward)
-    trainer.accelerator.backward = timers.wrap("backward", trainer.accelerator.backward)
+    trainer._backward = timers.wrap("backward", trainer._backward)
     trainer._clip = timers.wrap("gradient clipping", trainer._clip)
     stepped = trainer._stepped
     stepped.step = timers.wrap("optimizer step", stepped.step)
-    trainer.optimizer.zero_grad = timers.wrap("zero_grad", trainer.optimizer.zero_grad)
+    stepped.zero_grad = timers.wrap("zero_grad", stepped.zero_grad)
     trainer.scheduler.step = timers.wrap("LR schedule", trainer.scheduler.step)
     trainer.settle = timers.wrap("settle (sync steps)", trainer.settle)
     for cb in trainer.callbacks:

@@ -624,7 +624,7 @@ class Trainer:
         n_labels = len(self.stream.labels)
         label_loss = torch.zeros(n_labels, device=acc.device)
         counts = np.zeros(n_labels, dtype=np.int64)  # known on the host: no device work for them
-        total_loss = torch.zeros((), device=acc.device)
+        total_loss = None
         for i in range(self.plan.accumulation):
             rows = slice(i * micro, (i + 1) * micro)
             ids = to_device(batch.input_ids[rows], acc.device)
@@ -635,8 +635,10 @@ class Trainer:
                 summed = token_loss.sum()
                 n_targets = int(batch.loss_mask[rows, 1:].sum())
                 loss = summed / n_targets  # the mean over the targets
-                acc.backward(loss / self.plan.accumulation)
-            total_loss += loss.detach() / self.plan.accumulation
+                if self.plan.accumulation > 1:
+                    loss = loss / self.plan.accumulation
+                self._backward(loss)
+            total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
             _per_label(token_loss.detach(), summed.detach(), n_targets, batch, rows, label_loss, counts)
         label_count = torch.from_numpy(counts.astype(np.float32)).to(acc.device, non_blocking=True)
         grad_norm = self._clip()
@@ -656,7 +658,7 @@ class Trainer:
         label_loss = torch.where(skipped, 0.0, label_loss)
         label_count = torch.where(skipped, 0.0, label_count)
         self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._stepped.zero_grad(set_to_none=True)
         self._pending.append((self.step, skipped, total_loss))
         self.step += 1
         self.tokens += self.plan.tokens_per_step
@@ -717,6 +719,12 @@ class Trainer:
         self._write_metrics(record)
         if self.is_main:
             self.run.append_mixture(line)
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self._direct:  # accelerate's backward would only divide by its accumulation steps (1)
+            loss.backward()
+        else:  # the grad scaler (fp16) or DeepSpeed's engine takes the loss
+            self.accelerator.backward(loss)
 
     def _clip(self) -> torch.Tensor:
         """Clip the gradients; returns their norm before clipping (0-dim, on the device)."""
