@@ -41,19 +41,46 @@ def test_every_architecture_smalllm_builds_has_a_layout():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_and_gradients_equal_the_models_own(arch: str, checkpointing: bool):
     model = small_model(arch)
-    if checkpointing:  # recomputation in the backward goes through the same layer calls
+    if checkpointing:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     model.train()
     lean = training_forward(model)
     assert lean is not None
     ids = torch.randint(0, 100, (3, 32), generator=torch.Generator().manual_seed(1))
     own = model(input_ids=ids).logits
+    layer_calls = count_layer_calls(model)
     mine = lean(ids)
     assert mine.shape == (3, 32, model.config.vocab_size)
     assert torch.equal(mine, own)
-    for a, b in zip(gradients(model, mine), gradients(model, own), strict=True):
+    forward_calls = sum(layer_calls)
+    mine_grads = gradients(model, mine)
+    # Checkpointed: the backward ran every layer again (the lean pass kept the recomputation).
+    assert sum(layer_calls) - forward_calls == (len(layer_calls) if checkpointing else 0)
+    for a, b in zip(mine_grads, gradients(model, own), strict=True):
         assert torch.equal(a, b)
     assert agrees(model, lean, ids[:1]) and model.training  # the check restores the mode
+
+
+def count_layer_calls(model: torch.nn.Module) -> list[int]:
+    """Per decoder layer, how many times its body ran from now on (a list updated in place): counted
+    at the layer's MLP, since transformers checkpoints the layer's ``forward`` and the hooks of the
+    layer itself stay outside the recomputation."""
+    layers = getattr(
+        getattr(model, LAYOUTS[model.config.model_type].trunk), LAYOUTS[model.config.model_type].layers
+    )
+    calls = [0] * len(layers)
+    for i, layer in enumerate(layers):
+        layer.mlp.register_forward_pre_hook(lambda _m, _a, i=i: calls.__setitem__(i, calls[i] + 1))
+    return calls
+
+
+def test_checkpointing_in_the_models_layer_loop_gets_no_lean_pass(monkeypatch: pytest.MonkeyPatch):
+    """Before transformers 4.52 the model's forward checkpointed around each layer call: skipping
+    that loop would silently train without checkpointing."""
+    model = small_model("olmo")
+    model.model.gradient_checkpointing = True
+    monkeypatch.setattr(forward_mod, "_checkpoints_itself", lambda _layers: False)
+    assert training_forward(model) is None
 
 
 def test_a_tied_head_and_an_untied_one_both_come_from_the_model():
@@ -68,6 +95,9 @@ def test_eager_attention_and_unknown_architectures_get_no_lean_pass():
     model.config._attn_implementation = "eager"  # needs the causal mask the lean pass does not build
     assert training_forward(model) is None
     assert training_forward(torch.nn.Linear(2, 2)) is None
+    moved = small_model("olmo")
+    moved.model.norm = None  # a release that keeps a part elsewhere: the model's own forward, no crash
+    assert training_forward(moved) is None
 
 
 def test_agrees_notices_a_different_forward():
@@ -81,7 +111,7 @@ def test_agrees_notices_a_different_forward():
 def test_losses_are_bit_identical_with_the_models_own_forward(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    def losses(run: str) -> list[float]:
+    def losses(run: str) -> tuple[list[float], str]:
         trainer = Trainer(
             tiny_config(tmp_path / run, "train.max_tokens=4096"), callbacks=[MetricsLogger()], log=quiet
         )
@@ -133,4 +163,3 @@ def test_a_compiled_model_keeps_its_own_forward(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(torch, "compile", lambda model, **_kw: model)  # compiling itself is not the point
     trainer = Trainer(tiny_config(tmp_path / "run", "train.compile=true"), log=quiet)
     assert trainer.forward_kind == "model"
-    assert forward_mod.training_forward(trainer.model) is not None  # available, but not used

@@ -58,14 +58,19 @@ def training_forward(model: torch.nn.Module) -> Forward | None:
     layout = LAYOUTS.get(getattr(config, "model_type", None))
     if layout is None or getattr(config, "_attn_implementation", None) != "sdpa":
         return None
-    trunk = getattr(model, layout.trunk)
-    embed = getattr(trunk, layout.embed)
-    layers = list(getattr(trunk, layout.layers))
-    norm = getattr(trunk, layout.norm)
-    positional = getattr(trunk, layout.positions)
+    trunk = getattr(model, layout.trunk, None)
+    parts = [
+        getattr(trunk, name, None) for name in (layout.embed, layout.layers, layout.norm, layout.positions)
+    ]
+    head = model.get_output_embeddings()
+    if any(part is None for part in (*parts, head)):  # laid out otherwise in this transformers release
+        return None
+    embed, layers, norm, positional = parts
+    layers = list(layers)
+    if getattr(trunk, "gradient_checkpointing", False) and not _checkpoints_itself(layers):
+        return None  # transformers < 4.52/4.53 checkpoints in the model's layer loop, which this skips
     learned = isinstance(positional, torch.nn.Embedding)
     dropout = getattr(trunk, layout.dropout) if layout.dropout else None
-    head = model.get_output_embeddings()
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
@@ -84,6 +89,16 @@ def training_forward(model: torch.nn.Module) -> Forward | None:
         return head(norm(hidden))
 
     return forward
+
+
+def _checkpoints_itself(layers: list[torch.nn.Module]) -> bool:
+    """Whether the layers do their own activation checkpointing when called (transformers'
+    ``GradientCheckpointingLayer``); before it, the model's forward did it around each layer call."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return False
+    return all(isinstance(layer, GradientCheckpointingLayer) for layer in layers)
 
 
 def agrees(model: torch.nn.Module, forward: Forward, ids: torch.Tensor) -> bool:

@@ -97,7 +97,7 @@ def reference_gradient(
         for start in range(0, len(group), rows):
             chunk = group[start : start + rows]
             seqs = np.array([[*prefix, *inst.prompt, *inst.answer] for inst in chunk], dtype=np.int64)
-            targets = np.full((len(chunk), length - 1), -100, dtype=np.int64)
+            targets = np.full((len(chunk), length - 1), IGNORE, dtype=np.int64)
             for r, inst in enumerate(chunk):
                 first = len(prefix) + len(inst.prompt) - 1  # the position that predicts answer[0]
                 targets[r, first : first + len(inst.answer)] = inst.answer
@@ -106,11 +106,11 @@ def reference_gradient(
             loss = F.cross_entropy(
                 logits.flatten(0, 1).float(),
                 torch.from_numpy(targets).to(device).flatten(),
-                ignore_index=-100,
+                ignore_index=IGNORE,
                 reduction="sum",
             )
             total = _add(total, _grads(loss, params, retain=False))
-            count += int((targets != -100).sum())
+            count += int((targets != IGNORE).sum())
     if total is None:
         return [torch.zeros_like(p) for p in params], 0
     return total, count

@@ -4,8 +4,9 @@ Targets are laid out like the ids, ``[b, L]``: position ``j`` predicts token ``j
 position has no target (``IGNORE``, as has every position outside the loss mask). The logits are
 used whole: slicing off the last position, ``logits[:, :-1]``, would copy them in the forward and
 again in the backward (about 1 ms of a 38 ms micro-w32 step on the CPU, more at a large vocabulary).
-The trainer's step and the gradient split of :mod:`smalllm.train.gradients` both use these, so their
-gradients are the same computation.
+The trainer's step and the gradient split of :mod:`smalllm.train.gradients` both compute their loss
+with these (the split through the model's own forward, the step where it can through the lean one,
+which the trainer checks gives the same logits).
 """
 
 from __future__ import annotations

@@ -320,7 +320,9 @@ class Trainer:
             return model(input_ids=ids).logits
 
         lean = training_forward(model)
-        if acc.distributed_type != DistributedType.NO or self.cfg.train.compile or lean is None:
+        # Wrapped (compiled, here or by accelerate's dynamo setting): the wrapper must see the call.
+        wrapped = self.cfg.train.compile or acc.unwrap_model(model) is not model
+        if acc.distributed_type != DistributedType.NO or wrapped or lean is None:
             return own, "model"
         forward = lean
         if acc.mixed_precision != "no":
