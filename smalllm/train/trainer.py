@@ -882,6 +882,8 @@ class Trainer:
             self.log_line(message)
 
     def _reduce(self, tensor: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+        if self.world == 1:  # what accelerate returns for one process, without its Python per call
+            return tensor.clone()
         return self.accelerator.reduce(tensor, reduction=reduction)
 
     def _gather(self, obj: object) -> list:

@@ -87,8 +87,14 @@ class MetricsLogger(Callback):
         # Sums over processes: every rank saw different rows.
         label_loss = run.reduce(self.label_loss, "sum")
         label_count = run.reduce(self.label_count, "sum")
-        mean = self._window_mean()
-        loss = float(run.reduce(torch.tensor(mean, device=run.device), "mean"))
+        # This process's window mean (nan when every step was skipped), in fp32, then the mean over
+        # processes; read with everything else the record needs in one copy from the device.
+        local_mean = (self.loss_sum / self.steps).float()
+        parts = [run.reduce(local_mean, "mean"), record.grad_norm.float(), label_loss, label_count]
+        values = torch.cat([part.double().reshape(-1) for part in parts]).tolist()
+        loss, grad_norm = values[0], values[1]
+        n_labels = len(run.labels)
+        totals, counts = values[2 : 2 + n_labels], values[2 + n_labels :]
         tokens_per_s = run.plan.tokens_per_step * self.window_steps / max(self.window_time, 1e-9)
         mfu = run.plan.mfu(tokens_per_s)
         line = {
@@ -98,12 +104,11 @@ class MetricsLogger(Callback):
             "time": time.time(),
             "loss": loss,
             "lr": record.lr,
-            "grad_norm": float(record.grad_norm),
+            "grad_norm": grad_norm,
             "tokens_per_s": tokens_per_s,
             "mfu": mfu,
         }
-        # One device-to-host copy for all labels, not one per label.
-        for label, total, count in zip(run.labels, label_loss.tolist(), label_count.tolist()):
+        for label, total, count in zip(run.labels, totals, counts, strict=True):
             if count > 0:
                 line[label.key("loss", TRAIN)] = total / count
         control.write_metrics(line)
