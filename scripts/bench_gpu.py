@@ -3,8 +3,10 @@ at the paper's context (2,048) and vocabulary (50,304), with and without ``torch
 activation checkpointing, in bf16 on one CUDA device.
 
 Each measurement builds the preset's model as the trainer does (``build_model``, fused AdamW from
-``build_optimizer``, bf16 autocast, gradient clipping, TF32 allowed) and times full optimizer steps
-on random token rows after warm-up steps (compilation included there), between CUDA events.
+``build_optimizer``, bf16 autocast, gradient clipping, TF32 allowed), steps as the trainer does on
+one GPU (the lean forward pass of ``smalllm.model.forward`` unless compiled, the loss on whole
+logits of ``smalllm.train.loss``) and times full optimizer steps on random token rows after warm-up
+steps (compilation included there), between CUDA events.
 MFU = ``Plan.flops_per_token`` x tokens/s / the device's peak from smalllm's table (dense bf16);
 recomputation under activation checkpointing is not counted as useful FLOPs. The micro-batch is the
 largest power of two up to 32 that smalllm's planner says fits without checkpointing.
@@ -24,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
 from smalllm.config import load_config
 from smalllm.train.memory import format_bytes
@@ -75,6 +77,8 @@ def pick_micro(preset: str, gpu: str | None) -> int:
 def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, warmup: int) -> dict:
     """Time ``steps`` optimizer steps on this machine's CUDA device (after ``warmup`` untimed ones)."""
     from smalllm.model.build import build_model
+    from smalllm.model.forward import training_forward
+    from smalllm.train.loss import next_token_targets, token_losses
     from smalllm.train.trainer import build_optimizer
 
     cfg = run_config(preset, micro, ckpt)
@@ -83,14 +87,23 @@ def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, war
     if ckpt:
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     optimizer = build_optimizer(model, cfg.train, "cuda")
-    forward = torch.compile(model) if compile_ else model
+    # The trainer's forward on one GPU: the compiled model's own, else the lean pass (smalllm.model.forward).
+    own = torch.compile(model) if compile_ else model
+    forward = None if compile_ else training_forward(model)
+    if forward is None:
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            return own(input_ids=x).logits
+
     ids = torch.randint(VOCAB, (micro, CONTEXT), device="cuda")
+    targets = next_token_targets(ids, np.ones(tuple(ids.shape), dtype=bool))
+    n_targets = micro * (CONTEXT - 1)
     params = list(model.parameters())
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = forward(input_ids=ids).logits
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten())
+            logits = forward(ids)
+        loss = token_losses(logits, targets).sum() / n_targets  # the trainer's loss: whole logits
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.train.grad_clip)
         optimizer.step()
