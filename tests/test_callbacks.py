@@ -210,28 +210,50 @@ def test_training_does_not_import_matplotlib(tmp_path: Path) -> None:
     assert "loaded: []" in result.stdout
 
 
-def test_tensorboard_holds_every_record_of_metrics_jsonl(tmp_path):
-    # The trainer writes one TensorBoard event per record (not accelerate's one per scalar and a
-    # flush): the event file must still hold every number of every record, at its step.
+def tensorboard_scalars(run_dir):
+    """The event accumulator of the run's scalars file (the hparams summary has a file of its own)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from smalllm.run_record import RunDir
-
-    cfg = tiny_config(tmp_path / "run", "logging.tensorboard=true", "eval.enabled=false")
-    Trainer(cfg, log=quiet).fit()
-    run = RunDir(cfg.run_dir)
-    records = [r for r in run.read_metrics() if r["kind"] == "train"]
-    # The hparams summary goes to a file of its own; the scalars are in the one with "loss".
-    for events in run.tracker_dir.rglob("events.out.tfevents*"):
+    for events in RunDir(run_dir).tracker_dir.rglob("events.out.tfevents*"):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if "loss" in acc.Tags()["scalars"]:
-            break
+            return acc
+    return None
+
+
+def test_tensorboard_holds_every_record_of_metrics_jsonl(tmp_path):
+    # The trainer writes one TensorBoard event per record (not accelerate's one per scalar and a
+    # flush), handed to the writer in batches: the event file must still hold every number of every
+    # record, at its step.
+    cfg = tiny_config(tmp_path / "run", "logging.tensorboard=true", "eval.enabled=false")
+    Trainer(cfg, log=quiet).fit()
+    records = [r for r in RunDir(cfg.run_dir).read_metrics() if r["kind"] == "train"]
+    acc = tensorboard_scalars(cfg.run_dir)
     for key in ("loss", "lr", "grad_norm", "train/t_cmp/loss"):
         logged = {e.step: e.value for e in acc.Scalars(key)}
         expected = {r["step"]: r[key] for r in records if key in r}
         assert expected and logged.keys() == expected.keys()
         assert all(logged[s] == pytest.approx(v, rel=1e-6) for s, v in expected.items())
+
+
+def test_a_failed_run_still_writes_its_pending_tensorboard_events(tmp_path, monkeypatch):
+    from smalllm.train import trainer as trainer_mod
+
+    monkeypatch.setattr(trainer_mod, "TENSORBOARD_BATCH", 10**6)  # nothing handed over on the way
+    monkeypatch.setattr(trainer_mod, "TENSORBOARD_FLUSH_S", 10**6)
+
+    class Fail(Callback):
+        def on_step_end(self, record, control):
+            if record.step == 6:
+                raise RuntimeError("boom")
+
+    cfg = tiny_config(tmp_path / "run", "logging.tensorboard=true", "eval.enabled=false", "train.log_every=2")
+    with pytest.raises(Exception, match="boom"):
+        Trainer(cfg, callbacks=[*default_callbacks(cfg), Fail()], log=quiet).fit()
+    steps = [r["step"] for r in RunDir(cfg.run_dir).read_metrics() if r["kind"] == "train"]
+    assert steps == [2, 4, 6]
+    assert [e.step for e in tensorboard_scalars(cfg.run_dir).Scalars("loss")] == steps
 
 
 def test_process_age_is_read_from_proc_and_grows() -> None:
