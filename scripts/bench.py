@@ -389,6 +389,8 @@ def _logging_cost(steps: int, repeats: int, tensorboard: bool) -> dict:
                     start = time.perf_counter()
                     for _ in range(steps):
                         logger.on_step_end(record, trainer.control)
+                    # The events still queued and the writer thread's work on them count to this phase.
+                    trainer._flush_trackers()
                     times[every] = (time.perf_counter() - start) / steps
                 diffs.append(times[1] - times[10**9])
         finally:

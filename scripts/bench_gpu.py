@@ -90,6 +90,7 @@ def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, war
     # The trainer's forward on one GPU: the compiled model's own, else the lean pass (smalllm.model.forward).
     own = torch.compile(model) if compile_ else model
     forward = None if compile_ else training_forward(model)
+    kind = "model" if forward is None else "lean"
     if forward is None:
 
         def forward(x: torch.Tensor) -> torch.Tensor:
@@ -122,7 +123,12 @@ def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, war
     end.record()
     torch.cuda.synchronize()
     seconds = begin.elapsed_time(end) / 1000 / steps
-    return {"step_s": seconds, "warmup_s": warmup_s, "peak_memory": torch.cuda.max_memory_allocated()}
+    return {
+        "step_s": seconds,
+        "warmup_s": warmup_s,
+        "peak_memory": torch.cuda.max_memory_allocated(),
+        "forward": kind,  # as summary.json's training_forward (the trainer also checks it agrees)
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

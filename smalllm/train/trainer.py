@@ -97,9 +97,9 @@ TENSORBOARD_FLUSH_S = 10
 """Seconds between flushes of the TensorBoard event file (records are written without a flush)."""
 
 TENSORBOARD_BATCH = 64
-"""TensorBoard events are handed to the writer this many records at a time (or after
-TENSORBOARD_FLUSH_S, at checkpoints and at the end): one wake-up of its writer thread per batch
-rather than per record (about a third of the cost of logging every step on a 2-core CPU)."""
+"""TensorBoard events are handed to the writer this many records at a time, or at the first record
+TENSORBOARD_FLUSH_S after the last hand-over (so sparse logging hands each record over at once),
+at checkpoints and at the end: one wake-up of its writer thread per batch rather than per record."""
 
 
 class Trainer:
@@ -128,8 +128,9 @@ class Trainer:
         self.wall_seconds = 0.0
         self.skipped_steps = 0
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-        self._tensorboard_events: list[tuple[Summary, int]] = []  # not yet handed to the writer
-        self._tensorboard_since = 0.0  # when the oldest of them was recorded (monotonic)
+        # (event, step, wall time) not yet handed to the writer, and when the last hand-over was.
+        self._tensorboard_events: list[tuple[Summary, int, float]] = []
+        self._tensorboard_handed_over = 0.0
         self._last_eval: dict | None = None
         """The last ``kind: eval`` record written (the model card quotes it); None: not known yet."""
         """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
@@ -548,8 +549,12 @@ class Trainer:
                 if self.error is None:
                     self.error, self.status = exc, "failed"
         try:
-            if self.is_main:  # end_training closes (and flushes) the writers
+            if self.is_main:  # before end_training closes (and flushes) the writers
                 self._hand_over_tensorboard_events()
+        except Exception as exc:
+            if self.error is None:
+                self.error, self.status = exc, "failed"
+        try:
             self.accelerator.end_training()
         except Exception as exc:
             if self.error is None:
@@ -917,22 +922,22 @@ class Trainer:
                 # 1 ms a record. The writer's thread flushes every TENSORBOARD_FLUSH_S; checkpoints
                 # and the end of the run flush too.
                 values = [Summary.Value(tag=key, simple_value=value) for key, value in numbers.items()]
-                if not self._tensorboard_events:
-                    self._tensorboard_since = time.monotonic()
-                self._tensorboard_events.append((Summary(value=values), record["step"]))
+                self._tensorboard_events.append((Summary(value=values), record["step"], time.time()))
             else:
                 tracker.log(numbers, step=record["step"])
         if len(self._tensorboard_events) >= TENSORBOARD_BATCH or (
-            self._tensorboard_events and time.monotonic() - self._tensorboard_since >= TENSORBOARD_FLUSH_S
+            self._tensorboard_events
+            and time.monotonic() - self._tensorboard_handed_over >= TENSORBOARD_FLUSH_S
         ):
             self._hand_over_tensorboard_events()
 
     def _hand_over_tensorboard_events(self) -> None:
         events, self._tensorboard_events = self._tensorboard_events, []
+        self._tensorboard_handed_over = time.monotonic()
         for tracker in self.accelerator.trackers if events else []:
             if tracker.name == "tensorboard":
-                for summary, step in events:
-                    tracker.writer.file_writer.add_summary(summary, step)
+                for summary, step, wall_time in events:  # stamped when recorded, not when handed over
+                    tracker.writer.file_writer.add_summary(summary, step, wall_time)
 
     def _flush_trackers(self) -> None:
         if not self.is_main:
