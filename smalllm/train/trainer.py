@@ -128,12 +128,12 @@ class Trainer:
         self.wall_seconds = 0.0
         self.skipped_steps = 0
         self._pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
         # (event, step, wall time) not yet handed to the writer, and when the last hand-over was.
         self._tensorboard_events: list[tuple[Summary, int, float]] = []
         self._tensorboard_handed_over = 0.0
         self._last_eval: dict | None = None
         """The last ``kind: eval`` record written (the model card quotes it); None: not known yet."""
-        """(step, non-finite flag, loss) of the steps since the last sync step, on the device."""
         self._mixture_set: TaskEvalSet | None = None
         """The held-out instances scored at each round of an online mixture (built on first use)."""
         self.mixture_eval_seconds = 0.0
