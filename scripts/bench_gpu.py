@@ -89,13 +89,8 @@ def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, war
     optimizer = build_optimizer(model, cfg.train, "cuda")
     # The trainer's forward on one GPU: the compiled model's own, else the lean pass (smalllm.model.forward).
     own = torch.compile(model) if compile_ else model
-    forward = None if compile_ else training_forward(model)
-    kind = "model" if forward is None else "lean"
-    if forward is None:
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return own(input_ids=x).logits
-
+    lean = None if compile_ else training_forward(model)
+    forward = lean or (lambda x: own(input_ids=x).logits)
     ids = torch.randint(VOCAB, (micro, CONTEXT), device="cuda")
     targets = next_token_targets(ids, np.ones(tuple(ids.shape), dtype=bool))
     n_targets = micro * (CONTEXT - 1)
@@ -127,7 +122,9 @@ def measure(preset: str, micro: int, compile_: bool, ckpt: bool, steps: int, war
         "step_s": seconds,
         "warmup_s": warmup_s,
         "peak_memory": torch.cuda.max_memory_allocated(),
-        "forward": kind,  # as summary.json's training_forward (the trainer also checks it agrees)
+        "forward": "model"
+        if lean is None
+        else "lean",  # as summary.json's training_forward (the trainer also checks it agrees)
     }
 
 

@@ -13,12 +13,11 @@ from conftest import quiet, tiny_config
 from smalllm.config import ModelConfig
 from smalllm.model import forward as forward_mod
 from smalllm.model.build import build_model
+from smalllm.model.config import ARCHS
 from smalllm.model.forward import LAYOUTS, agrees, training_forward
 from smalllm.train import trainer as trainer_mod
 from smalllm.train.callbacks.metrics_logger import MetricsLogger
 from smalllm.train.trainer import Trainer
-
-ARCHS = ["olmo", "llama", "gpt2", "gpt_neox"]
 
 
 def small_model(arch: str, **shape) -> torch.nn.Module:

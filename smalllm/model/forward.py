@@ -74,14 +74,15 @@ def training_forward(model: torch.nn.Module) -> Forward | None:
 
     def forward(ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
-        hidden = embed(ids)
-        extra = {}
-        if learned:
-            hidden = hidden + positional(positions)
+        hidden = embed(ids) + positional(positions) if learned else embed(ids)
         if dropout is not None:
             hidden = dropout(hidden)
-        if not learned:
-            extra = {"position_ids": positions, "position_embeddings": positional(hidden, positions)}
+        # Rotary architectures take the cos/sin tables of the positions into every layer.
+        extra = (
+            {}
+            if learned
+            else {"position_ids": positions, "position_embeddings": positional(hidden, positions)}
+        )
         for layer in layers:
             hidden = layer(hidden, **extra)
             if isinstance(hidden, tuple):  # transformers < 5 returns (hidden, ...) from a layer

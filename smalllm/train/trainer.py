@@ -327,10 +327,10 @@ class Trainer:
         def own(ids: torch.Tensor) -> torch.Tensor:
             return model(input_ids=ids).logits
 
-        lean = training_forward(model)
         # Wrapped (compiled, here or by accelerate's dynamo setting): the wrapper must see the call.
         wrapped = self.cfg.train.compile or acc.unwrap_model(model) is not model
-        if acc.distributed_type != DistributedType.NO or wrapped or lean is None:
+        lean = None if wrapped or acc.distributed_type != DistributedType.NO else training_forward(model)
+        if lean is None:
             return own, "model"
         forward = lean
         if acc.mixed_precision != "no":
@@ -656,7 +656,7 @@ class Trainer:
                 self._backward(loss)
             total_loss = loss.detach() if total_loss is None else total_loss + loss.detach()
             _per_label(token_loss.detach(), summed.detach(), n_targets, batch, rows, label_loss, counts)
-        label_count = torch.from_numpy(counts.astype(np.float32)).to(acc.device, non_blocking=True)
+        label_count = to_device(counts.astype(np.float32), acc.device)
         grad_norm = self._clip()
         lr = self.scheduler.get_last_lr()[0]
         if self.plan.precision == "fp16":
